@@ -1,0 +1,1 @@
+"""paystream: moves money on Kafka."""

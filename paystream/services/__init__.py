@@ -1,0 +1,100 @@
+"""Real Kafka, Postgres and ClickHouse on this machine, or the configured ones.
+
+A service whose URL is configured (``PAYSTREAM_KAFKA_BOOTSTRAP``,
+``PAYSTREAM_POSTGRES_DSN``, ``PAYSTREAM_CLICKHOUSE_URL``) is used as it is and
+never started or stopped here; the others are launched locally under
+``<data_dir>/services``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from paystream.services import clickhouse
+from paystream.services.kafka import KafkaBroker, metadata_ok
+from paystream.services.postgres import EmbeddedPostgres, external_status
+from paystream.services.process import ServiceError, tail
+from paystream.services.status import ServiceStatus
+from paystream.settings import Settings
+
+__all__ = ["Endpoints", "ServiceError", "ServiceStatus", "down", "logs", "status", "up"]
+
+ServiceName = Literal["kafka", "postgres", "clickhouse"]
+SERVICE_NAMES: tuple[ServiceName, ...] = ("kafka", "postgres", "clickhouse")
+LOG_LINES_DEFAULT = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoints:
+    """Where the running services answer."""
+
+    kafka_bootstrap: str
+    postgres_dsn: str
+    clickhouse_dsn: str
+
+
+def _broker(settings: Settings) -> KafkaBroker:
+    return KafkaBroker(home=settings.services_dir / "kafka", port=settings.kafka_port)
+
+
+def _postgres(settings: Settings) -> EmbeddedPostgres:
+    return EmbeddedPostgres(home=settings.services_dir / "postgres")
+
+
+def up(settings: Settings) -> Endpoints:
+    """Start what is not configured externally; idempotent; waits for health."""
+    if settings.kafka_bootstrap is None:
+        _broker(settings).start()
+        bootstrap = _broker(settings).bootstrap
+    else:
+        bootstrap = settings.kafka_bootstrap
+        if not metadata_ok(bootstrap):
+            raise ServiceError(f"Kafka at {bootstrap} does not answer a metadata request")
+    postgres_dsn = settings.postgres_dsn or _postgres(settings).start()
+    clickhouse.ensure(settings.clickhouse_dsn)
+    return Endpoints(bootstrap, postgres_dsn, settings.clickhouse_dsn)
+
+
+def down(settings: Settings) -> None:
+    """Stop exactly what ``up`` started (external services are left alone)."""
+    if settings.kafka_bootstrap is None:
+        _broker(settings).stop()
+    if settings.postgres_dsn is None:
+        _postgres(settings).stop()
+
+
+def status(settings: Settings) -> list[ServiceStatus]:
+    kafka_status = (
+        _broker(settings).status()
+        if settings.kafka_bootstrap is None
+        else ServiceStatus(
+            name="kafka",
+            address=settings.kafka_bootstrap,
+            pid=None,
+            version=None,
+            healthy=metadata_ok(settings.kafka_bootstrap),
+            detail="external",
+        )
+    )
+    postgres_status = (
+        _postgres(settings).status()
+        if settings.postgres_dsn is None
+        else external_status(settings.postgres_dsn)
+    )
+    return [kafka_status, postgres_status, clickhouse.status(settings.clickhouse_dsn)]
+
+
+def log_file(settings: Settings, name: ServiceName) -> Path:
+    if name == "kafka":
+        return _broker(settings).log_file
+    if name == "postgres":
+        return _postgres(settings).log_file
+    return settings.data_dir / "clickhouse" / "logs" / "clickhouse-server.log"
+
+
+def logs(settings: Settings, name: ServiceName, *, lines: int = LOG_LINES_DEFAULT) -> str:
+    path = log_file(settings, name)
+    text = tail(path, lines=lines)
+    return text if text else f"(no log at {path})"

@@ -1,0 +1,76 @@
+"""Typed, frozen settings: environment (``PAYSTREAM_*``) and an optional TOML file.
+
+Unset service URLs mean the embedded defaults: a local Kafka broker and an
+embedded PostgreSQL started by ``paystream services up``, and ClickHouse's
+embedded engine (``chdb://<data_dir>/clickhouse``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+PARTITIONS_MAX = 1024
+SETTINGS_FILE_ENV = "PAYSTREAM_SETTINGS_FILE"
+
+
+class Settings(BaseSettings):
+    """Everything paystream needs to find its infrastructure."""
+
+    model_config = SettingsConfigDict(env_prefix="PAYSTREAM_", frozen=True, extra="forbid")
+
+    environment: Literal["development", "test", "production"] = "development"
+    data_dir: Path = Field(default_factory=lambda: Path(".data").resolve())
+    kafka_bootstrap: str | None = None
+    kafka_port: int = Field(default=19092, ge=1024, le=65535)
+    postgres_dsn: str | None = None
+    clickhouse_url: str | None = None
+    schema_registry_url: str | None = None
+    topic_prefix: str = Field(default="paystream", pattern=r"^[A-Za-z0-9._-]{1,100}$")
+    partitions: int = Field(default=8, ge=1, le=PARTITIONS_MAX)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        settings_file = os.environ.get(SETTINGS_FILE_ENV)
+        if settings_file:
+            path = Path(settings_file)
+            if not path.is_file():
+                raise FileNotFoundError(f"{SETTINGS_FILE_ENV}={settings_file}: no such file")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    @property
+    def services_dir(self) -> Path:
+        """Where the local launcher keeps pid files, logs and service data."""
+        return self.data_dir / "services"
+
+    @property
+    def clickhouse_dsn(self) -> str:
+        """A server URL when configured, else the embedded engine's directory."""
+        return self.clickhouse_url or f"chdb://{self.data_dir / 'clickhouse'}"
+
+    def topic(self, name: str) -> str:
+        """The full name of one of paystream's topics: ``<prefix>.<name>``."""
+        return f"{self.topic_prefix}.{name}"
