@@ -1,0 +1,103 @@
+"""paystream.ledger: the pure money core.
+
+Agents, replay, tests and benchmarks call :func:`process_batch`; everything it
+needs and returns is re-exported here. No I/O, no clock, no randomness.
+"""
+
+from paystream.ledger.accounts import (
+    SYSTEM_PARTNER_ID,
+    is_system_account_id,
+    settlement_account_id,
+    system_account,
+    transit_account_id,
+)
+from paystream.ledger.core import BATCH_SIZE_MAX, BatchResult, process_batch
+from paystream.ledger.currencies import ISO4217_CODES, is_iso4217
+from paystream.ledger.errors import InvariantViolation, ensure
+from paystream.ledger.idempotency import (
+    BODY_ENCODING_VERSION,
+    body_sha256,
+    idempotency_key,
+    is_reserved_request_id,
+)
+from paystream.ledger.journal import check_balanced
+from paystream.ledger.models import (
+    AMOUNT_MAX_MINOR,
+    COMMAND_TYPES,
+    REJECTION_CODES,
+    SYSTEM_ACCOUNT_PREFIX,
+    Account,
+    AccountStatus,
+    CloseAccount,
+    Command,
+    Compensation,
+    CreditLeg,
+    Deposit,
+    DirectoryEntry,
+    EntryKind,
+    Event,
+    EventType,
+    FreezeAccount,
+    IdempotencyKey,
+    IdempotencyRecord,
+    Input,
+    JournalEntry,
+    JournalLine,
+    Leg,
+    OpenAccount,
+    Output,
+    RejectionCode,
+    Side,
+    Transfer,
+    UnfreezeAccount,
+    Withdrawal,
+)
+
+__all__ = [
+    "AMOUNT_MAX_MINOR",
+    "BATCH_SIZE_MAX",
+    "BODY_ENCODING_VERSION",
+    "COMMAND_TYPES",
+    "ISO4217_CODES",
+    "REJECTION_CODES",
+    "SYSTEM_ACCOUNT_PREFIX",
+    "SYSTEM_PARTNER_ID",
+    "Account",
+    "AccountStatus",
+    "BatchResult",
+    "CloseAccount",
+    "Command",
+    "Compensation",
+    "CreditLeg",
+    "Deposit",
+    "DirectoryEntry",
+    "EntryKind",
+    "Event",
+    "EventType",
+    "FreezeAccount",
+    "IdempotencyKey",
+    "IdempotencyRecord",
+    "Input",
+    "InvariantViolation",
+    "JournalEntry",
+    "JournalLine",
+    "Leg",
+    "OpenAccount",
+    "Output",
+    "RejectionCode",
+    "Side",
+    "Transfer",
+    "UnfreezeAccount",
+    "Withdrawal",
+    "body_sha256",
+    "check_balanced",
+    "ensure",
+    "idempotency_key",
+    "is_iso4217",
+    "is_reserved_request_id",
+    "is_system_account_id",
+    "process_batch",
+    "settlement_account_id",
+    "system_account",
+    "transit_account_id",
+]
