@@ -1,0 +1,1 @@
+"""paystream.tables."""

@@ -1,0 +1,245 @@
+"""Bytes codecs for table keys and values (RocksDB and faust changelog topics).
+
+Fixed ``struct`` layouts, not Avro: these bytes never leave the workers, and a
+struct is faster (an Account encode + decode took about 3 µs, against 7 µs for
+schemaless Avro with fastavro, on a 2-core dev box) and smaller. Every value
+starts with a format byte so a layout can change later; decoders refuse an
+unknown format, a wrong length, bad UTF-8 or an unknown code with
+``CodecError`` (corrupt state is a programmer error: the worker crashes).
+
+Layouts (big-endian; ``str`` fields are UTF-8, their byte lengths in the header):
+
+- Account: ``format:u8 status:u8 debits_must_not_exceed_credits:u8
+  posted_debits:i64 posted_credits:i64 pending_debits:i64 pending_credits:i64
+  version:i64 len(account_id):u16 len(currency):u16 len(partner_id):u16`` + strings
+- IdempotencyRecord: ``format:u8 len(command_id):u16 len(body_sha256):u16
+  len(code):u8`` + strings; ``len(code) == 0`` means ``code is None``
+- DirectoryEntry: ``format:u8 status:u8 len(account_id):u16 len(currency):u16
+  len(partner_id):u16`` + strings
+- idempotency key: ``len(account_id):u16`` + account_id + request_id (keys of one
+  account sort together)
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final, get_args
+
+from paystream.ledger.models import (
+    REJECTION_CODES,
+    Account,
+    AccountStatus,
+    DirectoryEntry,
+    IdempotencyKey,
+    IdempotencyRecord,
+    RejectionCode,
+)
+
+__all__ = [
+    "CodecError",
+    "decode_account",
+    "decode_account_key",
+    "decode_directory_entry",
+    "decode_idempotency_key",
+    "decode_idempotency_record",
+    "encode_account",
+    "encode_account_key",
+    "encode_directory_entry",
+    "encode_idempotency_key",
+    "encode_idempotency_record",
+]
+
+_ACCOUNT_FORMAT: Final = 1
+_IDEMPOTENCY_FORMAT: Final = 1
+_DIRECTORY_FORMAT: Final = 1
+
+_ACCOUNT: Final = struct.Struct(">BBBqqqqqHHH")
+_IDEMPOTENCY: Final = struct.Struct(">BHHB")
+_DIRECTORY: Final = struct.Struct(">BBHHH")
+_KEY_PREFIX: Final = struct.Struct(">H")
+
+_STATUS_CODES: Final[dict[AccountStatus, int]] = {"open": 0, "frozen": 1, "closed": 2}
+"""Wire numbers of account statuses; never renumber, only add."""
+_STATUSES: Final[dict[int, AccountStatus]] = {n: s for s, n in _STATUS_CODES.items()}
+_REJECTION_CODE_SET: Final[frozenset[str]] = frozenset(REJECTION_CODES)
+
+if set(_STATUS_CODES) != set(get_args(AccountStatus)):  # always on, unlike assert
+    raise RuntimeError("tables.codecs: _STATUS_CODES does not cover models.AccountStatus")
+
+
+class CodecError(ValueError):
+    """Stored bytes do not decode: corrupt or written by an unknown layout."""
+
+
+def _utf8(value: str) -> bytes:
+    return value.encode("utf-8")
+
+
+def _text(data: bytes, start: int, end: int) -> str:
+    try:
+        return data[start:end].decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise CodecError(f"not UTF-8 at bytes {start}..{end}: {error}") from error
+
+
+def _status(number: int) -> AccountStatus:
+    status = _STATUSES.get(number)
+    if status is None:
+        raise CodecError(f"unknown account status number {number}")
+    return status
+
+
+def _check_format(kind: str, found: int, expected: int) -> None:
+    if found != expected:
+        raise CodecError(f"{kind}: format {found}, expected {expected}")
+
+
+def _check_size(kind: str, data: bytes, size: int) -> None:
+    if len(data) != size:
+        raise CodecError(f"{kind}: {len(data)} bytes, expected {size}")
+
+
+def _pack(layout: struct.Struct, *values: object) -> bytes:
+    try:
+        return layout.pack(*values)
+    except struct.error as error:  # an id over 64 KiB or a total outside i64
+        raise CodecError(f"cannot pack {values!r}: {error}") from error
+
+
+def _unpack(kind: str, layout: struct.Struct, data: bytes) -> tuple[int, ...]:
+    if len(data) < layout.size:
+        raise CodecError(f"{kind}: {len(data)} bytes, shorter than its {layout.size}-byte header")
+    return layout.unpack_from(data)
+
+
+# --- Account ------------------------------------------------------------------------
+
+
+def encode_account(account: Account) -> bytes:
+    account_id = _utf8(account.account_id)
+    currency = _utf8(account.currency)
+    partner_id = _utf8(account.partner_id)
+    header = _pack(
+        _ACCOUNT,
+        _ACCOUNT_FORMAT,
+        _STATUS_CODES[account.status],
+        account.debits_must_not_exceed_credits,
+        account.posted_debits_minor,
+        account.posted_credits_minor,
+        account.pending_debits_minor,
+        account.pending_credits_minor,
+        account.version,
+        len(account_id),
+        len(currency),
+        len(partner_id),
+    )
+    return header + account_id + currency + partner_id
+
+
+def decode_account(data: bytes) -> Account:
+    (fmt, status, flag, posted_d, posted_c, pending_d, pending_c, version, n_id, n_cur, n_pid) = (
+        _unpack("account", _ACCOUNT, data)
+    )
+    _check_format("account", fmt, _ACCOUNT_FORMAT)
+    start = _ACCOUNT.size
+    _check_size("account", data, start + n_id + n_cur + n_pid)
+    if flag > 1:
+        raise CodecError(f"account: flag byte {flag}")
+    return Account(
+        account_id=_text(data, start, start + n_id),
+        currency=_text(data, start + n_id, start + n_id + n_cur),
+        partner_id=_text(data, start + n_id + n_cur, len(data)),
+        status=_status(status),
+        debits_must_not_exceed_credits=flag == 1,
+        posted_debits_minor=posted_d,
+        posted_credits_minor=posted_c,
+        pending_debits_minor=pending_d,
+        pending_credits_minor=pending_c,
+        version=version,
+    )
+
+
+# --- IdempotencyRecord ------------------------------------------------------------------
+
+
+def encode_idempotency_record(record: IdempotencyRecord) -> bytes:
+    command_id = _utf8(record.command_id)
+    body_sha256 = _utf8(record.body_sha256)
+    code = b"" if record.code is None else _utf8(record.code)
+    header = _pack(_IDEMPOTENCY, _IDEMPOTENCY_FORMAT, len(command_id), len(body_sha256), len(code))
+    return header + command_id + body_sha256 + code
+
+
+def decode_idempotency_record(data: bytes) -> IdempotencyRecord:
+    fmt, n_cmd, n_sha, n_code = _unpack("idempotency record", _IDEMPOTENCY, data)
+    _check_format("idempotency record", fmt, _IDEMPOTENCY_FORMAT)
+    start = _IDEMPOTENCY.size
+    _check_size("idempotency record", data, start + n_cmd + n_sha + n_code)
+    return IdempotencyRecord(
+        command_id=_text(data, start, start + n_cmd),
+        body_sha256=_text(data, start + n_cmd, start + n_cmd + n_sha),
+        code=_rejection_code(_text(data, start + n_cmd + n_sha, len(data))) if n_code else None,
+    )
+
+
+def _rejection_code(text: str) -> RejectionCode:
+    if text not in _REJECTION_CODE_SET:
+        raise CodecError(f"unknown rejection code {text!r}")
+    return text  # type: ignore[return-value]  # checked against REJECTION_CODES above
+
+
+# --- DirectoryEntry ---------------------------------------------------------------------
+
+
+def encode_directory_entry(entry: DirectoryEntry) -> bytes:
+    account_id = _utf8(entry.account_id)
+    currency = _utf8(entry.currency)
+    partner_id = _utf8(entry.partner_id)
+    header = _pack(
+        _DIRECTORY,
+        _DIRECTORY_FORMAT,
+        _STATUS_CODES[entry.status],
+        len(account_id),
+        len(currency),
+        len(partner_id),
+    )
+    return header + account_id + currency + partner_id
+
+
+def decode_directory_entry(data: bytes) -> DirectoryEntry:
+    fmt, status, n_id, n_cur, n_pid = _unpack("directory entry", _DIRECTORY, data)
+    _check_format("directory entry", fmt, _DIRECTORY_FORMAT)
+    start = _DIRECTORY.size
+    _check_size("directory entry", data, start + n_id + n_cur + n_pid)
+    return DirectoryEntry(
+        account_id=_text(data, start, start + n_id),
+        currency=_text(data, start + n_id, start + n_id + n_cur),
+        partner_id=_text(data, start + n_id + n_cur, len(data)),
+        status=_status(status),
+    )
+
+
+# --- keys ---------------------------------------------------------------------------------
+
+
+def encode_account_key(account_id: str) -> bytes:
+    """Key of ``balances`` and ``directory``, and the Kafka key of ``commands``/``legs``."""
+    return _utf8(account_id)
+
+
+def decode_account_key(data: bytes) -> str:
+    return _text(data, 0, len(data))
+
+
+def encode_idempotency_key(key: IdempotencyKey) -> bytes:
+    account_id, request_id = key
+    account = _utf8(account_id)
+    return _pack(_KEY_PREFIX, len(account)) + account + _utf8(request_id)
+
+
+def decode_idempotency_key(data: bytes) -> IdempotencyKey:
+    (n_account,) = _unpack("idempotency key", _KEY_PREFIX, data)
+    start = _KEY_PREFIX.size
+    if len(data) < start + n_account:
+        raise CodecError(f"idempotency key: {len(data)} bytes, account id needs {n_account}")
+    return _text(data, start, start + n_account), _text(data, start + n_account, len(data))
