@@ -1,0 +1,61 @@
+"""Follow the ``events`` topic until given payments reach a terminal state."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from paystream.ledger import Event
+from paystream.topology.avro import AvroSerde
+
+TERMINAL_TYPES = frozenset({"Completed", "Reversed", "Rejected", "Duplicate", "Failed"})
+POLL_TIMEOUT_S = 0.5
+POLL_BATCH_MAX = 1_000
+
+
+class EventWatcher:
+    """Reads ``events`` read_committed from the beginning, outside any group."""
+
+    def __init__(self, *, bootstrap: str, topic: str, serde: AvroSerde, partitions: int) -> None:
+        self._serde = serde
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": "paystream-watch",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+            }
+        )
+        self._consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+        self.events: dict[str, list[Event]] = {}
+        self.first_seen_s: dict[str, float] = {}
+
+    def poll(self) -> int:
+        messages = self._consumer.consume(POLL_BATCH_MAX, POLL_TIMEOUT_S)
+        for message in messages:
+            if message.error() is not None:
+                raise KafkaException(message.error())
+            event = self._serde.decode_event(message.value() or b"")
+            self.events.setdefault(event.payment_id, []).append(event)
+            self.first_seen_s.setdefault(event.event_id, time.monotonic())
+        return len(messages)
+
+    def terminal(self, payment_id: str) -> Event | None:
+        for event in self.events.get(payment_id, ()):
+            if event.type in TERMINAL_TYPES:
+                return event
+        return None
+
+    def wait(self, payment_ids: Iterable[str], *, timeout_s: float) -> set[str]:
+        """Poll until every id has a terminal event; return the ids still open."""
+        waiting = set(payment_ids)
+        deadline = time.monotonic() + timeout_s
+        while waiting and time.monotonic() < deadline:
+            self.poll()
+            waiting = {p for p in waiting if self.terminal(p) is None}
+        return waiting
+
+    def close(self) -> None:
+        self._consumer.close()
