@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from paystream import services
 from paystream.settings import Settings
+from paystream.topology import describe
 
 
 def _services(args: argparse.Namespace, settings: Settings) -> int:
@@ -31,6 +33,14 @@ def _services(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _topology(args: argparse.Namespace, settings: Settings) -> int:
+    topology = describe.build(settings)
+    print(describe.describe(topology), end="")
+    describe.write(topology, args.write)
+    print(f"wrote {args.write}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="paystream", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -43,6 +53,19 @@ def build_parser() -> argparse.ArgumentParser:
     log.add_argument("name", choices=services.SERVICE_NAMES)
     log.add_argument("-n", "--lines", type=int, default=services.LOG_LINES_DEFAULT)
     svc.set_defaults(handler=_services)
+    topo = commands.add_parser("topology", help="the agent graph, like Kafka Streams' describe()")
+    topo_actions = topo.add_subparsers(dest="action", required=True)
+    desc = topo_actions.add_parser(
+        "describe", help="print topics -> agents -> tables -> topics; write a Mermaid diagram"
+    )
+    desc.add_argument(
+        "--write",
+        type=Path,
+        default=describe.DOC_PATH_DEFAULT,
+        metavar="PATH",
+        help="Markdown file for the diagram (default: %(default)s)",
+    )
+    topo.set_defaults(handler=_topology)
     return parser
 
 

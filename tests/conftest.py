@@ -23,7 +23,7 @@ import pytest
 
 from paystream.services.kafka import KafkaBroker
 from paystream.services.postgres import EmbeddedPostgres
-from paystream.services.process import free_port, port_open
+from paystream.services.process import ServiceError, free_port, port_open
 from paystream.settings import Settings
 
 SESSION_TAG = f"t{uuid.uuid4().hex[:10]}"
@@ -59,12 +59,28 @@ def _kafka(home: Path, docker: bool) -> Iterator[str]:
         with KafkaContainer("apache/kafka:4.1.1").with_kraft() as container:
             yield str(container.get_bootstrap_server())
     else:
-        broker = KafkaBroker(home=home / "kafka", port=_free_port_pair())
+        broker = _start_local_broker(home)
         try:
-            broker.start()
             yield broker.bootstrap
         finally:
             broker.stop()
+
+
+BROKER_START_TRIES_MAX = 3
+
+
+def _start_local_broker(home: Path) -> KafkaBroker:
+    """Start a broker on free ports; another process may take a port first, so retry."""
+    for attempt in range(BROKER_START_TRIES_MAX):
+        broker = KafkaBroker(home=home / f"kafka-{attempt}", port=_free_port_pair())
+        try:
+            broker.start()
+            return broker
+        except ServiceError:
+            broker.stop()
+            if attempt == BROKER_START_TRIES_MAX - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 @contextlib.contextmanager

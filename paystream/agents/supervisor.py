@@ -28,7 +28,10 @@ class WorkerProcess:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with self.log_file.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "paystream.agents.worker", "--name", self.name],
+                [
+                    sys.executable, "-m", "paystream.agents.worker", "--name", self.name,
+                    "--log-level", self.env.get("PAYSTREAM_WORKER_LOG_LEVEL", "warn"),
+                ],  # fmt: skip
                 env={**os.environ, **self.env},
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -77,3 +80,32 @@ def supervise(worker: WorkerProcess) -> int:
         time.sleep(backoff)
     print(f"worker {worker.name}: {RESTARTS_MAX} restarts, giving up", flush=True)
     return 1
+
+
+class WorkerGroup:
+    """Several workers in one consumer group (demo, tests, benchmarks)."""
+
+    def __init__(self, *, count: int, env: dict[str, str], log_dir: Path, prefix: str) -> None:
+        self.workers = [
+            WorkerProcess(f"{prefix}-{i + 1}", env, log_dir / f"{prefix}-{i + 1}.log")
+            for i in range(count)
+        ]
+
+    def __enter__(self) -> WorkerGroup:
+        for worker in self.workers:
+            worker.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+
+    def restart_dead(self) -> int:
+        """Start every worker that is not running (what a supervisor does)."""
+        dead = [worker for worker in self.workers if not worker.alive]
+        for worker in dead:
+            worker.start()
+        return len(dead)

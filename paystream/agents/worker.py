@@ -33,6 +33,7 @@ BATCH_WINDOW_S = 0.005
 COMMIT_TIMER_OFF_S = 10.0**9
 COMMIT_EVERY_OFF = 10**12
 WORKER_LOG_LEVEL = "warn"
+LOG_LEVELS = ("crit", "error", "warn", "info", "debug")
 
 
 def worker_dir(settings: Settings, name: str) -> Path:
@@ -110,17 +111,20 @@ def clear_local_state(settings: Settings, name: str) -> None:
     committed; it is deleted so faust restores every table from its
     changelog, read_committed (DESIGN.md, crash consistency 2).
     """
-    shutil.rmtree(worker_dir(settings, name), ignore_errors=True)
+    directory = worker_dir(settings, name)
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.parent.mkdir(parents=True, exist_ok=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="paystream-worker")
     parser.add_argument("--name", default="worker-1", help="worker name (own data directory)")
+    parser.add_argument("--log-level", default=WORKER_LOG_LEVEL, choices=LOG_LEVELS)
     args = parser.parse_args(argv)
     settings = Settings()
     clear_local_state(settings, args.name)
     app = build_app(settings, name=args.name)
-    worker = faust.Worker(app, loglevel=WORKER_LOG_LEVEL, quiet=True)
+    worker = faust.Worker(app, loglevel=args.log_level, quiet=True)
     worker.execute_from_commandline()
     return 0
 

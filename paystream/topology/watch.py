@@ -30,7 +30,10 @@ class EventWatcher:
         )
         self._consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
         self.events: dict[str, list[Event]] = {}
-        self.first_seen_s: dict[str, float] = {}
+        self.timestamp_ms: dict[str, int] = {}
+        """event id -> the broker record's timestamp (when the worker produced it)."""
+        self.copies: dict[str, int] = {}
+        """event id -> how many times it was read (more than 1 is a duplicate)."""
 
     def poll(self) -> int:
         messages = self._consumer.consume(POLL_BATCH_MAX, POLL_TIMEOUT_S)
@@ -38,8 +41,11 @@ class EventWatcher:
             if message.error() is not None:
                 raise KafkaException(message.error())
             event = self._serde.decode_event(message.value() or b"")
+            self.copies[event.event_id] = self.copies.get(event.event_id, 0) + 1
+            if self.copies[event.event_id] > 1:
+                continue
             self.events.setdefault(event.payment_id, []).append(event)
-            self.first_seen_s.setdefault(event.event_id, time.monotonic())
+            self.timestamp_ms[event.event_id] = int(message.timestamp()[1])
         return len(messages)
 
     def terminal(self, payment_id: str) -> Event | None:
