@@ -41,6 +41,20 @@ def _topology(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _demo(_args: argparse.Namespace, settings: Settings) -> int:
+    from paystream import demo
+
+    return demo.run(settings)
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    from paystream.agents.supervisor import WorkerProcess, supervise
+
+    log_file = settings.data_dir / "logs" / f"{args.name}.log"
+    print(f"worker {args.name}: logging to {log_file}; restarted whenever it exits")
+    return supervise(WorkerProcess(args.name, {}, log_file))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="paystream", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -53,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     log.add_argument("name", choices=services.SERVICE_NAMES)
     log.add_argument("-n", "--lines", type=int, default=services.LOG_LINES_DEFAULT)
     svc.set_defaults(handler=_services)
+    demo = commands.add_parser("demo", help="services, two workers, a workload and a summary")
+    demo.set_defaults(handler=_demo)
+    worker = commands.add_parser("worker", help="run a ledger worker under a supervisor")
+    worker.add_argument("--name", default="worker-1", help="unique per worker process")
+    worker.set_defaults(handler=_worker)
     topo = commands.add_parser("topology", help="the agent graph, like Kafka Streams' describe()")
     topo_actions = topo.add_subparsers(dest="action", required=True)
     desc = topo_actions.add_parser(

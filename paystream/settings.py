@@ -67,6 +67,11 @@ class Settings(BaseSettings):
         return self.data_dir / "services"
 
     @property
+    def bootstrap(self) -> str:
+        """The configured Kafka, else the local broker ``paystream services up`` runs."""
+        return self.kafka_bootstrap or f"127.0.0.1:{self.kafka_port}"
+
+    @property
     def clickhouse_dsn(self) -> str:
         """A server URL when configured, else the embedded engine's directory."""
         return self.clickhouse_url or f"chdb://{self.data_dir / 'clickhouse'}"

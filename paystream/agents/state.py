@@ -9,6 +9,7 @@ record's key and value, which is what faust's recovery writes back.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
@@ -50,3 +51,25 @@ class TableView(Mapping[K, V], Generic[K, V]):
 def partition_db(table: Any, partition: int) -> Any:
     """The rocksdict of one partition of a faust table (raw mode)."""
     return table.data._db_for_partition(partition)
+
+
+def forget_revoked_partitions(table: Any) -> None:
+    """Delete a partition's local store when faust revokes it.
+
+    faust keeps a revoked partition's RocksDB, with the changelog offset it had
+    restored to; when the partition came back later (after other workers had
+    written to it) faust's recovery stopped with ``ConsistencyError: The
+    persisted offset ... is higher than the last offset`` (seen in the crash
+    test). A local store is only a cache of the changelog, so a partition that
+    comes back is restored from the changelog from scratch.
+    """
+    store = table.data
+    revoke = store.revoke_partitions
+
+    def revoke_and_forget(collection: Any, tps: Any) -> None:
+        revoke(collection, tps)  # drops faust's handle; gc closes the rocksdict
+        for tp in tps:
+            if tp.topic in collection.changelog_topic.topics:
+                shutil.rmtree(store.partition_path(tp.partition), ignore_errors=True)
+
+    store.revoke_partitions = revoke_and_forget

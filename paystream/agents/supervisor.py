@@ -29,9 +29,14 @@ class WorkerProcess:
         with self.log_file.open("ab") as log:
             self.process = subprocess.Popen(
                 [
-                    sys.executable, "-m", "paystream.agents.worker", "--name", self.name,
-                    "--log-level", self.env.get("PAYSTREAM_WORKER_LOG_LEVEL", "warn"),
-                ],  # fmt: skip
+                    sys.executable,
+                    "-m",
+                    "paystream.agents.worker",
+                    "--name",
+                    self.name,
+                    "--log-level",
+                    self.env.get("PAYSTREAM_WORKER_LOG_LEVEL", "warn"),
+                ],
                 env={**os.environ, **self.env},
                 stdin=subprocess.DEVNULL,
                 stdout=log,

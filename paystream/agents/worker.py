@@ -1,10 +1,12 @@
 """The ledger worker: one Faust app, one agent over ``commands`` + ``legs``.
 
-Commit order, asserted by construction: process a batch (local store writes,
-changelog records and outputs all appended to the source partition's
-transaction), wait for Kafka to acknowledge every record, ack the batch's
-events, then commit (offsets + transaction). faust's timer-driven commit is
-switched off, so a commit never lands in the middle of a batch.
+Commit order, by construction: process a batch (local store writes, changelog
+records and outputs all appended to the source partition's transaction), wait
+for Kafka to acknowledge every record, then commit each partition's
+transaction with exactly that batch's input offsets. faust's own offset
+commits are switched off (timer, rebalance, stop), so a commit never lands in
+the middle of a batch and never moves an offset backwards. ``take_events``
+still acks the events afterwards, which is what faust's rebalance waits for.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ import faust
 
 from paystream.agents import failfast
 from paystream.agents.directory import DirectoryFollower
-from paystream.agents.outbox import Outbox
+from paystream.agents.outbox import Outbox, TransactionCommitter, disable_faust_commits
 from paystream.agents.processor import BatchProcessor, Tables
+from paystream.agents.redelivery import RedeliveryFilter
+from paystream.agents.state import forget_revoked_partitions
 from paystream.settings import Settings
 from paystream.topology.avro import AvroSerde
 from paystream.topology.registry import registry_from_url
@@ -42,13 +46,11 @@ def worker_dir(settings: Settings, name: str) -> Path:
 
 def build_app(settings: Settings, *, name: str) -> faust.App:
     """The Faust app and its agent, wired to ``settings``' Kafka."""
-    if settings.kafka_bootstrap is None:
-        raise ValueError("the worker needs a Kafka bootstrap address")
     topics = Topics.from_settings(settings)
-    ensure_topics(settings.kafka_bootstrap, topics)
+    ensure_topics(settings.bootstrap, topics)
     app = faust.App(
         app_id_for(settings),
-        broker=f"kafka://{settings.kafka_bootstrap}",
+        broker=f"kafka://{settings.bootstrap}",
         store="rocksdb://",
         datadir=str(worker_dir(settings, name)),
         processing_guarantee="exactly_once",
@@ -68,7 +70,9 @@ def build_app(settings: Settings, *, name: str) -> faust.App:
         balances=app.Table("balances", partitions=settings.partitions, **raw),
         idempotency=app.Table("idempotency", partitions=settings.partitions, **raw),
     )
-    directory = DirectoryFollower(bootstrap=settings.kafka_bootstrap, topic=topics.directory)
+    for table in (tables.balances, tables.idempotency):
+        forget_revoked_partitions(table)
+    directory = DirectoryFollower(bootstrap=settings.bootstrap, topic=topics.directory)
     source = app.topic(
         topics.commands,
         topics.legs,
@@ -81,19 +85,22 @@ def build_app(settings: Settings, *, name: str) -> faust.App:
         registry_from_url(settings.schema_registry_url, settings.data_dir),
         topic_names=topics.names(),
     )
+    outbox = Outbox(app)
+    committer = TransactionCommitter(app, outbox)
+    redelivered = RedeliveryFilter()
     processor = BatchProcessor(
-        topics=topics, serde=serde, tables=tables, directory=directory, outbox=Outbox(app)
+        topics=topics, serde=serde, tables=tables, directory=directory, outbox=outbox
     )
     directory.start()
 
     async def ledger(stream: Any) -> AsyncIterator[None]:
         failfast.install()  # after faust has configured logging
+        disable_faust_commits(app)
         async for events in stream.take_events(BATCH_SIZE_MAX, within=BATCH_WINDOW_S):
             try:
-                await processor.process(events)
-                for event in events:
-                    await stream.ack(event)
-                await app.consumer.commit()
+                fresh = redelivered.fresh(events)
+                await processor.process(fresh)
+                redelivered.on_committed(fresh, await committer.commit(fresh))
             except asyncio.CancelledError:
                 raise
             except BaseException as error:  # crash: restart from committed state

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from paystream import workload
+from paystream.runner import TRAFFIC_TIMEOUT_S
 from paystream.settings import Settings
 from tests.e2e.harness import (
-    TRAFFIC_TIMEOUT_S,
     assert_ledger_exactly_once,
     assert_sagas_end_once,
-    outcome_counts,
     platform,
+    setup_or_fail,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -31,7 +31,7 @@ def test_sigkill_workers_at_random_moments(settings: Settings, tmp_path: Path) -
     rng = random.Random(4242)
     kills = 0
     with platform(settings, tmp_path, workers=2) as running:
-        running.run_setup(load)
+        setup_or_fail(running, load)
         publisher = running.publish_paced(load, per_second=TRAFFIC_PER_S)
         deadline = time.monotonic() + CHAOS_TIME_MAX_S
         while (publisher.is_alive() or kills < KILLS_MIN) and time.monotonic() < deadline:
@@ -41,9 +41,9 @@ def test_sigkill_workers_at_random_moments(settings: Settings, tmp_path: Path) -
             _sleep_polling(running.watcher.poll, rng.uniform(0.0, 1.5))
             running.workers.restart_dead()  # what the supervisor does
         publisher.join()
-        left = running.watcher.wait(load.transfer_ids, timeout_s=TRAFFIC_TIMEOUT_S)
+        left = running.wait_supervised(load.transfer_ids, timeout_s=TRAFFIC_TIMEOUT_S)
         assert not left, f"{len(left)} transfers without a terminal event{running.logs()}"
-        counts = outcome_counts(running, load)
+        counts = running.outcomes(load)
         print(f"\n{kills} SIGKILLs; outcomes {dict(counts)}")
         assert_sagas_end_once(running, load)
         report = assert_ledger_exactly_once(running)

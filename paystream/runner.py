@@ -1,0 +1,127 @@
+"""A running paystream: topics, a group of workers, a publisher and an event watcher.
+
+The demo, the end-to-end and crash tests and the benchmarks all drive the
+platform through this one context manager.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from paystream.agents.supervisor import WorkerGroup
+from paystream.audit.verify import LedgerReport, verify
+from paystream.ledger import Transfer
+from paystream.services.process import tail
+from paystream.settings import Settings
+from paystream.topology.avro import AvroSerde
+from paystream.topology.publisher import CommandPublisher
+from paystream.topology.registry import registry_from_url
+from paystream.topology.topics import Topics, ensure_topics
+from paystream.topology.watch import EventWatcher
+from paystream.workload import Workload
+
+SETUP_TIMEOUT_S = 180.0
+TRAFFIC_TIMEOUT_S = 600.0
+PUBLISH_TICK_S = 0.1
+LOG_TAIL_LINES = 15
+SUPERVISE_TICK_S = 2.0
+
+
+@dataclass
+class Platform:
+    settings: Settings
+    bootstrap: str
+    topics: Topics
+    serde: AvroSerde
+    publisher: CommandPublisher
+    watcher: EventWatcher
+    workers: WorkerGroup
+
+    def run_setup(self, workload: Workload) -> set[str]:
+        """Publish the setup and wait for it; returns the command ids still open."""
+        self.publisher.publish_all(workload.setup)
+        self.publisher.flush()
+        return self.watcher.wait([c.command_id for c in workload.setup], timeout_s=SETUP_TIMEOUT_S)
+
+    def publish_paced(self, workload: Workload, *, per_second: int) -> threading.Thread:
+        """Publish the traffic at about ``per_second`` in a background thread."""
+
+        def run() -> None:
+            chunk = max(1, int(per_second * PUBLISH_TICK_S))
+            for start in range(0, len(workload.traffic), chunk):
+                self.publisher.publish_all(workload.traffic[start : start + chunk])
+                time.sleep(PUBLISH_TICK_S)
+            self.publisher.flush()
+
+        thread = threading.Thread(target=run, name="publisher")
+        thread.start()
+        return thread
+
+    def wait_supervised(self, payment_ids: Iterable[str], *, timeout_s: float) -> set[str]:
+        """Wait for terminal events, restarting any worker that died (a supervisor's job)."""
+        left = set(payment_ids)
+        deadline = time.monotonic() + timeout_s
+        while left and time.monotonic() < deadline:
+            left = self.watcher.wait(left, timeout_s=SUPERVISE_TICK_S)
+            self.workers.restart_dead()
+        return left
+
+    def outcomes(self, workload: Workload) -> Counter[str]:
+        """Terminal event type per transfer ("missing" when there is none yet)."""
+        counts: Counter[str] = Counter()
+        for command in workload.traffic:
+            if isinstance(command, Transfer):
+                event = self.watcher.terminal(command.command_id)
+                counts[event.type if event else "missing"] += 1
+        return counts
+
+    def verify(self) -> LedgerReport:
+        return verify(self.bootstrap, self.topics, self.serde)
+
+    def logs(self) -> str:
+        """The end of every worker's log, for error messages."""
+        return "".join(
+            f"\n--- {w.name} (alive={w.alive}):\n{tail(w.log_file, lines=LOG_TAIL_LINES)}"
+            for w in self.workers.workers
+        )
+
+
+@contextlib.contextmanager
+def running(
+    settings: Settings, *, workers: int, log_dir: Path, log_level: str = "warn"
+) -> Iterator[Platform]:
+    """Topics created, ``workers`` worker processes started; all stopped on exit."""
+    if settings.kafka_bootstrap is None:
+        raise ValueError("running() needs settings.kafka_bootstrap")
+    bootstrap = settings.kafka_bootstrap
+    topics = Topics.from_settings(settings)
+    ensure_topics(bootstrap, topics)
+    serde = AvroSerde(
+        registry_from_url(settings.schema_registry_url, settings.data_dir),
+        topic_names=topics.names(),
+    )
+    env = {
+        "PAYSTREAM_KAFKA_BOOTSTRAP": bootstrap,
+        "PAYSTREAM_TOPIC_PREFIX": settings.topic_prefix,
+        "PAYSTREAM_DATA_DIR": str(settings.data_dir),
+        "PAYSTREAM_PARTITIONS": str(settings.partitions),
+        "PAYSTREAM_WORKER_LOG_LEVEL": log_level,
+    }
+    if settings.schema_registry_url:
+        env["PAYSTREAM_SCHEMA_REGISTRY_URL"] = settings.schema_registry_url
+    publisher = CommandPublisher(bootstrap=bootstrap, topic=topics.commands, serde=serde)
+    watcher = EventWatcher(
+        bootstrap=bootstrap, topic=topics.events, serde=serde, partitions=settings.partitions
+    )
+    group = WorkerGroup(count=workers, env=env, log_dir=log_dir, prefix="worker")
+    try:
+        with group:
+            yield Platform(settings, bootstrap, topics, serde, publisher, watcher, group)
+    finally:
+        watcher.close()
