@@ -22,7 +22,13 @@ from paystream.settings import Settings
 from paystream.topology.avro import AvroSerde
 from paystream.topology.publisher import CommandPublisher
 from paystream.topology.registry import registry_from_url
-from paystream.topology.topics import Topics, ensure_topics
+from paystream.topology.topics import (
+    Topics,
+    app_id_for,
+    commit_missing_offsets,
+    ensure_topics,
+    wait_group_stable,
+)
 from paystream.topology.watch import EventWatcher
 from paystream.workload import Workload
 
@@ -102,6 +108,7 @@ def running(
     bootstrap = settings.kafka_bootstrap
     topics = Topics.from_settings(settings)
     ensure_topics(bootstrap, topics)
+    commit_missing_offsets(bootstrap, topics, group_id=app_id_for(settings))
     serde = AvroSerde(
         registry_from_url(settings.schema_registry_url, settings.data_dir),
         topic_names=topics.names(),
@@ -122,6 +129,9 @@ def running(
     group = WorkerGroup(count=workers, env=env, log_dir=log_dir, prefix="worker")
     try:
         with group:
+            group_id = app_id_for(settings)
+            if not wait_group_stable(bootstrap, group_id=group_id, members=workers):
+                raise RuntimeError(f"workers did not form a stable group {group_id}")
             yield Platform(settings, bootstrap, topics, serde, publisher, watcher, group)
     finally:
         watcher.close()

@@ -10,6 +10,7 @@ import random
 from dataclasses import dataclass
 
 from paystream.ledger import CloseAccount, Command, Deposit, OpenAccount, Transfer
+from paystream.topology.partitioner import partition_for
 
 ACCOUNTS_MAX = 1_000_000
 TRANSFERS_MAX = 10_000_000
@@ -36,6 +37,11 @@ class Mix:
     to_closed_rate: float = 0.02
     overdraft_rate: float = 0.01
     closing_accounts: int = 10
+    racing_transfers: int = 3
+    """Transfers sent to each closing account right behind its close, from sources on
+    the same partition: the directory still says "open", so the credit is refused
+    and the saga compensates (exercised on every run, not by luck)."""
+    partitions: int = 8
     deposit_minor: int = 100_000
     amount_max_minor: int = 5_000
 
@@ -79,10 +85,11 @@ def _traffic(
     close_at = mix.transfers // 4
     for i in range(mix.transfers):
         if i == close_at:
-            traffic += [
-                CloseAccount(f"{run_id}-close-{a}", f"close-{a}", partner_id, issued_at_ms, a)
-                for a in closing
-            ]
+            for a in closing:
+                traffic.append(
+                    CloseAccount(f"{run_id}-close-{a}", f"close-{a}", partner_id, issued_at_ms, a)
+                )
+                traffic += _racing(rng, mix, run_id, a, live, partner_id, currency, issued_at_ms)
         roll = rng.random()
         cid = f"{run_id}-tx-{i:08d}"
         at_ms = issued_at_ms + i
@@ -106,6 +113,27 @@ def _traffic(
         originals.append(transfer)
         traffic.append(transfer)
     return traffic
+
+
+def _racing(
+    rng: random.Random, mix: Mix, run_id: str, closing: str, live: list[str],
+    partner_id: str, currency: str, issued_at_ms: int,
+) -> list[Command]:  # fmt: skip
+    partition = partition_for(closing.encode(), mix.partitions)
+    neighbours = [a for a in live if partition_for(a.encode(), mix.partitions) == partition]
+    return [
+        Transfer(
+            f"{run_id}-race-{closing}-{n}",
+            f"race-{closing}-{n}",
+            partner_id,
+            issued_at_ms,
+            rng.choice(neighbours),
+            closing,
+            1,
+            currency,
+        )
+        for n in range(mix.racing_transfers if neighbours else 0)
+    ]
 
 
 def _again(original: Transfer, command_id: str, issued_at_ms: int, amount_minor: int) -> Transfer:

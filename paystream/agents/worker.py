@@ -30,7 +30,12 @@ from paystream.agents.state import forget_revoked_partitions
 from paystream.settings import Settings
 from paystream.topology.avro import AvroSerde
 from paystream.topology.registry import registry_from_url
-from paystream.topology.topics import Topics, app_id_for, ensure_topics
+from paystream.topology.topics import (
+    Topics,
+    app_id_for,
+    commit_missing_offsets,
+    ensure_topics,
+)
 
 BATCH_SIZE_MAX = 1_000
 BATCH_WINDOW_S = 0.005
@@ -48,6 +53,7 @@ def build_app(settings: Settings, *, name: str) -> faust.App:
     """The Faust app and its agent, wired to ``settings``' Kafka."""
     topics = Topics.from_settings(settings)
     ensure_topics(settings.bootstrap, topics)
+    commit_missing_offsets(settings.bootstrap, topics, group_id=app_id_for(settings))
     app = faust.App(
         app_id_for(settings),
         broker=f"kafka://{settings.bootstrap}",

@@ -8,6 +8,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from confluent_kafka import Producer
 
+from paystream.topology.partitioner import partition_for
 from paystream.topology.publisher import producer_config
 from tests.integration.kafka_util import create_topic
 
@@ -46,4 +47,5 @@ def test_api_and_agents_put_one_account_on_one_partition(
     confluent = _confluent_partitions(kafka_bootstrap, unique_topic)
     aiokafka = asyncio.run(_aiokafka_partitions(kafka_bootstrap, unique_topic))
     assert confluent == aiokafka
+    assert {key: partition_for(key, 8) for key in KEYS} == confluent
     assert len(set(confluent.values())) == 8  # the keys really spread
