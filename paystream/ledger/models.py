@@ -9,7 +9,7 @@ debits the external settlement account.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, TypeAlias
+from typing import Literal, TypeAlias, get_args
 
 AMOUNT_MAX_MINOR = 2**63 - 1
 """Largest amount (and largest account total) the ledger accepts: Avro ``long``."""
@@ -33,20 +33,7 @@ RejectionCode: TypeAlias = Literal[
     "duplicate_conflict",
     "unknown_command",
 ]
-REJECTION_CODES: tuple[RejectionCode, ...] = (
-    "insufficient_funds",
-    "account_not_found",
-    "account_closed",
-    "account_frozen",
-    "account_exists",
-    "account_not_empty",
-    "currency_mismatch",
-    "same_account",
-    "invalid_amount",
-    "balance_overflow",
-    "duplicate_conflict",
-    "unknown_command",
-)
+REJECTION_CODES: tuple[RejectionCode, ...] = get_args(RejectionCode)
 
 EventType: TypeAlias = Literal[
     "Accepted", "Debited", "Completed", "Failed", "Reversed", "Duplicate", "Rejected"

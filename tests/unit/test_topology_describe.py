@@ -202,6 +202,7 @@ def test_sources_tables_and_global_store_match_build_app(
             pass
 
     monkeypatch.setattr(worker, "ensure_topics", lambda bootstrap, topics: [])
+    monkeypatch.setattr(worker, "commit_missing_offsets", lambda bootstrap, topics, group_id: 0)
     monkeypatch.setattr(worker, "DirectoryFollower", Follower)
     app = worker.build_app(settings, name="describe-test")
 
