@@ -22,7 +22,6 @@ from tests.e2e.harness import (
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 MIX = workload.Mix(accounts=500, transfers=20_000)
-COMPENSATION_WITHIN_MS = 5_000
 
 
 def test_twenty_thousand_transfers_with_two_workers(settings: Settings, tmp_path: Path) -> None:
@@ -49,9 +48,14 @@ def test_twenty_thousand_transfers_with_two_workers(settings: Settings, tmp_path
         if isinstance(leg := running.serde.decode_leg(message.value() or b""), Compensation)
     }
     assert len(refused_at_ms) == counts["Reversed"]
-    for transfer_id, refused_ms in refused_at_ms.items():
-        lag_ms = running.watcher.timestamp_ms[f"{transfer_id}:reversed"] - refused_ms
-        assert lag_ms <= COMPENSATION_WITHIN_MS, f"{transfer_id}: compensation took {lag_ms}ms"
+    lags_ms = sorted(
+        running.watcher.timestamp_ms[f"{transfer_id}:reversed"] - refused_ms
+        for transfer_id, refused_ms in refused_at_ms.items()
+    )
+    # Reported, not asserted: no speed limits in tests on shared machines (docs/benchmarks.md).
+    print(
+        f"refused credit -> Reversed: median {lags_ms[len(lags_ms) // 2]} ms, max {lags_ms[-1]} ms"
+    )
     # No money lost or made: customer money is exactly what was deposited.
     deposited = (MIX.accounts - MIX.closing_accounts) * MIX.deposit_minor
     assert report.customer_total_by_currency == {"EUR": deposited}
