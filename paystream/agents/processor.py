@@ -133,16 +133,11 @@ class BatchProcessor:
     async def _write_accounts(
         self, tid: str, partition: int, db: Any, accounts: dict[str, Account]
     ) -> list[Awaitable[Any]]:
-        deliveries = []
-        for account_id, account in accounts.items():
-            key, value = codecs.encode_account_key(account_id), codecs.encode_account(account)
-            db.put(key, value)
-            deliveries.append(
-                await self._outbox.send(
-                    tid, self._topics.balances_changelog, key=key, value=value, partition=partition
-                )
-            )
-        return deliveries
+        records = [
+            (codecs.encode_account_key(account_id), codecs.encode_account(account))
+            for account_id, account in accounts.items()
+        ]
+        return await self._write_table(tid, partition, db, self._topics.balances_changelog, records)
 
     async def _write_idempotency(
         self,
@@ -151,19 +146,22 @@ class BatchProcessor:
         db: Any,
         records: dict[IdempotencyKey, IdempotencyRecord],
     ) -> list[Awaitable[Any]]:
+        encoded = [
+            (codecs.encode_idempotency_key(key), codecs.encode_idempotency_record(record))
+            for key, record in records.items()
+        ]
+        topic = self._topics.idempotency_changelog
+        return await self._write_table(tid, partition, db, topic, encoded)
+
+    async def _write_table(
+        self, tid: str, partition: int, db: Any, topic: str, records: list[tuple[bytes, bytes]]
+    ) -> list[Awaitable[Any]]:
+        """Write the local store and send the same bytes as its changelog record."""
         deliveries = []
-        for id_key, record in records.items():
-            key = codecs.encode_idempotency_key(id_key)
-            value = codecs.encode_idempotency_record(record)
+        for key, value in records:
             db.put(key, value)
             deliveries.append(
-                await self._outbox.send(
-                    tid,
-                    self._topics.idempotency_changelog,
-                    key=key,
-                    value=value,
-                    partition=partition,
-                )
+                await self._outbox.send(tid, topic, key=key, value=value, partition=partition)
             )
         return deliveries
 

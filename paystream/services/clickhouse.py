@@ -7,6 +7,7 @@ analytics sink) holds it.
 
 from __future__ import annotations
 
+from paystream.services.process import ServiceError
 from paystream.services.status import ServiceStatus
 
 _IN_USE_MARKERS = ("BAD_ARGUMENTS", "EmbeddedServer")
@@ -37,8 +38,6 @@ def ensure(dsn: str) -> str:
     """Create the embedded directory if needed and return the engine's version."""
     version, detail = probe(dsn)
     if version is None and detail != "in use by another process":
-        from paystream.services.process import ServiceError
-
         raise ServiceError(f"ClickHouse at {dsn} does not answer: {detail}")
     return version or "?"
 
