@@ -25,7 +25,6 @@ from paystream.topology.registry import registry_from_url
 from paystream.topology.topics import (
     Topics,
     app_id_for,
-    commit_missing_offsets,
     ensure_topics,
     wait_group_stable,
 )
@@ -108,7 +107,6 @@ def running(
     bootstrap = settings.kafka_bootstrap
     topics = Topics.from_settings(settings)
     ensure_topics(bootstrap, topics)
-    commit_missing_offsets(bootstrap, topics, group_id=app_id_for(settings))
     serde = AvroSerde(
         registry_from_url(settings.schema_registry_url, settings.data_dir),
         topic_names=topics.names(),

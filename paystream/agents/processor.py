@@ -1,21 +1,20 @@
-"""One batch of events from ``commands`` and ``legs``: decode, core, write, send.
+"""One batch of messages from ``commands`` and ``legs``: decode, core, records.
 
-The agent stays thin: grouping by partition, decoding, and routing outputs
+The agent stays thin: grouping by partition, decoding and routing outputs
 live here; every money rule is in :func:`paystream.ledger.process_batch`.
+Nothing here touches Kafka or writes a store: a batch becomes the records to
+send in one transaction and the table writes to apply once it commits.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections import defaultdict
-from collections.abc import Awaitable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
-from faust.types import EventT
+from confluent_kafka import Message
 
-from paystream.agents.outbox import Outbox
-from paystream.agents.state import TableView, partition_db
+from paystream.agents.stores import Stores, TableView, TableWrite
 from paystream.ledger import (
     Account,
     Compensation,
@@ -36,11 +35,36 @@ from paystream.topology.avro import AvroSerde
 from paystream.topology.dlq import PoisonMessage, dlq_headers
 from paystream.topology.topics import Topics
 
+BALANCES = "balances"
+IDEMPOTENCY = "idempotency"
+TABLES = (BALANCES, IDEMPOTENCY)
+
 
 @dataclass(frozen=True, slots=True)
-class Tables:
-    balances: Any
-    idempotency: Any
+class Record:
+    """One message to send; ``partition=None`` lets the murmur2 partitioner choose."""
+
+    topic: str
+    key: bytes
+    value: bytes
+    partition: int | None = None
+    headers: list[tuple[str, bytes]] | None = None
+
+
+@dataclass(slots=True)
+class Batch:
+    """What one batch produces: records for its transaction, writes for after it."""
+
+    records: list[Record] = field(default_factory=list)
+    writes: list[TableWrite] = field(default_factory=list)
+
+
+def source(message: Message) -> tuple[str, int, int]:
+    """A consumed message's topic, partition and offset (always set on one)."""
+    topic, partition, offset = message.topic(), message.partition(), message.offset()
+    if topic is None or partition is None or offset is None:
+        raise ValueError("not a consumed message")
+    return topic, partition, offset
 
 
 class BatchProcessor:
@@ -49,138 +73,104 @@ class BatchProcessor:
         *,
         topics: Topics,
         serde: AvroSerde,
-        tables: Tables,
+        stores: Stores,
         directory: Mapping[str, DirectoryEntry],
-        outbox: Outbox,
     ) -> None:
         self._topics = topics
         self._serde = serde
-        self._tables = tables
+        self._stores = stores
         self._directory = directory
-        self._outbox = outbox
+        self.changelogs = {
+            BALANCES: topics.balances_changelog,
+            IDEMPOTENCY: topics.idempotency_changelog,
+        }
 
-    async def process(self, events: Sequence[EventT[bytes]]) -> int:
-        """Apply ``events``; returns once every output is acknowledged by Kafka."""
-        by_partition: dict[int, list[EventT[bytes]]] = defaultdict(list)
-        for event in events:
-            by_partition[event.message.partition].append(event)
-        deliveries: list[Awaitable[Any]] = []
+    def process(self, messages: Sequence[Message]) -> Batch:
+        """The records and table writes of ``messages`` (any partitions, log order)."""
+        by_partition: dict[int, list[Message]] = defaultdict(list)
+        for message in messages:
+            by_partition[source(message)[1]].append(message)
+        batch = Batch()
         for partition, group in by_partition.items():
-            deliveries += await self._process_partition(partition, group)
-        await asyncio.gather(*deliveries)
-        return len(deliveries)
+            self._process_partition(partition, group, batch)
+        return batch
 
-    async def _process_partition(
-        self, partition: int, events: list[EventT[bytes]]
-    ) -> list[Awaitable[Any]]:
-        tid = self._outbox.transactional_id(events[0].message.tp)
-        deliveries: list[Awaitable[Any]] = []
+    def _process_partition(self, partition: int, messages: list[Message], batch: Batch) -> None:
         inputs: list[Input] = []
-        for event in events:
+        for message in messages:
             try:
-                inputs.append(self._decode(event))
+                inputs.append(self._decode(message))
             except PoisonMessage as poison:
-                deliveries.append(await self._dead_letter(tid, event, poison))
+                batch.records.append(self._dead_letter(message, poison))
         if not inputs:
-            return deliveries
-        balances = partition_db(self._tables.balances, partition)
-        idempotency = partition_db(self._tables.idempotency, partition)
+            return
         result = process_batch(
             inputs,
             partition=partition,
             accounts=TableView(
-                balances.get,
+                self._stores.get(BALANCES, partition),
                 encode_key=codecs.encode_account_key,
                 decode_value=codecs.decode_account,
             ),
             idempotency=TableView(
-                idempotency.get,
+                self._stores.get(IDEMPOTENCY, partition),
                 encode_key=codecs.encode_idempotency_key,
                 decode_value=codecs.decode_idempotency_record,
             ),
             directory=self._directory,
         )
-        deliveries += await self._write_accounts(tid, partition, balances, result.accounts)
-        deliveries += await self._write_idempotency(tid, partition, idempotency, result.idempotency)
-        for output in result.outputs:
-            deliveries.append(await self._send_output(tid, partition, output))
-        return deliveries
+        self._write_accounts(partition, result.accounts, batch)
+        self._write_idempotency(partition, result.idempotency, batch)
+        batch.records += [self._route(output, partition) for output in result.outputs]
 
-    def _decode(self, event: EventT[bytes]) -> Input:
-        message = event.message
-        value = message.value
+    def _decode(self, message: Message) -> Input:
+        value = message.value()
         if not isinstance(value, bytes):
             raise PoisonMessage("undecodable", "empty message value")
-        if message.topic == self._topics.commands:
+        if message.topic() == self._topics.commands:
             return self._serde.decode_command(value)
         return self._serde.decode_leg(value)
 
-    async def _dead_letter(
-        self, tid: str, event: EventT[bytes], poison: PoisonMessage
-    ) -> Awaitable[Any]:
-        message = event.message
-        headers = dlq_headers(
-            poison, topic=message.topic, partition=message.partition, offset=message.offset
-        )
-        return await self._outbox.send(
-            tid,
+    def _dead_letter(self, message: Message, poison: PoisonMessage) -> Record:
+        topic, partition, offset = source(message)
+        headers = dlq_headers(poison, topic=topic, partition=partition, offset=offset)
+        key, value = message.key(), message.value()
+        return Record(
             self._topics.dlq,
-            key=message.key or b"",
-            value=message.value or b"",
+            key=key if isinstance(key, bytes) else b"",
+            value=value if isinstance(value, bytes) else b"",
             headers=headers,
         )
 
-    async def _write_accounts(
-        self, tid: str, partition: int, db: Any, accounts: dict[str, Account]
-    ) -> list[Awaitable[Any]]:
-        records = [
-            (codecs.encode_account_key(account_id), codecs.encode_account(account))
-            for account_id, account in accounts.items()
-        ]
-        return await self._write_table(tid, partition, db, self._topics.balances_changelog, records)
+    def _write_accounts(self, partition: int, accounts: dict[str, Account], batch: Batch) -> None:
+        for account_id, account in accounts.items():
+            key = codecs.encode_account_key(account_id)
+            self._write(batch, BALANCES, partition, key, codecs.encode_account(account))
 
-    async def _write_idempotency(
-        self,
-        tid: str,
-        partition: int,
-        db: Any,
-        records: dict[IdempotencyKey, IdempotencyRecord],
-    ) -> list[Awaitable[Any]]:
-        encoded = [
-            (codecs.encode_idempotency_key(key), codecs.encode_idempotency_record(record))
-            for key, record in records.items()
-        ]
-        topic = self._topics.idempotency_changelog
-        return await self._write_table(tid, partition, db, topic, encoded)
+    def _write_idempotency(
+        self, partition: int, records: dict[IdempotencyKey, IdempotencyRecord], batch: Batch
+    ) -> None:
+        for key, record in records.items():
+            encoded = codecs.encode_idempotency_key(key)
+            value = codecs.encode_idempotency_record(record)
+            self._write(batch, IDEMPOTENCY, partition, encoded, value)
 
-    async def _write_table(
-        self, tid: str, partition: int, db: Any, topic: str, records: list[tuple[bytes, bytes]]
-    ) -> list[Awaitable[Any]]:
-        """Write the local store and send the same bytes as its changelog record."""
-        deliveries = []
-        for key, value in records:
-            db.put(key, value)
-            deliveries.append(
-                await self._outbox.send(tid, topic, key=key, value=value, partition=partition)
-            )
-        return deliveries
+    def _write(self, batch: Batch, table: str, partition: int, key: bytes, value: bytes) -> None:
+        """A table write, and the same bytes as its changelog record."""
+        batch.writes.append(TableWrite(table, partition, key, value))
+        batch.records.append(Record(self.changelogs[table], key, value, partition))
 
-    async def _send_output(self, tid: str, partition: int, output: Output) -> Awaitable[Any]:
-        topic, key, value, target = self._route(output, partition)
-        return await self._outbox.send(tid, topic, key=key, value=value, partition=target)
-
-    def _route(self, output: Output, partition: int) -> tuple[str, bytes, bytes, int | None]:
-        """(topic, key, value, partition or None for the murmur2 partitioner)."""
+    def _route(self, output: Output, partition: int) -> Record:
         serde, topics = self._serde, self._topics
         if isinstance(output, JournalEntry):
             check_balanced(output)  # the boundary check before anything leaves the worker
             key = output.account_id.encode()
-            return topics.ledger, key, serde.encode_journal_entry(output), None
+            return Record(topics.ledger, key, serde.encode_journal_entry(output))
         if isinstance(output, Event):
-            return topics.events, output.payment_id.encode(), serde.encode_event(output), None
+            return Record(topics.events, output.payment_id.encode(), serde.encode_event(output))
         if isinstance(output, CreditLeg | Compensation):
-            return topics.legs, output.account_id.encode(), serde.encode_leg(output), None
+            return Record(topics.legs, output.account_id.encode(), serde.encode_leg(output))
         ensure(isinstance(output, DirectoryEntry), f"unroutable output {type(output).__name__}")
         key = codecs.encode_account_key(output.account_id)
         # Every worker follows all partitions of the compacted directory topic.
-        return topics.directory, key, codecs.encode_directory_entry(output), partition
+        return Record(topics.directory, key, codecs.encode_directory_entry(output), partition)

@@ -54,7 +54,7 @@ class WorkerProcess:
             self.process.wait()
 
     def stop(self) -> None:
-        """SIGTERM and wait: faust commits and leaves the group."""
+        """SIGTERM and wait: the worker finishes its batch and leaves the group."""
         if self.process is None or not self.alive:
             return
         self.process.send_signal(signal.SIGTERM)

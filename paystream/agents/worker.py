@@ -1,132 +1,246 @@
-"""The ledger worker: one Faust app, one agent over ``commands`` + ``legs``.
+"""The ledger worker: one consumer-group member over ``commands`` + ``legs``.
 
-Commit order, by construction: process a batch (local store writes, changelog
-records and outputs all appended to the source partition's transaction), wait
-for Kafka to acknowledge every record, then commit each partition's
-transaction with exactly that batch's input offsets. faust's own offset
-commits are switched off (timer, rebalance, stop), so a commit never lands in
-the middle of a batch and never moves an offset backwards. ``take_events``
-still acks the events afterwards, which is what faust's rebalance waits for.
+Each batch is one Kafka transaction (exactly-once v2, KIP-447): the worker
+consumes a batch, turns it into records and table writes
+(:class:`~paystream.agents.processor.BatchProcessor`), sends every record,
+adds the batch's input offsets with the group's metadata, and commits. Only
+then are the table writes applied to the local stores. The broker fences a
+worker whose group generation is stale, so a worker that lost its partitions
+in a rebalance cannot commit their offsets; an aborted batch is consumed
+again from where it started and left no trace in the stores.
+
+faust-streaming's runtime was used here first, and failed the SIGKILL crash
+test: with rebalances it committed offsets of messages it had never handed
+to the agent (README, "Why not faust's consumer loop"). librdkafka owns
+fetching, positions and the transactional producer instead.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import logging
 import shutil
+import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
-import faust
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from paystream.agents import failfast
 from paystream.agents.directory import DirectoryFollower
-from paystream.agents.outbox import Outbox, TransactionCommitter, disable_faust_commits
-from paystream.agents.processor import BatchProcessor, Tables
-from paystream.agents.redelivery import RedeliveryFilter
-from paystream.agents.state import forget_revoked_partitions
+from paystream.agents.processor import BatchProcessor, Record, source
+from paystream.agents.stores import Stores
 from paystream.settings import Settings
 from paystream.topology.avro import AvroSerde
 from paystream.topology.registry import registry_from_url
-from paystream.topology.topics import (
-    Topics,
-    app_id_for,
-    commit_missing_offsets,
-    ensure_topics,
-)
+from paystream.topology.topics import Topics, app_id_for, ensure_topics
 
-BATCH_SIZE_MAX = 1_000
-BATCH_WINDOW_S = 0.005
-COMMIT_TIMER_OFF_S = 10.0**9
-COMMIT_EVERY_OFF = 10**12
-WORKER_LOG_LEVEL = "warn"
+BATCH_SIZE_MAX = 2_000
+BATCH_WINDOW_S = 0.01
+TRANSACTION_TIMEOUT_S = 30.0
+COMMIT_RETRIES_MAX = 5
 LOG_LEVELS = ("crit", "error", "warn", "info", "debug")
+WORKER_LOG_LEVEL = "warn"
+
+logger = logging.getLogger("paystream.worker")
 
 
 def worker_dir(settings: Settings, name: str) -> Path:
     return settings.data_dir / "workers" / name
 
 
-def build_app(settings: Settings, *, name: str) -> faust.App:
-    """The Faust app and its agent, wired to ``settings``' Kafka."""
-    topics = Topics.from_settings(settings)
-    ensure_topics(settings.bootstrap, topics)
-    commit_missing_offsets(settings.bootstrap, topics, group_id=app_id_for(settings))
-    app = faust.App(
-        app_id_for(settings),
-        broker=f"kafka://{settings.bootstrap}",
-        store="rocksdb://",
-        datadir=str(worker_dir(settings, name)),
-        processing_guarantee="exactly_once",
-        topic_partitions=settings.partitions,
-        topic_replication_factor=1,
-        table_standby_replicas=0,
-        web_enabled=False,
-        broker_commit_interval=COMMIT_TIMER_OFF_S,
-        broker_commit_every=COMMIT_EVERY_OFF,
-        consumer_auto_offset_reset="earliest",
-        producer_acks=-1,
-        table_key_serializer="raw",
-        table_value_serializer="raw",
-    )
-    raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes}
-    tables = Tables(
-        balances=app.Table("balances", partitions=settings.partitions, **raw),
-        idempotency=app.Table("idempotency", partitions=settings.partitions, **raw),
-    )
-    for table in (tables.balances, tables.idempotency):
-        forget_revoked_partitions(table)
-    directory = DirectoryFollower(bootstrap=settings.bootstrap, topic=topics.directory)
-    source = app.topic(
-        topics.commands,
-        topics.legs,
-        partitions=settings.partitions,
-        key_serializer="raw",
-        value_serializer="raw",
-        **raw,
-    )
-    serde = AvroSerde(
-        registry_from_url(settings.schema_registry_url, settings.data_dir),
-        topic_names=topics.names(),
-    )
-    outbox = Outbox(app)
-    committer = TransactionCommitter(app, outbox)
-    redelivered = RedeliveryFilter()
-    processor = BatchProcessor(
-        topics=topics, serde=serde, tables=tables, directory=directory, outbox=outbox
-    )
-    directory.start()
+def consumer_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "bootstrap.servers": settings.bootstrap,
+        "group.id": app_id_for(settings),
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "isolation.level": "read_committed",  # also: offsets fetched with require_stable
+        "auto.offset.reset": "earliest",
+        # range gives every member the same partition numbers of both topics:
+        # commands-p and legs-p share the table partition p (co-partitioning).
+        "partition.assignment.strategy": "range",
+        "session.timeout.ms": 10_000,
+        "heartbeat.interval.ms": 1_000,
+    }
 
-    async def ledger(stream: Any) -> AsyncIterator[None]:
-        failfast.install()  # after faust has configured logging
-        disable_faust_commits(app)
-        async for events in stream.take_events(BATCH_SIZE_MAX, within=BATCH_WINDOW_S):
-            try:
-                fresh = redelivered.fresh(events)
-                await processor.process(fresh)
-                redelivered.on_committed(fresh, await committer.commit(fresh))
-            except asyncio.CancelledError:
+
+def producer_config(settings: Settings, name: str) -> dict[str, Any]:
+    return {
+        "bootstrap.servers": settings.bootstrap,
+        # One id per worker name: a restarted worker fences its previous life
+        # and aborts the transaction it left open.
+        "transactional.id": f"{app_id_for(settings)}-{name}",
+        "transaction.timeout.ms": int(TRANSACTION_TIMEOUT_S * 1000),
+        "partitioner": "murmur2_random",  # what Java and aiokafka use for keys
+        "linger.ms": 2,
+        "queue.buffering.max.messages": 1_000_000,
+    }
+
+
+class CoPartitioningError(RuntimeError):
+    """The group gave this worker different partitions of ``commands`` and ``legs``."""
+
+
+class LedgerWorker:
+    def __init__(self, settings: Settings, *, name: str) -> None:
+        self._topics = Topics.from_settings(settings)
+        ensure_topics(settings.bootstrap, self._topics)
+        serde = AvroSerde(
+            registry_from_url(settings.schema_registry_url, settings.data_dir),
+            topic_names=self._topics.names(),
+        )
+        self._directory = DirectoryFollower(
+            bootstrap=settings.bootstrap, topic=self._topics.directory
+        )
+        self._stores = Stores(
+            directory=worker_dir(settings, name),
+            bootstrap=settings.bootstrap,
+            changelogs={
+                "balances": self._topics.balances_changelog,
+                "idempotency": self._topics.idempotency_changelog,
+            },
+        )
+        self._processor = BatchProcessor(
+            topics=self._topics, serde=serde, stores=self._stores, directory=self._directory
+        )
+        self._consumer = Consumer(consumer_config(settings))
+        self._producer = Producer(producer_config(settings, name))
+        self._stopping = False
+
+    def stop(self) -> None:
+        """Finish the batch in hand, then leave the group (from a signal handler)."""
+        self._stopping = True
+
+    def run(self) -> None:
+        self._producer.init_transactions()
+        self._directory.start()
+        self._consumer.subscribe(
+            [self._topics.commands, self._topics.legs],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        try:
+            while not self._stopping:
+                messages = self._consume()
+                if messages:
+                    self._transact(messages)
+        finally:
+            self._consumer.close()  # leaves the group: the others take over at once
+            self._stores.close()
+            self._directory.stop()
+
+    def _consume(self) -> list[Message]:
+        messages = self._consumer.consume(BATCH_SIZE_MAX, BATCH_WINDOW_S)
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                raise KafkaException(error)
+        return messages
+
+    def _transact(self, messages: list[Message]) -> None:
+        """One batch, one transaction; the stores change only if it commits."""
+        batch = self._processor.process(messages)
+        self._producer.begin_transaction()
+        try:
+            for record in batch.records:
+                self._produce(record)
+            self._producer.send_offsets_to_transaction(
+                _next_offsets(messages), self._consumer.consumer_group_metadata()
+            )
+            self._commit()
+        except KafkaException as error:
+            if not error.args[0].txn_requires_abort():
                 raise
-            except BaseException as error:  # crash: restart from committed state
-                failfast.crash(f"batch failed: {error!r}")
-            yield None
+            logger.warning("batch aborted, consuming it again: %s", error.args[0])
+            self._producer.abort_transaction()
+            self._rewind(messages)
+            return
+        self._stores.apply(batch.writes)
 
-    app.agent(source, name="ledger", concurrency=1)(ledger)
-    return app
+    def _produce(self, record: Record) -> None:
+        kwargs: dict[str, Any] = {"key": record.key, "value": record.value}
+        if record.headers is not None:
+            kwargs["headers"] = record.headers
+        if record.partition is not None:
+            kwargs["partition"] = record.partition
+        try:
+            self._producer.produce(record.topic, **kwargs)
+        except BufferError:  # the local queue is full: let deliveries drain, then retry
+            self._producer.poll(1.0)
+            self._producer.produce(record.topic, **kwargs)
+
+    def _commit(self) -> None:
+        for attempt in range(COMMIT_RETRIES_MAX):
+            try:
+                self._producer.commit_transaction()
+                return
+            except KafkaException as error:
+                if not error.args[0].retriable() or attempt == COMMIT_RETRIES_MAX - 1:
+                    raise
+
+    def _rewind(self, messages: Sequence[Message]) -> None:
+        """Consume the aborted batch again, from each partition's first offset in it."""
+        for tp in _first_offsets(messages):
+            try:
+                self._consumer.seek(tp)
+            except KafkaException as error:  # revoked meanwhile: its new owner reads it
+                if error.args[0].code() not in (KafkaError._STATE, KafkaError._UNKNOWN_PARTITION):
+                    raise
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        by_topic: dict[str, set[int]] = {self._topics.commands: set(), self._topics.legs: set()}
+        for tp in partitions:
+            by_topic[tp.topic].add(tp.partition)
+        commands, legs = by_topic[self._topics.commands], by_topic[self._topics.legs]
+        if commands != legs:
+            raise CoPartitioningError(f"commands {sorted(commands)} != legs {sorted(legs)}")
+        self._stores.hold(commands)
+        consumer.assign(partitions)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # No transaction is open here (batches commit before the next consume);
+        # stores are kept until the next assignment says which ones go.
+        consumer.unassign()
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Others may have processed these partitions meanwhile.
+        self._stores.drop_all()
+        consumer.unassign()
+
+
+def _next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
+    last: dict[tuple[str, int], int] = {}
+    for message in messages:
+        topic, partition, offset = source(message)
+        last[(topic, partition)] = offset
+    return [TopicPartition(t, p, offset + 1) for (t, p), offset in last.items()]
+
+
+def _first_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
+    first: dict[tuple[str, int], int] = {}
+    for message in messages:
+        topic, partition, offset = source(message)
+        first.setdefault((topic, partition), offset)
+    return [TopicPartition(t, p, offset) for (t, p), offset in first.items()]
 
 
 def clear_local_state(settings: Settings, name: str) -> None:
-    """Local stores are caches of the changelog: start from committed state.
-
-    After a crash or an abort the local RocksDB store is ahead of what Kafka
-    committed; it is deleted so faust restores every table from its
-    changelog, read_committed (DESIGN.md, crash consistency 2).
-    """
+    """Local stores are caches of the changelogs: every start restores from Kafka."""
     directory = worker_dir(settings, name)
     shutil.rmtree(directory, ignore_errors=True)
     directory.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _on_signal(stop: Callable[[], None]) -> Callable[[int, FrameType | None], None]:
+    def handler(_signum: int, _frame: FrameType | None) -> None:
+        stop()
+
+    return handler
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -134,11 +248,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--name", default="worker-1", help="worker name (own data directory)")
     parser.add_argument("--log-level", default=WORKER_LOG_LEVEL, choices=LOG_LEVELS)
     args = parser.parse_args(argv)
+    level = {"crit": "CRITICAL", "warn": "WARNING"}.get(args.log_level, args.log_level.upper())
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
     clear_local_state(settings, args.name)
-    app = build_app(settings, name=args.name)
-    worker = faust.Worker(app, loglevel=args.log_level, quiet=True)
-    worker.execute_from_commandline()
+    worker = LedgerWorker(settings, name=args.name)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _on_signal(worker.stop))
+    try:
+        worker.run()
+    except Exception as error:  # restart from committed state; nothing half-done survives
+        logger.exception("worker failed")
+        failfast.crash(f"worker failed: {error!r}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Bytes codecs for table keys and values (RocksDB and faust changelog topics).
+"""Bytes codecs for table keys and values (RocksDB stores and their changelog topics).
 
 Fixed ``struct`` layouts, not Avro: these bytes never leave the workers, and a
 struct is faster (an Account encode + decode took about 3 µs, against 7 µs for

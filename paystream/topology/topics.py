@@ -34,7 +34,6 @@ class Topics:
             ledger=settings.topic("ledger"),
             events=settings.topic("events"),
             dlq=settings.topic("dlq"),
-            # faust's assignor only finds a GlobalTable's changelog under its default name.
             directory=f"{app_id}-directory-changelog",
             balances_changelog=f"{app_id}-balances-changelog",
             idempotency_changelog=f"{app_id}-idempotency-changelog",
@@ -68,7 +67,7 @@ class Topics:
 
 
 def app_id_for(settings: Settings) -> str:
-    """The Faust app id: consumer group and transactional id prefix."""
+    """The ledger workers' consumer group, and the prefix of their transactional ids."""
     return f"{settings.topic_prefix}-{APP_NAME}"
 
 
@@ -92,41 +91,6 @@ def ensure_topics(bootstrap: str, topics: Topics) -> list[str]:
             if "TOPIC_ALREADY_EXISTS" not in str(error):
                 raise
     return [topic.topic for topic in wanted]
-
-
-def commit_missing_offsets(bootstrap: str, topics: Topics, *, group_id: str) -> int:
-    """Commit offset 0 for every source partition the group has no offset for yet.
-
-    faust drops fetched messages while a rebalance suspends the flow and
-    advances its read position anyway, then seeks back to the committed
-    offsets; a partition that never had a committed offset is not sought
-    back, and the messages fetched before the rebalance are skipped (seen
-    here: ``legs`` partition 5 resumed at offset 384, offsets 12-383 never
-    processed). With an offset committed up front there is always one to
-    seek back to. A group that already has active members refuses a commit
-    from outside; by then its partitions have offsets, so that is ignored.
-    """
-    from confluent_kafka import Consumer, KafkaException, TopicPartition
-
-    consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": group_id, "enable.auto.commit": False}
-    )
-    try:
-        wanted = [
-            TopicPartition(topic, partition)
-            for topic in (topics.commands, topics.legs)
-            for partition in range(topics.partitions)
-        ]
-        committed = consumer.committed(wanted, timeout=TOPIC_CREATE_TIMEOUT_S)
-        missing = [TopicPartition(tp.topic, tp.partition, 0) for tp in committed if tp.offset < 0]
-        if missing:
-            try:
-                consumer.commit(offsets=missing, asynchronous=False)
-            except KafkaException:
-                return 0
-        return len(missing)
-    finally:
-        consumer.close()
 
 
 GROUP_STABLE_TIMEOUT_S = 120.0

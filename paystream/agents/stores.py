@@ -1,0 +1,204 @@
+"""The worker's local state: one RocksDB (rocksdict) per table and partition.
+
+A store is a cache of its compacted changelog topic and never runs ahead of
+it: the worker applies a batch's writes only after the Kafka transaction that
+carries the same bytes as changelog records has committed. So an aborted
+batch, a fenced worker or a crash leaves nothing to undo; a partition this
+worker gains is restored from its changelog, read_committed.
+
+Restoring waits until no transaction is pending on the changelog partition
+(its last stable offset has reached the high watermark seen at the start).
+Otherwise a previous owner's transaction that is committed but whose markers
+are not yet written would be missing from the restored state, while its
+input offsets (fetched with ``require_stable``) already count as processed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
+from rocksdict import Options, Rdict
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+RESTORE_TIMEOUT_S = 120.0
+RESTORE_BATCH = 10_000
+POLL_S = 0.2
+WATERMARK_TIMEOUT_S = 10.0
+PENDING_POLL_S = 0.1
+
+
+class RestoreError(RuntimeError):
+    """A changelog partition could not be read to its end in time."""
+
+
+@dataclass(frozen=True, slots=True)
+class TableWrite:
+    """One key's new bytes in one table partition (and its changelog record)."""
+
+    table: str
+    partition: int
+    key: bytes
+    value: bytes
+
+
+class TableView(Mapping[K, V], Generic[K, V]):
+    """A read-only typed mapping over one store (raw bytes in, values out)."""
+
+    def __init__(
+        self,
+        get_raw: Callable[[bytes], bytes | None],
+        *,
+        encode_key: Callable[[K], bytes],
+        decode_value: Callable[[bytes], V],
+    ) -> None:
+        self._get_raw = get_raw
+        self._encode_key = encode_key
+        self._decode_value = decode_value
+
+    def __getitem__(self, key: K) -> V:
+        raw = self._get_raw(self._encode_key(key))
+        if raw is None:
+            raise KeyError(key)
+        return self._decode_value(raw)
+
+    def get(self, key: K, default: Any = None) -> Any:
+        raw = self._get_raw(self._encode_key(key))
+        return default if raw is None else self._decode_value(raw)
+
+    def __iter__(self) -> Iterator[K]:
+        raise TypeError("table views are for lookups; iterate the changelog instead")
+
+    def __len__(self) -> int:
+        raise TypeError("table views are for lookups; iterate the changelog instead")
+
+
+class Stores:
+    """Every table partition this worker holds, keyed by (table, partition)."""
+
+    def __init__(self, *, directory: Path, bootstrap: str, changelogs: Mapping[str, str]) -> None:
+        """``changelogs``: table name -> its changelog topic."""
+        self._directory = directory
+        self._changelogs = dict(changelogs)
+        self._dbs: dict[tuple[str, int], Rdict] = {}
+        common = {"bootstrap.servers": bootstrap, "group.id": f"{directory.name}.restore"}
+        self._reader = Consumer(
+            {
+                **common,
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+                "enable.partition.eof": True,
+                "auto.offset.reset": "earliest",
+            }
+        )
+        self._watermarks = Consumer({**common, "isolation.level": "read_uncommitted"})
+
+    @property
+    def partitions(self) -> set[int]:
+        return {partition for _table, partition in self._dbs}
+
+    def get(self, table: str, partition: int) -> Callable[[bytes], bytes | None]:
+        """The raw lookup of one table partition."""
+        db = self._dbs[(table, partition)]
+        get: Callable[[bytes], bytes | None] = db.get
+        return get
+
+    def apply(self, writes: Iterable[TableWrite]) -> None:
+        """Apply writes whose changelog records have committed."""
+        for write in writes:
+            self._dbs[(write.table, write.partition)][write.key] = write.value
+
+    def hold(self, partitions: set[int]) -> None:
+        """Hold exactly ``partitions``: drop the others, restore the new ones."""
+        for partition in self.partitions - partitions:
+            self.drop(partition)
+        new = sorted(partitions - self.partitions)
+        if new:
+            self._restore(new)
+
+    def drop(self, partition: int) -> None:
+        for table in self._changelogs:
+            db = self._dbs.pop((table, partition), None)
+            if db is not None:
+                db.close()
+            shutil.rmtree(self._path(table, partition), ignore_errors=True)
+
+    def drop_all(self) -> None:
+        for partition in sorted(self.partitions):
+            self.drop(partition)
+
+    def close(self) -> None:
+        self.drop_all()
+        self._reader.close()
+        self._watermarks.close()
+
+    def _path(self, table: str, partition: int) -> Path:
+        return self._directory / f"{table}-{partition}"
+
+    def _restore(self, partitions: list[int]) -> None:
+        owners: dict[tuple[str, int], Rdict] = {}
+        for table in self._changelogs:
+            for partition in partitions:
+                path = self._path(table, partition)
+                shutil.rmtree(path, ignore_errors=True)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                owners[(table, partition)] = Rdict(str(path), Options(raw_mode=True))
+        by_topic = {topic: table for table, topic in self._changelogs.items()}
+        tps = [TopicPartition(topic, p) for topic in by_topic for p in partitions]
+        deadline = time.monotonic() + RESTORE_TIMEOUT_S
+        ends = self._stable_ends(tps, deadline)
+        pending = {(tp.topic, tp.partition) for tp in tps if ends[(tp.topic, tp.partition)] > 0}
+        self._reader.assign(
+            [TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING) for tp in tps]
+        )
+        try:
+            while pending:
+                if time.monotonic() > deadline:
+                    raise RestoreError(f"changelogs not read to the end: {sorted(pending)}")
+                for message in self._reader.consume(RESTORE_BATCH, POLL_S):
+                    error = message.error()
+                    if error is not None and error.code() != KafkaError._PARTITION_EOF:
+                        raise KafkaException(error)
+                    topic, p, key = message.topic(), message.partition(), message.key()
+                    if error is None and topic and p is not None and key is not None:
+                        owners[(by_topic[topic], p)][key] = message.value()
+                for position in self._reader.position(tps):
+                    if position.offset >= ends[(position.topic, position.partition)]:
+                        pending.discard((position.topic, position.partition))
+        finally:
+            self._reader.unassign()
+        self._dbs.update(owners)
+
+    def _stable_ends(
+        self, tps: list[TopicPartition], deadline: float
+    ) -> dict[tuple[str, int], int]:
+        """Each partition's high watermark, once no transaction before it is pending."""
+        ends: dict[tuple[str, int], int] = {}
+        for tp in tps:
+            _low, high = self._watermarks.get_watermark_offsets(
+                tp, timeout=WATERMARK_TIMEOUT_S, cached=False
+            )
+            while True:
+                _low, stable = self._reader.get_watermark_offsets(
+                    tp, timeout=WATERMARK_TIMEOUT_S, cached=False
+                )
+                if stable >= high:
+                    break
+                if time.monotonic() > deadline:
+                    raise RestoreError(f"{tp.topic}[{tp.partition}]: a transaction stays open")
+                time.sleep(PENDING_POLL_S)
+            ends[(tp.topic, tp.partition)] = high
+        return ends
