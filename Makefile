@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-crash lint venv services-down clean
+.PHONY: demo test lint venv services-down clean
 
 $(BIN)/.installed: pyproject.toml
 	@echo "==> creating the virtualenv $(VENV) and installing paystream with its dev tools"
@@ -26,12 +26,7 @@ lint: venv
 
 test: lint
 	@echo "==> pytest: unit, property, integration and end-to-end tests on real Kafka, Postgres, ClickHouse"
-	@echo "    (the crash test is a known open failure: make test-crash runs it)"
-	$(BIN)/python -m pytest -m "not eos_open"
-
-test-crash: venv
-	@echo "==> the SIGKILL crash test (known open: see README)"
-	$(BIN)/python -m pytest -m eos_open -s
+	$(BIN)/python -m pytest
 
 services-down: venv
 	$(BIN)/paystream services down

@@ -2,11 +2,9 @@
 
 The directory topic is compacted and written (inside the source partition's
 transaction) whenever an account opens, freezes, unfreezes or closes. A
-background thread reads it read_committed into a dict, so the debit step sees
-only committed facts. faust's GlobalTable is not used: in faust-streaming
-0.15.3 it is filled by start-up recovery but does not follow later updates
-(measured here: transfers to accounts opened after the worker started were
-all refused as unknown).
+background thread reads every partition of it read_committed into a dict, so
+the debit step sees only committed facts about any account (a global store,
+in Kafka Streams' words).
 """
 
 from __future__ import annotations

@@ -75,75 +75,42 @@ def producer_config(settings: Settings, name: str) -> dict[str, Any]:
         # and aborts the transaction it left open.
         "transactional.id": f"{app_id_for(settings)}-{name}",
         "transaction.timeout.ms": int(TRANSACTION_TIMEOUT_S * 1000),
-        "partitioner": "murmur2_random",  # what Java and aiokafka use for keys
+        "partitioner": "murmur2_random",  # what Java clients use for keys
         "linger.ms": 2,
         "queue.buffering.max.messages": 1_000_000,
     }
+
+
+def source_topics(topics: Topics) -> list[str]:
+    """What the agent consumes, co-partitioned (same keys, same partition count)."""
+    return [topics.commands, topics.legs]
 
 
 class CoPartitioningError(RuntimeError):
     """The group gave this worker different partitions of ``commands`` and ``legs``."""
 
 
-class LedgerWorker:
-    def __init__(self, settings: Settings, *, name: str) -> None:
-        self._topics = Topics.from_settings(settings)
-        ensure_topics(settings.bootstrap, self._topics)
-        serde = AvroSerde(
-            registry_from_url(settings.schema_registry_url, settings.data_dir),
-            topic_names=self._topics.names(),
-        )
-        self._directory = DirectoryFollower(
-            bootstrap=settings.bootstrap, topic=self._topics.directory
-        )
-        self._stores = Stores(
-            directory=worker_dir(settings, name),
-            bootstrap=settings.bootstrap,
-            changelogs={
-                "balances": self._topics.balances_changelog,
-                "idempotency": self._topics.idempotency_changelog,
-            },
-        )
-        self._processor = BatchProcessor(
-            topics=self._topics, serde=serde, stores=self._stores, directory=self._directory
-        )
-        self._consumer = Consumer(consumer_config(settings))
-        self._producer = Producer(producer_config(settings, name))
-        self._stopping = False
+class BatchTransactions:
+    """One batch, one transaction; the stores change only if it commits."""
 
-    def stop(self) -> None:
-        """Finish the batch in hand, then leave the group (from a signal handler)."""
-        self._stopping = True
+    def __init__(
+        self, *, producer: Producer, consumer: Consumer, processor: BatchProcessor, stores: Stores
+    ) -> None:
+        self._producer = producer
+        self._consumer = consumer
+        self._processor = processor
+        self._stores = stores
+        self.aborted = 0
 
-    def run(self) -> None:
-        self._producer.init_transactions()
-        self._directory.start()
-        self._consumer.subscribe(
-            [self._topics.commands, self._topics.legs],
-            on_assign=self._on_assign,
-            on_revoke=self._on_revoke,
-            on_lost=self._on_lost,
-        )
-        try:
-            while not self._stopping:
-                messages = self._consume()
-                if messages:
-                    self._transact(messages)
-        finally:
-            self._consumer.close()  # leaves the group: the others take over at once
-            self._stores.close()
-            self._directory.stop()
+    def run(self, messages: Sequence[Message]) -> bool:
+        """Process and commit ``messages``; False if the transaction was aborted.
 
-    def _consume(self) -> list[Message]:
-        messages = self._consumer.consume(BATCH_SIZE_MAX, BATCH_WINDOW_S)
-        for message in messages:
-            error = message.error()
-            if error is not None:
-                raise KafkaException(error)
-        return messages
-
-    def _transact(self, messages: list[Message]) -> None:
-        """One batch, one transaction; the stores change only if it commits."""
+        An abortable error (a rebalance fenced this member's generation, a
+        record Kafka refused) aborts everything the batch sent and rewinds the
+        consumer to the batch's first offsets, so the batch is consumed again
+        (by this worker, or by the partition's new owner). Any other error
+        propagates: the worker restarts from committed state.
+        """
         batch = self._processor.process(messages)
         self._producer.begin_transaction()
         try:
@@ -157,10 +124,12 @@ class LedgerWorker:
             if not error.args[0].txn_requires_abort():
                 raise
             logger.warning("batch aborted, consuming it again: %s", error.args[0])
+            self.aborted += 1
             self._producer.abort_transaction()
             self._rewind(messages)
-            return
+            return False
         self._stores.apply(batch.writes)
+        return True
 
     def _produce(self, record: Record) -> None:
         kwargs: dict[str, Any] = {"key": record.key, "value": record.value}
@@ -191,6 +160,70 @@ class LedgerWorker:
             except KafkaException as error:  # revoked meanwhile: its new owner reads it
                 if error.args[0].code() not in (KafkaError._STATE, KafkaError._UNKNOWN_PARTITION):
                     raise
+
+
+class LedgerWorker:
+    def __init__(self, settings: Settings, *, name: str) -> None:
+        self._topics = Topics.from_settings(settings)
+        ensure_topics(settings.bootstrap, self._topics)
+        serde = AvroSerde(
+            registry_from_url(settings.schema_registry_url, settings.data_dir),
+            topic_names=self._topics.names(),
+        )
+        self._directory = DirectoryFollower(
+            bootstrap=settings.bootstrap, topic=self._topics.directory
+        )
+        self._stores = Stores(
+            directory=worker_dir(settings, name),
+            bootstrap=settings.bootstrap,
+            changelogs={
+                "balances": self._topics.balances_changelog,
+                "idempotency": self._topics.idempotency_changelog,
+            },
+        )
+        self._processor = BatchProcessor(
+            topics=self._topics, serde=serde, stores=self._stores, directory=self._directory
+        )
+        self._consumer = Consumer(consumer_config(settings))
+        self._producer = Producer(producer_config(settings, name))
+        self._transactions = BatchTransactions(
+            producer=self._producer,
+            consumer=self._consumer,
+            processor=self._processor,
+            stores=self._stores,
+        )
+        self._stopping = False
+
+    def stop(self) -> None:
+        """Finish the batch in hand, then leave the group (from a signal handler)."""
+        self._stopping = True
+
+    def run(self) -> None:
+        self._producer.init_transactions()
+        self._directory.start()
+        self._consumer.subscribe(
+            source_topics(self._topics),
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        try:
+            while not self._stopping:
+                messages = self._consume()
+                if messages:
+                    self._transactions.run(messages)
+        finally:
+            self._consumer.close()  # leaves the group: the others take over at once
+            self._stores.close()
+            self._directory.stop()
+
+    def _consume(self) -> list[Message]:
+        messages = self._consumer.consume(BATCH_SIZE_MAX, BATCH_WINDOW_S)
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                raise KafkaException(error)
+        return messages
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         by_topic: dict[str, set[int]] = {self._topics.commands: set(), self._topics.legs: set()}

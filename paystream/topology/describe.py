@@ -1,11 +1,11 @@
 """The agent graph as data, printed like Kafka Streams' ``Topology.describe()``.
 
-Building the Faust app needs Kafka, so the graph is not read from a running
-app: it is the declarations below (:data:`SOURCES`, :data:`TABLES`,
+Starting a worker needs Kafka, so the graph is not read from a running
+worker: it is the declarations below (:data:`SOURCES`, :data:`TABLES`,
 :data:`ROUTES`, :data:`DEAD_LETTERS`, :data:`GLOBAL_STORE`) applied to the
 real :class:`Topics` of the settings. :func:`build` refuses a graph that leaves
 out a topic of ``Topics`` or an output type of the core, and the unit tests
-check every declaration against ``build_app`` and ``BatchProcessor``: source
+check every declaration against the worker and ``BatchProcessor``: source
 topics, tables, and the topic, key and partition of every output, dead letter
 and changelog record.
 """
@@ -37,7 +37,7 @@ DOC_PATH_DEFAULT = Path("docs/topology.md")
 DOC_WIDTH = 88
 
 AGENT = "ledger"
-"""The Faust agent's name in ``build_app``."""
+"""The agent: the worker's batch loop over its sources (``paystream.agents.worker``)."""
 
 PartitionRule: TypeAlias = Literal["murmur2(key)", "source partition"]
 MURMUR2: PartitionRule = "murmur2(key)"
@@ -58,7 +58,7 @@ class SourceDecl:
 
 @dataclass(frozen=True, slots=True)
 class TableDecl:
-    """A partitioned, changelog-backed Faust table of the agent."""
+    """A partitioned, changelog-backed RocksDB table of the agent."""
 
     name: str
     key: str

@@ -1,4 +1,4 @@
-"""Kafka's default partitioner (murmur2), as Java, aiokafka and ``murmur2_random`` use it."""
+"""Kafka's default partitioner (murmur2): Java clients' and librdkafka's ``murmur2_random``."""
 
 from __future__ import annotations
 

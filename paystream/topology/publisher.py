@@ -1,8 +1,8 @@
 """Puts commands on the ``commands`` topic, keyed by their account.
 
-confluent-kafka (librdkafka) partitions by CRC32 unless told otherwise; the
-workers' producers (aiokafka) and Java use murmur2. ``murmur2_random`` makes
-one account land on one partition whoever produced it (DESIGN.md,
+confluent-kafka (librdkafka) partitions by CRC32 unless told otherwise; Java
+clients use murmur2. ``murmur2_random`` (here and in the workers) makes one
+account land on one partition whoever produced it (DESIGN.md,
 co-partitioning).
 """
 

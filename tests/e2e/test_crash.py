@@ -18,8 +18,7 @@ from tests.e2e.harness import (
     setup_or_fail,
 )
 
-# Known open (README): transfers can go unanswered after SIGKILLs; not in `make test` yet.
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.eos_open]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 MIX = workload.Mix(accounts=500, transfers=20_000)
 KILLS_MIN = 6

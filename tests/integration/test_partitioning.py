@@ -1,13 +1,16 @@
-"""One account, one partition: our confluent-kafka producers and the workers' aiokafka agree."""
+"""One account, one partition: the publisher, the workers and Java clients agree."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
 from confluent_kafka import Producer
 
+from paystream.agents import worker
+from paystream.settings import Settings
 from paystream.topology.partitioner import partition_for
 from paystream.topology.publisher import producer_config
 from tests.integration.kafka_util import create_topic
@@ -17,22 +20,29 @@ pytestmark = pytest.mark.integration
 KEYS = [f"acct-{i:05d}".encode() for i in range(400)] + [b"\xff\x00", "ünïcødé".encode()]
 
 
-def _confluent_partitions(bootstrap: str, topic: str) -> dict[bytes, int]:
+def _confluent_partitions(config: dict[str, Any], topic: str) -> dict[bytes, int]:
     found: dict[bytes, int] = {}
 
     def done(error: object, message: object) -> None:
         assert error is None
         found[message.key()] = message.partition()  # type: ignore[attr-defined]
 
-    producer = Producer(producer_config(bootstrap))
+    producer = Producer(config)
+    transactional = "transactional.id" in config
+    if transactional:
+        producer.init_transactions(30)
+        producer.begin_transaction()
     for key in KEYS:
         producer.produce(topic, key=key, value=b"x", on_delivery=done)
+    if transactional:
+        producer.commit_transaction(30)
     assert producer.flush(30) == 0
     return found
 
 
 async def _aiokafka_partitions(bootstrap: str, topic: str) -> dict[bytes, int]:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)  # its default: murmur2, like faust
+    """aiokafka's default partitioner is Java's (murmur2): the reference here."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
     await producer.start()
     try:
         return {key: (await producer.send_and_wait(topic, b"x", key=key)).partition for key in KEYS}
@@ -40,12 +50,14 @@ async def _aiokafka_partitions(bootstrap: str, topic: str) -> dict[bytes, int]:
         await producer.stop()
 
 
-def test_api_and_agents_put_one_account_on_one_partition(
-    kafka_bootstrap: str, unique_topic: str
+def test_api_workers_and_java_clients_put_one_account_on_one_partition(
+    kafka_bootstrap: str, unique_topic: str, topic_prefix: str
 ) -> None:
     create_topic(kafka_bootstrap, unique_topic, partitions=8)
-    confluent = _confluent_partitions(kafka_bootstrap, unique_topic)
-    aiokafka = asyncio.run(_aiokafka_partitions(kafka_bootstrap, unique_topic))
-    assert confluent == aiokafka
-    assert {key: partition_for(key, 8) for key in KEYS} == confluent
-    assert len(set(confluent.values())) == 8  # the keys really spread
+    settings = Settings(kafka_bootstrap=kafka_bootstrap, topic_prefix=topic_prefix)
+    publisher = _confluent_partitions(producer_config(kafka_bootstrap), unique_topic)
+    workers = _confluent_partitions(worker.producer_config(settings, "p-test"), unique_topic)
+    java = asyncio.run(_aiokafka_partitions(kafka_bootstrap, unique_topic))
+    assert publisher == workers == java
+    assert {key: partition_for(key, 8) for key in KEYS} == publisher
+    assert len(set(publisher.values())) == 8  # the keys really spread

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from paystream.agents import worker
-from paystream.agents.processor import BatchProcessor, Tables
+from paystream.agents.processor import Batch, BatchProcessor
 from paystream.ledger import (
     Account,
     Compensation,
@@ -32,6 +30,7 @@ from paystream.topology.avro import AvroSerde
 from paystream.topology.dlq import PoisonMessage
 from paystream.topology.registry import FileSchemaRegistry
 from paystream.topology.topics import Topics
+from tests.unit.kafka_fakes import FakeMessage
 
 REPO = Path(__file__).resolve().parents[2]
 PREFIX = "acme"
@@ -59,26 +58,11 @@ SAMPLES: dict[type, Any] = {
 }
 
 
-class FakeOutbox:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, bytes, int | None]] = []
+class NoStores:
+    """The processor's stores, for tests that only route outputs (never read)."""
 
-    async def send(
-        self,
-        transactional_id: str,
-        topic: str,
-        *,
-        key: bytes,
-        value: bytes,
-        partition: int | None = None,
-        headers: Any = None,
-    ) -> None:
-        self.sent.append((topic, key, partition))
-
-
-class FakeDb(dict[bytes, bytes]):
-    def put(self, key: bytes, value: bytes) -> None:
-        self[key] = value
+    def get(self, table: str, partition: int) -> Any:
+        raise AssertionError("routing reads no table")
 
 
 @pytest.fixture
@@ -92,19 +76,13 @@ def topics(settings: Settings) -> Topics:
 
 
 @pytest.fixture
-def outbox() -> FakeOutbox:
-    return FakeOutbox()
-
-
-@pytest.fixture
-def processor(tmp_path: Path, topics: Topics, outbox: FakeOutbox) -> BatchProcessor:
+def processor(tmp_path: Path, topics: Topics) -> BatchProcessor:
     serde = AvroSerde(FileSchemaRegistry(tmp_path / "registry.json"), topic_names=topics.names())
     return BatchProcessor(
         topics=topics,
         serde=serde,
-        tables=Tables(balances=None, idempotency=None),
+        stores=NoStores(),  # type: ignore[arg-type]
         directory={},
-        outbox=outbox,  # type: ignore[arg-type]
     )
 
 
@@ -139,82 +117,62 @@ def test_routes_match_batch_processor(processor: BatchProcessor, topics: Topics)
     assert {route.output for route in describe.ROUTES} == set(SAMPLES)
     for route in describe.ROUTES:
         sample = SAMPLES[route.output]
-        topic, key, _, partition = processor._route(sample, SOURCE_PARTITION)
-        assert topic == getattr(topics, route.topic), route
-        assert key == getattr(sample, route.key_field).encode(), route
+        record = processor._route(sample, SOURCE_PARTITION)
+        assert record.topic == getattr(topics, route.topic), route
+        assert record.key == getattr(sample, route.key_field).encode(), route
         expected = SOURCE_PARTITION if route.partition == describe.SOURCE_PARTITION else None
-        assert partition == expected, route
+        assert record.partition == expected, route
 
 
-def test_dead_letters_match_batch_processor(
-    processor: BatchProcessor, topics: Topics, outbox: FakeOutbox
-) -> None:
-    message = SimpleNamespace(
-        topic=topics.commands, partition=SOURCE_PARTITION, offset=7, key=b"acct-s", value=b"?"
-    )
-    poison = PoisonMessage("undecodable", "not Avro")
-    asyncio.run(processor._dead_letter("tid", SimpleNamespace(message=message), poison))  # type: ignore[arg-type]
+def test_dead_letters_match_batch_processor(processor: BatchProcessor, topics: Topics) -> None:
+    message = FakeMessage(topics.commands, SOURCE_PARTITION, 7, b"acct-s", b"?")
+    batch = processor.process([message])  # type: ignore[list-item]
     route = describe.DEAD_LETTERS
     assert route.output is PoisonMessage
-    assert outbox.sent == [(getattr(topics, route.topic), getattr(message, route.key_field), None)]
+    assert route.key_field == "key"
+    assert [(r.topic, r.key, r.partition) for r in batch.records] == [
+        (getattr(topics, route.topic), message.key(), None)
+    ]
     assert route.partition == describe.MURMUR2
+    assert batch.writes == []
 
 
-def test_changelogs_match_batch_processor(
-    processor: BatchProcessor, topics: Topics, outbox: FakeOutbox
-) -> None:
+def test_changelogs_match_batch_processor(processor: BatchProcessor, topics: Topics) -> None:
     account = Account("acct-s", "EUR", "partner-1", "open", True)
     record = IdempotencyRecord("cmd-1", "0" * 64, None)
-    writes: dict[str, tuple[Callable[[], Coroutine[Any, Any, Any]], bytes]] = {
+    writes: dict[str, tuple[Callable[[Batch], None], bytes]] = {
         "balances": (
-            lambda: processor._write_accounts(
-                "tid", SOURCE_PARTITION, FakeDb(), {"acct-s": account}
-            ),
+            lambda batch: processor._write_accounts(SOURCE_PARTITION, {"acct-s": account}, batch),
             codecs.encode_account_key("acct-s"),
         ),
         "idempotency": (
-            lambda: processor._write_idempotency(
-                "tid", SOURCE_PARTITION, FakeDb(), {("acct-s", "req-1"): record}
+            lambda batch: processor._write_idempotency(
+                SOURCE_PARTITION, {("acct-s", "req-1"): record}, batch
             ),
             codecs.encode_idempotency_key(("acct-s", "req-1")),
         ),
     }
-    assert {table.name for table in describe.TABLES} == set(writes)
+    assert {table.name for table in describe.TABLES} == set(writes) == set(processor.changelogs)
     for table in describe.TABLES:
-        outbox.sent.clear()
+        batch = Batch()
         write, key = writes[table.name]
-        asyncio.run(write())
-        assert outbox.sent == [(getattr(topics, table.changelog), key, SOURCE_PARTITION)]
+        write(batch)
+        changelog = getattr(topics, table.changelog)
+        assert processor.changelogs[table.name] == changelog
+        assert [(r.topic, r.key, r.partition) for r in batch.records] == [
+            (changelog, key, SOURCE_PARTITION)
+        ]
+        assert [(w.table, w.partition, w.key) for w in batch.writes] == [
+            (table.name, SOURCE_PARTITION, key)
+        ]
+        assert batch.writes[0].value == batch.records[0].value
 
 
-def test_sources_tables_and_global_store_match_build_app(
-    monkeypatch: pytest.MonkeyPatch, settings: Settings, topics: Topics
-) -> None:
-    """build_app with its two Kafka calls stubbed: nothing connects, nothing starts."""
-    followed: list[str] = []
-
-    class Follower(dict[str, DirectoryEntry]):
-        def __init__(self, *, bootstrap: str, topic: str) -> None:
-            super().__init__()
-            followed.append(topic)
-
-        def start(self) -> None:
-            pass
-
-    monkeypatch.setattr(worker, "ensure_topics", lambda bootstrap, topics: [])
-    monkeypatch.setattr(worker, "commit_missing_offsets", lambda bootstrap, topics, group_id: 0)
-    monkeypatch.setattr(worker, "DirectoryFollower", Follower)
-    app = worker.build_app(settings, name="describe-test")
-
-    assert [agent.name for agent in app.agents.values()] == [describe.AGENT]
-    (agent,) = app.agents.values()
-    assert tuple(agent.channel.topics) == tuple(
+def test_sources_match_the_worker(topics: Topics) -> None:
+    assert worker.source_topics(topics) == [
         getattr(topics, source.topic) for source in describe.SOURCES
-    )
-    assert {name: table.changelog_topic.get_topic_name() for name, table in app.tables.items()} == {
-        table.name: getattr(topics, table.changelog) for table in describe.TABLES
-    }
-    assert followed == [getattr(topics, describe.GLOBAL_STORE.topic)]
+    ]
+    assert describe.GLOBAL_STORE.topic == "directory"
 
 
 def test_build_refuses_an_unrouted_output(

@@ -1,0 +1,153 @@
+"""The worker's transaction control flow: commit then apply, or abort, rewind, apply nothing.
+
+Kafka's side (fencing, read_committed visibility) is exercised on a real
+broker by the end-to-end and crash tests; these pin the worker's reactions to
+each kind of error, which a crash test cannot reach on demand.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from paystream.agents.processor import Batch, Record
+from paystream.agents.stores import TableWrite
+from paystream.agents.worker import BatchTransactions
+from tests.unit.kafka_fakes import FakeMessage
+
+COMMANDS = "p.commands"
+LEGS = "p.legs"
+MESSAGES = [
+    FakeMessage(COMMANDS, 3, 10, b"a", b"1"),
+    FakeMessage(LEGS, 3, 40, b"b", b"2"),
+    FakeMessage(COMMANDS, 3, 11, b"a", b"3"),
+    FakeMessage(COMMANDS, 5, 7, b"c", b"4"),
+]
+BATCH = Batch(
+    records=[
+        Record("p.ledger", b"a", b"entry"),
+        Record("p-ledger-balances-changelog", b"a", b"acct", partition=3),
+        Record("p.dlq", b"c", b"4", headers=[("dlq.reason", b"undecodable")]),
+    ],
+    writes=[TableWrite("balances", 3, b"a", b"acct")],
+)
+
+
+def error(*, abort: bool = False, retriable: bool = False) -> KafkaException:
+    return KafkaException(
+        KafkaError(KafkaError._FENCED, "test", retriable=retriable, txn_requires_abort=abort)
+    )
+
+
+class Calls:
+    def __init__(self) -> None:
+        self.log: list[tuple[Any, ...]] = []
+
+
+class FakeProducer:
+    def __init__(self, calls: Calls, commit_errors: list[KafkaException]) -> None:
+        self._calls = calls
+        self._commit_errors = commit_errors
+
+    def begin_transaction(self) -> None:
+        self._calls.log.append(("begin",))
+
+    def produce(self, topic: str, **kwargs: Any) -> None:
+        self._calls.log.append(("produce", topic, kwargs))
+
+    def send_offsets_to_transaction(self, offsets: list[TopicPartition], metadata: str) -> None:
+        sent = sorted((tp.topic, tp.partition, tp.offset) for tp in offsets)
+        self._calls.log.append(("offsets", sent, metadata))
+
+    def commit_transaction(self) -> None:
+        self._calls.log.append(("commit",))
+        if self._commit_errors:
+            raise self._commit_errors.pop(0)
+
+    def abort_transaction(self) -> None:
+        self._calls.log.append(("abort",))
+
+
+class FakeConsumer:
+    def __init__(self, calls: Calls) -> None:
+        self._calls = calls
+
+    def consumer_group_metadata(self) -> str:
+        return "generation-7"
+
+    def seek(self, tp: TopicPartition) -> None:
+        self._calls.log.append(("seek", tp.topic, tp.partition, tp.offset))
+
+
+class FakeStores:
+    def __init__(self, calls: Calls) -> None:
+        self._calls = calls
+
+    def apply(self, writes: list[TableWrite]) -> None:
+        self._calls.log.append(("apply", list(writes)))
+
+
+class FakeProcessor:
+    def process(self, messages: Any) -> Batch:
+        return BATCH
+
+
+def transactions(calls: Calls, *commit_errors: KafkaException) -> BatchTransactions:
+    return BatchTransactions(
+        producer=FakeProducer(calls, list(commit_errors)),  # type: ignore[arg-type]
+        consumer=FakeConsumer(calls),  # type: ignore[arg-type]
+        processor=FakeProcessor(),  # type: ignore[arg-type]
+        stores=FakeStores(calls),  # type: ignore[arg-type]
+    )
+
+
+NEXT_OFFSETS = [(COMMANDS, 3, 12), (COMMANDS, 5, 8), (LEGS, 3, 41)]
+
+
+def test_a_committed_batch_sends_everything_then_its_offsets_then_applies_its_writes() -> None:
+    calls = Calls()
+    assert transactions(calls).run(MESSAGES) is True  # type: ignore[arg-type]
+    assert calls.log == [
+        ("begin",),
+        ("produce", "p.ledger", {"key": b"a", "value": b"entry"}),
+        ("produce", "p-ledger-balances-changelog", {"key": b"a", "value": b"acct", "partition": 3}),
+        (
+            "produce",
+            "p.dlq",
+            {"key": b"c", "value": b"4", "headers": [("dlq.reason", b"undecodable")]},
+        ),
+        ("offsets", NEXT_OFFSETS, "generation-7"),
+        ("commit",),
+        ("apply", BATCH.writes),
+    ]
+
+
+def test_an_abortable_error_aborts_rewinds_to_the_first_offsets_and_applies_nothing() -> None:
+    calls = Calls()
+    worker = transactions(calls, error(abort=True))
+    assert worker.run(MESSAGES) is False  # type: ignore[arg-type]
+    assert calls.log[-5:] == [
+        ("commit",),
+        ("abort",),
+        ("seek", COMMANDS, 3, 10),
+        ("seek", LEGS, 3, 40),
+        ("seek", COMMANDS, 5, 7),
+    ]
+    assert not [call for call in calls.log if call[0] == "apply"]
+    assert worker.aborted == 1
+
+
+def test_a_retriable_commit_error_is_retried() -> None:
+    calls = Calls()
+    assert transactions(calls, error(retriable=True), error(retriable=True)).run(MESSAGES)  # type: ignore[arg-type]
+    assert [call[0] for call in calls.log][-4:] == ["commit", "commit", "commit", "apply"]
+
+
+def test_any_other_error_propagates_without_applying_or_aborting() -> None:
+    calls = Calls()
+    with pytest.raises(KafkaException):
+        transactions(calls, error()).run(MESSAGES)  # type: ignore[arg-type]
+    assert [call[0] for call in calls.log][-1] == "commit"
+    assert not [call for call in calls.log if call[0] in ("apply", "abort")]
