@@ -53,6 +53,16 @@ class WorkerProcess:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait()
 
+    def pause(self) -> None:
+        """SIGSTOP: a stalled worker (GC pause, frozen VM) that its group gives up on."""
+        if self.process is not None and self.alive:
+            self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT: the stalled worker carries on where it was, as a zombie."""
+        if self.process is not None and self.alive:
+            self.process.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         """SIGTERM and wait: the worker finishes its batch and leaves the group."""
         if self.process is None or not self.alive:

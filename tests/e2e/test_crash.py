@@ -1,15 +1,21 @@
-"""Crash test: SIGKILL workers at random moments during a long run; nothing lost or doubled."""
+"""Crash tests: SIGKILL workers at random moments, or stall one until its group gives up on it.
+
+Either way nothing may be lost or doubled: every transfer ends once, the
+read_committed ledger holds each journal id once and balances.
+"""
 
 from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from paystream import workload
-from paystream.runner import TRAFFIC_TIMEOUT_S
+from paystream.agents.supervisor import WorkerProcess
+from paystream.runner import TRAFFIC_TIMEOUT_S, Platform
 from paystream.settings import Settings
 from tests.e2e.harness import (
     assert_ledger_exactly_once,
@@ -20,40 +26,86 @@ from tests.e2e.harness import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-MIX = workload.Mix(accounts=500, transfers=20_000)
+KILL_MIX = workload.Mix(accounts=500, transfers=20_000)
 KILLS_MIN = 6
+PAUSE_MIX = workload.Mix(accounts=300, transfers=8_000)
+PAUSES = 3
+PAUSE_S = 13.0  # longer than the workers' session timeout (10 s): the group moves on
 CHAOS_TIME_MAX_S = 240.0
 TRAFFIC_PER_S = 1_000
 
 
 def test_sigkill_workers_at_random_moments(settings: Settings, tmp_path: Path) -> None:
-    load = workload.build(seed=4242, mix=MIX, run_id="crash")
     rng = random.Random(4242)
-    kills = 0
+
+    def kill(running: Platform) -> None:
+        _sleep_polling(running, rng.uniform(0.5, 4.0))
+        rng.choice(running.workers.workers).kill()
+        _sleep_polling(running, rng.uniform(0.0, 1.5))
+        running.workers.restart_dead()  # what the supervisor does
+
+    actions = _run_with_chaos(settings, tmp_path, KILL_MIX, kill, minimum=KILLS_MIN)
+    print(f"{actions} SIGKILLs")
+
+
+def test_a_stalled_worker_is_fenced_and_its_work_redone(settings: Settings, tmp_path: Path) -> None:
+    """SIGSTOP past the session timeout, then SIGCONT: a zombie with a batch in hand.
+
+    Its group has given its partitions to the other worker meanwhile, so its
+    commit must fail (the broker fences its generation) and everything it
+    sent must be aborted; the partitions' new owner redoes the work.
+    """
+    rng = random.Random(77)
+
+    def stall(running: Platform) -> None:
+        _sleep_polling(running, rng.uniform(1.0, 3.0))
+        worker: WorkerProcess = rng.choice(running.workers.workers)
+        worker.pause()
+        try:
+            _sleep_polling(running, PAUSE_S)
+        finally:
+            worker.resume()
+
+    actions = _run_with_chaos(settings, tmp_path, PAUSE_MIX, stall, minimum=PAUSES)
+    aborted = sum(
+        log.read_text(errors="replace").count("batch aborted")
+        for log in (tmp_path / "logs").glob("*.log")
+    )
+    print(f"{actions} stalls; {aborted} batches aborted by the stalled workers")
+
+
+def _run_with_chaos(
+    settings: Settings,
+    tmp_path: Path,
+    mix: workload.Mix,
+    chaos: Callable[[Platform], None],
+    *,
+    minimum: int,
+) -> int:
+    """Paced traffic while ``chaos`` runs at least ``minimum`` times; then every invariant."""
+    load = workload.build(seed=4242, mix=mix, run_id="crash")
+    actions = 0
     with platform(settings, tmp_path, workers=2) as running:
         setup_or_fail(running, load)
         publisher = running.publish_paced(load, per_second=TRAFFIC_PER_S)
         deadline = time.monotonic() + CHAOS_TIME_MAX_S
-        while (publisher.is_alive() or kills < KILLS_MIN) and time.monotonic() < deadline:
-            _sleep_polling(running.watcher.poll, rng.uniform(0.5, 4.0))
-            rng.choice(running.workers.workers).kill()
-            kills += 1
-            _sleep_polling(running.watcher.poll, rng.uniform(0.0, 1.5))
-            running.workers.restart_dead()  # what the supervisor does
+        while (publisher.is_alive() or actions < minimum) and time.monotonic() < deadline:
+            chaos(running)
+            actions += 1
         publisher.join()
         left = running.wait_supervised(load.transfer_ids, timeout_s=TRAFFIC_TIMEOUT_S)
         assert not left, f"{len(left)} transfers without a terminal event{running.logs()}"
-        counts = running.outcomes(load)
-        print(f"\n{kills} SIGKILLs; outcomes {dict(counts)}")
+        print(f"\noutcomes {dict(running.outcomes(load))}")
         assert_sagas_end_once(running, load)
         report = assert_ledger_exactly_once(running)
-    assert kills >= KILLS_MIN
-    deposited = (MIX.accounts - MIX.closing_accounts) * MIX.deposit_minor
+    assert actions >= minimum
+    deposited = (mix.accounts - mix.closing_accounts) * mix.deposit_minor
     assert report.customer_total_by_currency == {"EUR": deposited}
+    return actions
 
 
-def _sleep_polling(poll: object, seconds: float) -> None:
+def _sleep_polling(running: Platform, seconds: float) -> None:
     """Sleep while keeping the event watcher reading (it is not in a group)."""
     end = time.monotonic() + seconds
     while time.monotonic() < end:
-        poll()  # type: ignore[operator]
+        running.watcher.poll()
