@@ -6,11 +6,12 @@ carries the same bytes as changelog records has committed. So an aborted
 batch, a fenced worker or a crash leaves nothing to undo; a partition this
 worker gains is restored from its changelog, read_committed.
 
-Restoring waits until no transaction is pending on the changelog partition
-(its last stable offset has reached the high watermark seen at the start).
-Otherwise a previous owner's transaction that is committed but whose markers
-are not yet written would be missing from the restored state, while its
-input offsets (fetched with ``require_stable``) already count as processed.
+A restore reads read_committed up to the high watermark seen when it starts,
+which a read_committed position only passes once every transaction before
+it has ended: it waits for them. Otherwise a previous owner's transaction
+that is committed but whose markers are not yet written would be missing
+from the restored state, while its input offsets (fetched with
+``require_stable``) already count as processed.
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ RESTORE_TIMEOUT_S = 120.0
 RESTORE_BATCH = 10_000
 POLL_S = 0.2
 WATERMARK_TIMEOUT_S = 10.0
-PENDING_POLL_S = 0.1
 
 
 class RestoreError(RuntimeError):
@@ -89,12 +89,14 @@ class TableView(Mapping[K, V], Generic[K, V]):
 class Stores:
     """Every table partition this worker holds, keyed by (table, partition)."""
 
-    def __init__(self, *, directory: Path, bootstrap: str, changelogs: Mapping[str, str]) -> None:
-        """``changelogs``: table name -> its changelog topic."""
+    def __init__(
+        self, *, directory: Path, bootstrap: str, changelogs: Mapping[str, str], client_id: str
+    ) -> None:
+        """``changelogs``: table name -> its changelog topic (read, never committed)."""
         self._directory = directory
         self._changelogs = dict(changelogs)
         self._dbs: dict[tuple[str, int], Rdict] = {}
-        common = {"bootstrap.servers": bootstrap, "group.id": f"{directory.name}.restore"}
+        common = {"bootstrap.servers": bootstrap, "group.id": f"{client_id}.restore"}
         self._reader = Consumer(
             {
                 **common,
@@ -159,7 +161,7 @@ class Stores:
         by_topic = {topic: table for table, topic in self._changelogs.items()}
         tps = [TopicPartition(topic, p) for topic in by_topic for p in partitions]
         deadline = time.monotonic() + RESTORE_TIMEOUT_S
-        ends = self._stable_ends(tps, deadline)
+        ends = self._high_watermarks(tps)
         pending = {(tp.topic, tp.partition) for tp in tps if ends[(tp.topic, tp.partition)] > 0}
         self._reader.assign(
             [TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING) for tp in tps]
@@ -167,7 +169,7 @@ class Stores:
         try:
             while pending:
                 if time.monotonic() > deadline:
-                    raise RestoreError(f"changelogs not read to the end: {sorted(pending)}")
+                    raise RestoreError(f"changelogs not read to their end: {sorted(pending)}")
                 for message in self._reader.consume(RESTORE_BATCH, POLL_S):
                     error = message.error()
                     if error is not None and error.code() != KafkaError._PARTITION_EOF:
@@ -182,23 +184,12 @@ class Stores:
             self._reader.unassign()
         self._dbs.update(owners)
 
-    def _stable_ends(
-        self, tps: list[TopicPartition], deadline: float
-    ) -> dict[tuple[str, int], int]:
-        """Each partition's high watermark, once no transaction before it is pending."""
+    def _high_watermarks(self, tps: list[TopicPartition]) -> dict[tuple[str, int], int]:
+        """Each partition's end including pending transactions (read_uncommitted)."""
         ends: dict[tuple[str, int], int] = {}
         for tp in tps:
             _low, high = self._watermarks.get_watermark_offsets(
                 tp, timeout=WATERMARK_TIMEOUT_S, cached=False
             )
-            while True:
-                _low, stable = self._reader.get_watermark_offsets(
-                    tp, timeout=WATERMARK_TIMEOUT_S, cached=False
-                )
-                if stable >= high:
-                    break
-                if time.monotonic() > deadline:
-                    raise RestoreError(f"{tp.topic}[{tp.partition}]: a transaction stays open")
-                time.sleep(PENDING_POLL_S)
             ends[(tp.topic, tp.partition)] = high
         return ends

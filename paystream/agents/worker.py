@@ -180,6 +180,7 @@ class LedgerWorker:
                 "balances": self._topics.balances_changelog,
                 "idempotency": self._topics.idempotency_changelog,
             },
+            client_id=f"{app_id_for(settings)}-{name}",
         )
         self._processor = BatchProcessor(
             topics=self._topics, serde=serde, stores=self._stores, directory=self._directory
