@@ -71,8 +71,20 @@ def app_id_for(settings: Settings) -> str:
     return f"{settings.topic_prefix}-{APP_NAME}"
 
 
+class TopicLayoutError(RuntimeError):
+    """An existing topic has another partition count than the settings say."""
+
+
 def ensure_topics(bootstrap: str, topics: Topics) -> list[str]:
-    """Create the topics that do not exist yet; return the ones created."""
+    """Create the topics that do not exist yet; return the ones created.
+
+    Every topic must have ``topics.partitions`` partitions: an account's
+    commands, legs and table partition are found by the same murmur2 modulo,
+    so a topic with another count would send an account's work to a worker
+    that does not hold its balance. Existing topics are checked, not changed.
+    """
+    import time
+
     from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
@@ -82,14 +94,27 @@ def ensure_topics(bootstrap: str, topics: Topics) -> list[str]:
         for name, config in topics.configs().items()
         if name not in existing
     ]
-    if not wanted:
-        return []
-    for future in admin.create_topics(wanted).values():
+    for future in admin.create_topics(wanted).values() if wanted else ():
         try:
             future.result(timeout=TOPIC_CREATE_TIMEOUT_S)
         except Exception as error:  # a concurrent creator is fine; anything else is not
             if "TOPIC_ALREADY_EXISTS" not in str(error):
                 raise
+    deadline = time.monotonic() + TOPIC_CREATE_TIMEOUT_S
+    while True:  # metadata lags creation a little
+        metadata = admin.list_topics(timeout=TOPIC_CREATE_TIMEOUT_S).topics
+        counts = {
+            name: len(metadata[name].partitions) for name in topics.configs() if name in metadata
+        }
+        if len(counts) == len(topics.configs()) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    wrong = {name: count for name, count in counts.items() if count != topics.partitions}
+    if wrong or len(counts) != len(topics.configs()):
+        raise TopicLayoutError(
+            f"topics need {topics.partitions} partitions (PAYSTREAM_PARTITIONS); found {wrong},"
+            f" missing {sorted(set(topics.configs()) - set(counts))}"
+        )
     return [topic.topic for topic in wanted]
 
 
