@@ -27,7 +27,8 @@ from tests.e2e.harness import (
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 KILL_MIX = workload.Mix(accounts=500, transfers=20_000)
-KILLS_MIN = 6
+KILL_ROUNDS_MIN = 12
+BOTH_WORKERS_PERCENT = 25
 PAUSE_MIX = workload.Mix(accounts=300, transfers=8_000)
 PAUSES = 3
 PAUSE_S = 13.0  # longer than the workers' session timeout (10 s): the group moves on
@@ -38,14 +39,21 @@ TRAFFIC_PER_S = 1_000
 def test_sigkill_workers_at_random_moments(settings: Settings, tmp_path: Path) -> None:
     rng = random.Random(4242)
 
+    kills = 0
+
     def kill(running: Platform) -> None:
-        _sleep_polling(running, rng.uniform(0.5, 4.0))
-        rng.choice(running.workers.workers).kill()
-        _sleep_polling(running, rng.uniform(0.0, 1.5))
+        nonlocal kills
+        _sleep_polling(running, rng.uniform(0.2, 2.0))
+        workers = running.workers.workers
+        both = rng.randrange(100) < BOTH_WORKERS_PERCENT
+        for worker in workers if both else [rng.choice(workers)]:
+            worker.kill()
+            kills += 1
+        _sleep_polling(running, rng.uniform(0.0, 1.0))
         running.workers.restart_dead()  # what the supervisor does
 
-    actions = _run_with_chaos(settings, tmp_path, KILL_MIX, kill, minimum=KILLS_MIN)
-    print(f"{actions} SIGKILLs")
+    rounds = _run_with_chaos(settings, tmp_path, KILL_MIX, kill, minimum=KILL_ROUNDS_MIN)
+    print(f"{kills} SIGKILLs in {rounds} rounds")
 
 
 def test_a_stalled_worker_is_fenced_and_its_work_redone(settings: Settings, tmp_path: Path) -> None:
