@@ -90,6 +90,17 @@ class CoPartitioningError(RuntimeError):
     """The group gave this worker different partitions of ``commands`` and ``legs``."""
 
 
+def table_partitions(topics: Topics, assigned: Sequence[TopicPartition]) -> set[int]:
+    """The table partitions an assignment needs: the same numbers of both sources, or an error."""
+    by_topic: dict[str, set[int]] = {topic: set() for topic in source_topics(topics)}
+    for tp in assigned:
+        by_topic[tp.topic].add(tp.partition)
+    commands, legs = by_topic[topics.commands], by_topic[topics.legs]
+    if commands != legs:
+        raise CoPartitioningError(f"commands {sorted(commands)} != legs {sorted(legs)}")
+    return commands
+
+
 class BatchTransactions:
     """One batch, one transaction; the stores change only if it commits."""
 
@@ -227,13 +238,7 @@ class LedgerWorker:
         return messages
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        by_topic: dict[str, set[int]] = {self._topics.commands: set(), self._topics.legs: set()}
-        for tp in partitions:
-            by_topic[tp.topic].add(tp.partition)
-        commands, legs = by_topic[self._topics.commands], by_topic[self._topics.legs]
-        if commands != legs:
-            raise CoPartitioningError(f"commands {sorted(commands)} != legs {sorted(legs)}")
-        self._stores.hold(commands)
+        self._stores.hold(table_partitions(self._topics, partitions))
         consumer.assign(partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

@@ -14,7 +14,9 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from paystream.agents.processor import Batch, Record
 from paystream.agents.stores import TableWrite
-from paystream.agents.worker import BatchTransactions
+from paystream.agents.worker import BatchTransactions, CoPartitioningError, table_partitions
+from paystream.settings import Settings
+from paystream.topology.topics import Topics
 from tests.unit.kafka_fakes import FakeMessage
 
 COMMANDS = "p.commands"
@@ -151,3 +153,13 @@ def test_any_other_error_propagates_without_applying_or_aborting() -> None:
         transactions(calls, error()).run(MESSAGES)  # type: ignore[arg-type]
     assert [call[0] for call in calls.log][-1] == "commit"
     assert not [call for call in calls.log if call[0] in ("apply", "abort")]
+
+
+def test_an_assignment_needs_the_same_partitions_of_both_sources() -> None:
+    topics = Topics.from_settings(Settings(topic_prefix="p"))
+    both = [TopicPartition(t, p) for t in (topics.commands, topics.legs) for p in (1, 4)]
+    assert table_partitions(topics, both) == {1, 4}
+    assert table_partitions(topics, []) == set()
+    skewed = [*both, TopicPartition(topics.legs, 6)]
+    with pytest.raises(CoPartitioningError, match=r"commands \[1, 4\] != legs \[1, 4, 6\]"):
+        table_partitions(topics, skewed)
