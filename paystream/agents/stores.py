@@ -17,27 +17,21 @@ from the restored state, while its input offsets (fetched with
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from confluent_kafka import (
-    OFFSET_BEGINNING,
-    Consumer,
-    KafkaError,
-    KafkaException,
-    TopicPartition,
-)
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from rocksdict import Options, Rdict
+
+from paystream.topology.reader import drain
 
 K = TypeVar("K")
 V = TypeVar("V")
 
 RESTORE_TIMEOUT_S = 120.0
-RESTORE_BATCH = 10_000
-POLL_S = 0.2
+"""How long a restore may go without a record before it gives up."""
 WATERMARK_TIMEOUT_S = 10.0
 
 
@@ -160,26 +154,17 @@ class Stores:
                 owners[(table, partition)] = Rdict(str(path), Options(raw_mode=True))
         by_topic = {topic: table for table, topic in self._changelogs.items()}
         tps = [TopicPartition(topic, p) for topic in by_topic for p in partitions]
-        deadline = time.monotonic() + RESTORE_TIMEOUT_S
         ends = self._high_watermarks(tps)
-        pending = {(tp.topic, tp.partition) for tp in tps if ends[(tp.topic, tp.partition)] > 0}
         self._reader.assign(
             [TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING) for tp in tps]
         )
         try:
-            while pending:
-                if time.monotonic() > deadline:
-                    raise RestoreError(f"changelogs not read to their end: {sorted(pending)}")
-                for message in self._reader.consume(RESTORE_BATCH, POLL_S):
-                    error = message.error()
-                    if error is not None and error.code() != KafkaError._PARTITION_EOF:
-                        raise KafkaException(error)
-                    topic, p, key = message.topic(), message.partition(), message.key()
-                    if error is None and topic and p is not None and key is not None:
-                        owners[(by_topic[topic], p)][key] = message.value()
-                for position in self._reader.position(tps):
-                    if position.offset >= ends[(position.topic, position.partition)]:
-                        pending.discard((position.topic, position.partition))
+            for message in drain(self._reader, ends, stall_s=RESTORE_TIMEOUT_S):
+                topic, p, key = message.topic(), message.partition(), message.key()
+                if topic and p is not None and key is not None:
+                    owners[(by_topic[topic], p)][key] = message.value()
+        except TimeoutError as error:
+            raise RestoreError(f"changelogs not read to their end: {error}") from error
         finally:
             self._reader.unassign()
         self._dbs.update(owners)

@@ -252,20 +252,24 @@ class LedgerWorker:
         consumer.unassign()
 
 
-def _next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
-    last: dict[tuple[str, int], int] = {}
+def _offset_ranges(messages: Sequence[Message]) -> dict[tuple[str, int], tuple[int, int]]:
+    """(topic, partition) -> (first, last) offset of the batch's messages."""
+    ranges: dict[tuple[str, int], tuple[int, int]] = {}
     for message in messages:
         topic, partition, offset = source(message)
-        last[(topic, partition)] = offset
-    return [TopicPartition(t, p, offset + 1) for (t, p), offset in last.items()]
+        first = ranges.get((topic, partition), (offset, offset))[0]
+        ranges[(topic, partition)] = (first, offset)
+    return ranges
+
+
+def _next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
+    return [
+        TopicPartition(t, p, last + 1) for (t, p), (_, last) in _offset_ranges(messages).items()
+    ]
 
 
 def _first_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
-    first: dict[tuple[str, int], int] = {}
-    for message in messages:
-        topic, partition, offset = source(message)
-        first.setdefault((topic, partition), offset)
-    return [TopicPartition(t, p, offset) for (t, p), offset in first.items()]
+    return [TopicPartition(t, p, first) for (t, p), (first, _) in _offset_ranges(messages).items()]
 
 
 def clear_local_state(settings: Settings, name: str) -> None:

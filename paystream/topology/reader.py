@@ -1,14 +1,26 @@
-"""Read a whole topic up to its current end (read_committed), outside any group."""
+"""Read partitions up to given end offsets: whole topics for audits, changelogs for restores."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Mapping
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 
-POLL_TIMEOUT_S = 1.0
-IDLE_POLLS_MAX = 30
+CONSUME_BATCH = 10_000
+CONSUME_TIMEOUT_S = 0.2
+STALL_TIMEOUT_S = 30.0
 WATERMARK_TIMEOUT_S = 10.0
+
+Partition = tuple[str, int]
+"""(topic, partition)"""
 
 
 def read_to_end(
@@ -16,8 +28,8 @@ def read_to_end(
 ) -> Iterator[Message]:
     """Every message of ``topic`` up to the end offsets seen when called.
 
-    read_committed stops at the last stable offset, so the high watermark is
-    compared against each partition's position, not message offsets.
+    For a read_committed consumer the end offsets are the last stable offsets:
+    what is committed now, without waiting for open transactions.
     """
     consumer = Consumer(
         {
@@ -32,36 +44,44 @@ def read_to_end(
         metadata = consumer.list_topics(topic, timeout=WATERMARK_TIMEOUT_S).topics[topic]
         if metadata.error is not None:
             raise KafkaException(metadata.error)
-        ends: dict[int, int] = {}
+        ends: dict[Partition, int] = {}
         for partition in metadata.partitions:
             tp = TopicPartition(topic, partition)
-            ends[partition] = consumer.get_watermark_offsets(tp, timeout=WATERMARK_TIMEOUT_S)[1]
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
-        yield from _drain(consumer, topic, ends)
+            ends[(topic, partition)] = consumer.get_watermark_offsets(
+                tp, timeout=WATERMARK_TIMEOUT_S
+            )[1]
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for _t, p in ends])
+        yield from drain(consumer, ends)
     finally:
         consumer.close()
 
 
-def _drain(consumer: Consumer, topic: str, ends: dict[int, int]) -> Iterator[Message]:
-    pending = {p for p, end in ends.items() if end > 0}
-    idle = 0
-    while pending and idle < IDLE_POLLS_MAX:
-        message = consumer.poll(POLL_TIMEOUT_S)
-        if message is None:
-            idle += 1
-            pending = {p for p in pending if _position(consumer, topic, p) < ends[p]}
-            continue
-        if message.error() is not None:
-            raise KafkaException(message.error())
-        idle = 0
-        yield message
-        partition = message.partition()
-        if partition in pending and (message.offset() or 0) + 1 >= ends[partition]:
-            pending.discard(partition)
-    if pending:
-        raise TimeoutError(f"{topic}: partitions {sorted(pending)} did not reach their end")
+def drain(
+    consumer: Consumer, ends: Mapping[Partition, int], *, stall_s: float = STALL_TIMEOUT_S
+) -> Iterator[Message]:
+    """The messages of ``consumer``'s assigned partitions until each position reaches its end.
 
-
-def _position(consumer: Consumer, topic: str, partition: int) -> int:
-    offset = consumer.position([TopicPartition(topic, partition)])[0].offset
-    return int(offset) if offset >= 0 else 0
+    Positions, not message offsets, are compared with the ends: a read_committed
+    position moves past transaction markers and aborted records, and only
+    passes a transaction still open once it has ended. ``TimeoutError`` when
+    no message came for ``stall_s`` with partitions still short of their end.
+    """
+    pending = {tp for tp, end in ends.items() if end > 0}
+    progressed = time.monotonic()
+    while pending:
+        messages = consumer.consume(CONSUME_BATCH, CONSUME_TIMEOUT_S)
+        for message in messages:
+            error = message.error()
+            if error is None:
+                progressed = time.monotonic()
+                yield message
+            elif error.code() != KafkaError._PARTITION_EOF:
+                raise KafkaException(error)
+        positions = consumer.position([TopicPartition(t, p) for t, p in pending])
+        pending = {
+            (tp.topic, tp.partition)
+            for tp in positions
+            if tp.offset < ends[(tp.topic, tp.partition)]
+        }
+        if pending and time.monotonic() - progressed > stall_s:
+            raise TimeoutError(f"partitions {sorted(pending)} did not reach their end")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from typing import Any
 
 from paystream.settings import Settings
 from paystream.topology.avro import TopicNames
@@ -83,8 +85,6 @@ def ensure_topics(bootstrap: str, topics: Topics) -> list[str]:
     so a topic with another count would send an account's work to a worker
     that does not hold its balance. Existing topics are checked, not changed.
     """
-    import time
-
     from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
@@ -94,21 +94,14 @@ def ensure_topics(bootstrap: str, topics: Topics) -> list[str]:
         for name, config in topics.configs().items()
         if name not in existing
     ]
-    for future in admin.create_topics(wanted).values() if wanted else ():
+    created = admin.create_topics(wanted).values() if wanted else []
+    for future in created:
         try:
             future.result(timeout=TOPIC_CREATE_TIMEOUT_S)
         except Exception as error:  # a concurrent creator is fine; anything else is not
             if "TOPIC_ALREADY_EXISTS" not in str(error):
                 raise
-    deadline = time.monotonic() + TOPIC_CREATE_TIMEOUT_S
-    while True:  # metadata lags creation a little
-        metadata = admin.list_topics(timeout=TOPIC_CREATE_TIMEOUT_S).topics
-        counts = {
-            name: len(metadata[name].partitions) for name in topics.configs() if name in metadata
-        }
-        if len(counts) == len(topics.configs()) or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+    counts = _partition_counts(admin, list(topics.configs()))
     wrong = {name: count for name, count in counts.items() if count != topics.partitions}
     if wrong or len(counts) != len(topics.configs()):
         raise TopicLayoutError(
@@ -118,13 +111,22 @@ def ensure_topics(bootstrap: str, topics: Topics) -> list[str]:
     return [topic.topic for topic in wanted]
 
 
+def _partition_counts(admin: Any, names: list[str]) -> dict[str, int]:
+    """Topic -> partition count, waiting a little for metadata that lags creation."""
+    deadline = time.monotonic() + TOPIC_CREATE_TIMEOUT_S
+    while True:
+        metadata = admin.list_topics(timeout=TOPIC_CREATE_TIMEOUT_S).topics
+        counts = {name: len(metadata[name].partitions) for name in names if name in metadata}
+        if len(counts) == len(names) or time.monotonic() > deadline:
+            return counts
+        time.sleep(0.1)
+
+
 GROUP_STABLE_TIMEOUT_S = 120.0
 
 
 def wait_group_stable(bootstrap: str, *, group_id: str, members: int) -> bool:
     """Wait until the consumer group is Stable with ``members`` members."""
-    import time
-
     from confluent_kafka import ConsumerGroupState
     from confluent_kafka.admin import AdminClient
 
