@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,6 +11,11 @@ from pathlib import Path
 from paystream import services
 from paystream.settings import Settings
 from paystream.topology import describe
+
+METRICS_PORT_DEFAULT = 9464
+PORT_MAX = 65535
+WORKER_NAME_LENGTH_MAX = 64
+WORKER_NAME_PATTERN = re.compile(rf"[A-Za-z0-9_-][A-Za-z0-9._-]{{0,{WORKER_NAME_LENGTH_MAX - 1}}}")
 
 
 def _services(args: argparse.Namespace, settings: Settings) -> int:
@@ -47,12 +53,39 @@ def _demo(_args: argparse.Namespace, settings: Settings) -> int:
     return demo.run(settings)
 
 
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= PORT_MAX:
+        raise argparse.ArgumentTypeError(f"port must be in 0..{PORT_MAX}")
+    return port
+
+
+def _worker_name(text: str) -> str:
+    """A name that is safe as a file name: it names the worker's log and metrics directory."""
+    if not WORKER_NAME_PATTERN.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"worker names are 1..{WORKER_NAME_LENGTH_MAX} of [A-Za-z0-9._-], not starting with '.'"
+        )
+    return text
+
+
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
-    from paystream.agents.supervisor import WorkerProcess, supervise
+    from paystream.agents.supervisor import WorkerProcess, export_metrics_to, supervise
+
+    # Before anything imports prometheus_client: it picks multiprocess mode at import.
+    metrics_dir = export_metrics_to(settings.data_dir / "metrics" / args.name)
+    from paystream.agents import metrics
 
     log_file = settings.data_dir / "logs" / f"{args.name}.log"
     print(f"worker {args.name}: logging to {log_file}; restarted whenever it exits")
-    return supervise(WorkerProcess(args.name, {}, log_file))
+    server = metrics.serve(args.metrics_port, host=args.metrics_host) if args.metrics_port else None
+    if server is not None:
+        print(f"worker {args.name}: metrics on http://{args.metrics_host}:{server.port}/metrics")
+    try:
+        return supervise(WorkerProcess(args.name, {}, log_file, metrics_dir=metrics_dir))
+    finally:
+        if server is not None:
+            server.stop()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="services, two workers, a workload and a summary")
     demo.set_defaults(handler=_demo)
     worker = commands.add_parser("worker", help="run a ledger worker under a supervisor")
-    worker.add_argument("--name", default="worker-1", help="unique per worker process")
+    worker.add_argument(
+        "--name", type=_worker_name, default="worker-1", help="unique per worker process"
+    )
+    worker.add_argument(
+        "--metrics-port",
+        type=_port,
+        default=METRICS_PORT_DEFAULT,
+        help="serve Prometheus /metrics on this port (0: do not serve)",
+    )
+    worker.add_argument("--metrics-host", default="127.0.0.1", help="address /metrics listens on")
     worker.set_defaults(handler=_worker)
     topo = commands.add_parser("topology", help="the agent graph, like Kafka Streams' describe()")
     topo_actions = topo.add_subparsers(dest="action", required=True)
