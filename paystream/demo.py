@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from dataclasses import replace
 
 from paystream import services, workload
 from paystream.audit.verify import LedgerReport
@@ -25,7 +26,10 @@ def run(settings: Settings) -> int:
     print(f"services up: kafka {endpoints.kafka_bootstrap}, postgres, clickhouse")
     settings = settings.model_copy(update={"kafka_bootstrap": endpoints.kafka_bootstrap})
     run_id = f"demo{int(time.time())}"
-    load = workload.build(seed=int(time.time()), mix=DEMO_MIX, run_id=run_id)
+    mix = replace(DEMO_MIX, partitions=settings.partitions)
+    load = workload.build(
+        seed=int(time.time()), mix=mix, run_id=run_id, now_ms=int(time.time() * 1000)
+    )
     log_dir = settings.data_dir / "logs"
     print(f"starting {DEMO_WORKERS} workers (logs in {log_dir}) ...")
     with running(settings, workers=DEMO_WORKERS, log_dir=log_dir) as platform:
@@ -39,11 +43,15 @@ def run(settings: Settings) -> int:
               f"in {time.monotonic() - started:.1f}s")  # fmt: skip
         started = time.monotonic()
         platform.publish_paced(load, per_second=100_000).join()
-        left = platform.watcher.wait(load.transfer_ids, timeout_s=TRAFFIC_TIMEOUT_S)
+        left = platform.wait_traffic(load, timeout_s=TRAFFIC_TIMEOUT_S)
         elapsed_s = time.monotonic() - started
         counts = platform.outcomes(load)
+        codes = platform.rejection_codes(load)
         report = platform.verify()
     _print_summary(len(load.transfer_ids), elapsed_s, counts, report)
+    print("\nevery record's answer, by code (hostile and mistaken records included):")
+    for code, n in codes.most_common():
+        print(f"  {code:<22} {n:>6}")
     print("services are still running: `.venv/bin/paystream services down` stops them")
     return 0 if report.balanced and not left else 1
 
@@ -54,7 +62,7 @@ def _print_summary(
     print(f"\n{transfers} transfers in {elapsed_s:.1f}s ({transfers / elapsed_s:.0f}/s end to end)")
     for outcome in ("Completed", "Reversed", "Rejected", "Duplicate", "missing"):
         print(f"  {outcome:<10} {counts.get(outcome, 0):>7}")
-    print(f"\njournal entries: {report.entries}")
+    print(f"\njournal entries: {report.entries}; still pending: {report.pending_by_currency}")
     for currency, total in sorted(report.customer_total_by_currency.items()):
         settlement = sum(
             a.balance_minor

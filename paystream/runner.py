@@ -10,13 +10,12 @@ import contextlib
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from paystream.agents.supervisor import WorkerGroup
+from paystream.agents.supervisor import WorkerGroup, prepare_metrics_dir
 from paystream.audit.verify import LedgerReport, verify
-from paystream.ledger import Transfer
 from paystream.services.process import tail
 from paystream.settings import Settings
 from paystream.topology.avro import AvroSerde
@@ -60,7 +59,7 @@ class Platform:
         def run() -> None:
             chunk = max(1, int(per_second * PUBLISH_TICK_S))
             for start in range(0, len(workload.traffic), chunk):
-                self.publisher.publish_all(workload.traffic[start : start + chunk])
+                self.publisher.publish_sent(workload.traffic[start : start + chunk])
                 time.sleep(PUBLISH_TICK_S)
             self.publisher.flush()
 
@@ -68,22 +67,32 @@ class Platform:
         thread.start()
         return thread
 
-    def wait_supervised(self, payment_ids: Iterable[str], *, timeout_s: float) -> set[str]:
-        """Wait for terminal events, restarting any worker that died (a supervisor's job)."""
-        left = set(payment_ids)
+    def wait_traffic(self, workload: Workload, *, timeout_s: float) -> set[str]:
+        """Wait until every traffic record with a command id has its one answer, restarting any
+        worker that died meanwhile (a supervisor's job); returns the ids still short."""
+        expected = workload.answers
+        left = set(expected)
         deadline = time.monotonic() + timeout_s
         while left and time.monotonic() < deadline:
-            left = self.watcher.wait(left, timeout_s=SUPERVISE_TICK_S)
+            pending = {p: expected[p] for p in left}
+            left = self.watcher.wait_answers(pending, timeout_s=SUPERVISE_TICK_S)
             self.workers.restart_dead()
         return left
 
     def outcomes(self, workload: Workload) -> Counter[str]:
-        """Terminal event type per transfer ("missing" when there is none yet)."""
+        """Each transfer payment's outcome ("missing" when there is none yet)."""
         counts: Counter[str] = Counter()
-        for command in workload.traffic:
-            if isinstance(command, Transfer):
-                event = self.watcher.terminal(command.command_id)
-                counts[event.type if event else "missing"] += 1
+        for payment_id in workload.transfer_ids:
+            event = self.watcher.terminal(payment_id)
+            counts[event.type if event else "missing"] += 1
+        return counts
+
+    def rejection_codes(self, workload: Workload) -> Counter[str]:
+        """How many answers to the traffic's records carried each code (or none)."""
+        counts: Counter[str] = Counter()
+        for payment_id in workload.answers:
+            for event in self.watcher.answers(payment_id):
+                counts[f"{event.type} {event.code or ''}".strip()] += 1
         return counts
 
     def verify(self) -> LedgerReport:
@@ -109,7 +118,7 @@ def running(
     ensure_topics(bootstrap, topics)
     serde = AvroSerde(
         registry_from_url(settings.schema_registry_url, settings.data_dir),
-        topic_names=topics.names(),
+        topics=topics.payloads(),
     )
     env = {
         "PAYSTREAM_KAFKA_BOOTSTRAP": bootstrap,
@@ -124,7 +133,13 @@ def running(
     watcher = EventWatcher(
         bootstrap=bootstrap, topic=topics.events, serde=serde, partitions=settings.partitions
     )
-    group = WorkerGroup(count=workers, env=env, log_dir=log_dir, prefix="worker")
+    group = WorkerGroup(
+        count=workers,
+        env=env,
+        log_dir=log_dir,
+        prefix="worker",
+        metrics_dir=prepare_metrics_dir(settings.data_dir / "metrics" / "workers"),
+    )
     try:
         with group:
             group_id = app_id_for(settings)

@@ -19,7 +19,10 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from paystream.ledger.models import Rules
+
 PARTITIONS_MAX = 1024
+RETENTION_MAX_S = 366 * 24 * 3600
 SETTINGS_FILE_ENV = "PAYSTREAM_SETTINGS_FILE"
 
 
@@ -37,6 +40,8 @@ class Settings(BaseSettings):
     schema_registry_url: str | None = None
     topic_prefix: str = Field(default="paystream", pattern=r"^[A-Za-z0-9._-]{1,100}$")
     partitions: int = Field(default=8, ge=1, le=PARTITIONS_MAX)
+    idempotency_retention_s: int = Field(default=7 * 24 * 3600, ge=60, le=RETENTION_MAX_S)
+    """How long request ids and command ids are remembered, in log time (Stripe keeps 24 h)."""
 
     @field_validator("data_dir")
     @classmethod
@@ -60,6 +65,11 @@ class Settings(BaseSettings):
                 raise FileNotFoundError(f"{SETTINGS_FILE_ENV}={settings_file}: no such file")
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
+
+    @property
+    def rules(self) -> Rules:
+        """The money core's settings (replay must use the same)."""
+        return Rules(retention_ms=self.idempotency_retention_s * 1000)
 
     @property
     def services_dir(self) -> Path:

@@ -39,7 +39,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from paystream.agents import failfast
+from paystream.agents import failfast, metrics
 from paystream.ledger import DirectoryEntry
 from paystream.tables import codecs
 from paystream.topology.reader import drain
@@ -238,6 +238,8 @@ class DirectoryFollower(Mapping[str, DirectoryEntry]):
             self._entries[result.account_id] = result
             return
         self.skipped[result] += 1
+        metrics.DIRECTORY_SKIPPED.labels(reason=result).inc()
+        self._forget(message.key())
         logger.warning(
             "directory %s: skipped a record (%s) at partition %s offset %s, key %r",
             self._topic,
@@ -246,6 +248,17 @@ class DirectoryFollower(Mapping[str, DirectoryEntry]):
             message.offset(),
             message.key(),
         )
+
+    def _forget(self, key: bytes | None) -> None:
+        """A bad record is the latest under its key, and compaction will keep only it: forget
+        the account, as a worker restored after compaction would (unknown -> the destination's
+        partition decides), so running and restarted workers see the same directory."""
+        if key is None:
+            return
+        try:
+            self._entries.pop(codecs.decode_account_key(key), None)
+        except codecs.CodecError:
+            return
 
     def __getitem__(self, account_id: str) -> DirectoryEntry:
         return self._entries[account_id]

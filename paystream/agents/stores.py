@@ -25,6 +25,7 @@ from typing import Any, Generic, TypeVar
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from rocksdict import Options, Rdict
 
+from paystream.tables import codecs
 from paystream.topology.reader import drain
 
 K = TypeVar("K")
@@ -46,7 +47,8 @@ class TableWrite:
     table: str
     partition: int
     key: bytes
-    value: bytes
+    value: bytes | None
+    """``None`` deletes the row (a tombstone on the changelog)."""
 
 
 class TableView(Mapping[K, V], Generic[K, V]):
@@ -113,9 +115,26 @@ class Stores:
         return get
 
     def apply(self, writes: Iterable[TableWrite]) -> None:
-        """Apply writes whose changelog records have committed."""
+        """Apply writes whose changelog records have committed (``value=None`` deletes)."""
         for write in writes:
-            self._dbs[(write.table, write.partition)][write.key] = write.value
+            _put(self._dbs[(write.table, write.partition)], write.key, write.value)
+
+    def expired(
+        self, table: str, partition: int, clock_ms: int, *, limit: int
+    ) -> Iterator[tuple[bytes, int, bytes]]:
+        """Up to ``limit`` expiry index rows due by ``clock_ms``: (row, expires_at_ms, key)."""
+        db = self._dbs[(table, partition)]
+        for count, row in enumerate(db.keys(from_key=codecs.EXPIRY_INDEX_PREFIX)):
+            if (
+                count >= limit
+                or not isinstance(row, bytes)
+                or not row.startswith(codecs.EXPIRY_INDEX_PREFIX)
+            ):
+                return
+            expires_at_ms, key = codecs.decode_expiry_index_key(row)
+            if expires_at_ms > clock_ms:
+                return
+            yield row, expires_at_ms, key
 
     def hold(self, partitions: set[int]) -> None:
         """Hold exactly ``partitions``: drop the others, restore the new ones."""
@@ -162,7 +181,7 @@ class Stores:
             for message in drain(self._reader, ends, stall_s=RESTORE_TIMEOUT_S):
                 topic, p, key = message.topic(), message.partition(), message.key()
                 if topic and p is not None and key is not None:
-                    owners[(by_topic[topic], p)][key] = message.value()
+                    _put(owners[(by_topic[topic], p)], key, message.value())
         except TimeoutError as error:
             raise RestoreError(f"changelogs not read to their end: {error}") from error
         finally:
@@ -178,3 +197,11 @@ class Stores:
             )
             ends[(tp.topic, tp.partition)] = high
         return ends
+
+
+def _put(db: Rdict, key: bytes, value: bytes | None) -> None:
+    """Write or (for a tombstone) delete one row."""
+    if value is None:
+        db.delete(key)
+    else:
+        db[key] = value

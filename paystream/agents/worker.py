@@ -22,6 +22,7 @@ import logging
 import shutil
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
@@ -29,16 +30,18 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from paystream.agents import failfast
+from paystream.agents import failfast, metrics
 from paystream.agents.directory import DirectoryFollower
-from paystream.agents.processor import BatchProcessor, Record, source
+from paystream.agents.processor import Batch, BatchProcessor, Record, source
 from paystream.agents.stores import Stores
+from paystream.ledger import INPUTS_PER_BATCH_MAX, Event, JournalEntry, ensure
 from paystream.settings import Settings
 from paystream.topology.avro import AvroSerde
 from paystream.topology.registry import registry_from_url
 from paystream.topology.topics import Topics, app_id_for, ensure_topics
 
-BATCH_SIZE_MAX = 2_000
+MESSAGES_PER_BATCH_MAX = 2_000
+"""Most messages one batch (one transaction) consumes; within the core's limit."""
 BATCH_WINDOW_S = 0.01
 TRANSACTION_TIMEOUT_S = 30.0
 COMMIT_RETRIES_MAX = 5
@@ -46,6 +49,7 @@ LOG_LEVELS = ("crit", "error", "warn", "info", "debug")
 WORKER_LOG_LEVEL = "warn"
 
 logger = logging.getLogger("paystream.worker")
+ensure(MESSAGES_PER_BATCH_MAX <= INPUTS_PER_BATCH_MAX, "worker batches exceed the core's limit")
 
 
 def worker_dir(settings: Settings, name: str) -> Path:
@@ -122,6 +126,7 @@ class BatchTransactions:
         (by this worker, or by the partition's new owner). Any other error
         propagates: the worker restarts from committed state.
         """
+        started = time.monotonic()
         batch = self._processor.process(messages)
         self._producer.begin_transaction()
         try:
@@ -136,10 +141,13 @@ class BatchTransactions:
                 raise
             logger.warning("batch aborted, consuming it again: %s", error.args[0])
             self.aborted += 1
+            metrics.BATCHES.labels(outcome="aborted").inc()
             self._producer.abort_transaction()
             self._rewind(messages)
             return False
         self._stores.apply(batch.writes)
+        _count(batch, messages, self._processor.commands_topic)
+        metrics.BATCH_SECONDS.observe(time.monotonic() - started)
         return True
 
     def _produce(self, record: Record) -> None:
@@ -179,7 +187,7 @@ class LedgerWorker:
         ensure_topics(settings.bootstrap, self._topics)
         serde = AvroSerde(
             registry_from_url(settings.schema_registry_url, settings.data_dir),
-            topic_names=self._topics.names(),
+            topics=self._topics.payloads(),
         )
         self._directory = DirectoryFollower(
             bootstrap=settings.bootstrap, topic=self._topics.directory
@@ -194,7 +202,11 @@ class LedgerWorker:
             client_id=f"{app_id_for(settings)}-{name}",
         )
         self._processor = BatchProcessor(
-            topics=self._topics, serde=serde, stores=self._stores, directory=self._directory
+            topics=self._topics,
+            serde=serde,
+            stores=self._stores,
+            directory=self._directory,
+            rules=settings.rules,
         )
         self._consumer = Consumer(consumer_config(settings))
         self._producer = Producer(producer_config(settings, name))
@@ -230,7 +242,7 @@ class LedgerWorker:
             self._directory.stop()
 
     def _consume(self) -> list[Message]:
-        messages = self._consumer.consume(BATCH_SIZE_MAX, BATCH_WINDOW_S)
+        messages = self._consumer.consume(MESSAGES_PER_BATCH_MAX, BATCH_WINDOW_S)
         for message in messages:
             error = message.error()
             if error is not None:
@@ -250,6 +262,21 @@ class LedgerWorker:
         # Others may have processed these partitions meanwhile.
         self._stores.drop_all()
         consumer.unassign()
+
+
+def _count(batch: Batch, messages: Sequence[Message], commands_topic: str) -> None:
+    """Metrics of a committed batch."""
+    metrics.BATCHES.labels(outcome="committed").inc()
+    commands = sum(1 for message in messages if message.topic() == commands_topic)
+    metrics.INPUTS.labels(topic="commands").inc(commands)
+    metrics.INPUTS.labels(topic="legs").inc(len(messages) - commands)
+    for output in batch.outputs:
+        if isinstance(output, Event):
+            metrics.EVENTS.labels(type=output.type, code=output.code or "").inc()
+        elif isinstance(output, JournalEntry):
+            metrics.JOURNAL_ENTRIES.inc()
+    for reason in batch.dead_letters:
+        metrics.DLQ_RECORDS.labels(reason=reason).inc()
 
 
 def _offset_ranges(messages: Sequence[Message]) -> dict[tuple[str, int], tuple[int, int]]:
@@ -302,6 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         worker.run()
     except Exception as error:  # restart from committed state; nothing half-done survives
         logger.exception("worker failed")
+        metrics.INTERNAL_ERRORS.labels(kind=type(error).__name__).inc()
         failfast.crash(f"worker failed: {error!r}")
     return 0
 

@@ -1,13 +1,16 @@
 """Check the recorded ledger: ids once, every entry balanced, balances agree.
 
 Reads ``ledger`` read_committed and the ``balances`` changelog (the workers'
-table, latest value per account) and compares the two. Used by the demo, the
-end-to-end and crash tests, and operators.
+table, latest value per account) and compares the two: the journal, projected
+with its phases (``pending`` reserves, ``post`` turns a reservation into a
+posting, ``void`` releases it), must give every account's four totals. Used by
+the demo, the end-to-end and crash tests, and operators.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from paystream.ledger import Account, JournalEntry, is_system_account_id
@@ -16,13 +19,21 @@ from paystream.topology.avro import AvroSerde
 from paystream.topology.reader import read_to_end
 from paystream.topology.topics import Topics
 
+Totals = list[int]
+"""posted debits, posted credits, pending debits, pending credits"""
+_POSTED_DEBITS, _POSTED_CREDITS, _PENDING_DEBITS, _PENDING_CREDITS = range(4)
+
 
 @dataclass(frozen=True, slots=True)
 class LedgerReport:
     entries: int
     duplicate_entry_ids: tuple[str, ...]
     unbalanced_entry_ids: tuple[str, ...]
+    unmatched_settlements: tuple[str, ...]
+    """post/void entries whose pending entry is missing, or settled twice."""
     sum_by_currency: dict[str, int]
+    pending_by_currency: dict[str, int]
+    """Σ pending debits per currency: money reserved by transfers not yet settled."""
     balance_mismatches: tuple[str, ...]
     in_transit_by_currency: dict[str, int]
     customer_total_by_currency: dict[str, int]
@@ -33,6 +44,7 @@ class LedgerReport:
         return (
             not self.duplicate_entry_ids
             and not self.unbalanced_entry_ids
+            and not self.unmatched_settlements
             and not self.balance_mismatches
             and all(total == 0 for total in self.sum_by_currency.values())
         )
@@ -56,58 +68,103 @@ def read_accounts(bootstrap: str, topics: Topics) -> dict[str, Account]:
     return latest
 
 
-def verify(bootstrap: str, topics: Topics, serde: AvroSerde) -> LedgerReport:
-    entries = read_journal(bootstrap, topics, serde)
-    accounts = read_accounts(bootstrap, topics)
-    counts = Counter(entry.entry_id for entry in entries)
-    unbalanced: list[str] = []
-    posted: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # debits, credits
-    currency_of: dict[str, str] = {}
-    seen: set[str] = set()
-    for entry in entries:
-        if entry.entry_id in seen:
-            continue  # a repeat is reported, and counted once
-        seen.add(entry.entry_id)
-        totals: Counter[str] = Counter()
+@dataclass
+class _Projection:
+    totals: dict[str, Totals] = field(default_factory=lambda: defaultdict(lambda: [0, 0, 0, 0]))
+    currency_of: dict[str, str] = field(default_factory=dict)
+    unbalanced: list[str] = field(default_factory=list)
+    unmatched: list[str] = field(default_factory=list)
+    pending_open: set[str] = field(default_factory=set)
+
+    def apply(self, entry: JournalEntry) -> None:
+        net: Counter[str] = Counter()
         for line in entry.lines:
-            sign = -1 if line.side == "debit" else 1
-            totals[line.currency] += sign * line.amount_minor
-            posted[line.account_id][0 if line.side == "debit" else 1] += line.amount_minor
-            currency_of[line.account_id] = line.currency
-        if any(totals.values()):
-            unbalanced.append(entry.entry_id)
-    mismatches = _mismatches(posted, accounts)
+            debit = line.side == "debit"
+            net[line.currency] += line.amount_minor if debit else -line.amount_minor
+            self.currency_of[line.account_id] = line.currency
+            self._post(entry, line.account_id, debit, line.amount_minor)
+        if any(net.values()):
+            self.unbalanced.append(entry.entry_id)
+        self._track(entry)
+
+    def _post(self, entry: JournalEntry, account_id: str, debit: bool, amount: int) -> None:
+        totals = self.totals[account_id]
+        posted = _POSTED_DEBITS if debit else _POSTED_CREDITS
+        pending = _PENDING_DEBITS if debit else _PENDING_CREDITS
+        if entry.phase in ("posted", "post"):
+            totals[posted] += amount
+        if entry.phase == "pending":
+            totals[pending] += amount
+        elif entry.phase in ("post", "void"):
+            totals[pending] -= amount
+
+    def _track(self, entry: JournalEntry) -> None:
+        if entry.phase == "pending":
+            self.pending_open.add(entry.entry_id)
+        elif entry.phase in ("post", "void"):
+            if entry.pending_entry_id not in self.pending_open:
+                self.unmatched.append(entry.entry_id)
+            self.pending_open.discard(entry.pending_entry_id or "")
+
+
+def verify(bootstrap: str, topics: Topics, serde: AvroSerde) -> LedgerReport:
+    return report(read_journal(bootstrap, topics, serde), read_accounts(bootstrap, topics))
+
+
+def report(entries: list[JournalEntry], accounts: dict[str, Account]) -> LedgerReport:
+    """The checks over a journal (in log order per account) and the tables' accounts."""
+    counts = Counter(entry.entry_id for entry in entries)
+    projection = _Projection()
+    for entry in _once(entries):
+        projection.apply(entry)
     sums: Counter[str] = Counter()
+    pending: Counter[str] = Counter()
     transit: Counter[str] = Counter()
     customers: Counter[str] = Counter()
-    for account_id, (debits, credits) in posted.items():
-        currency = currency_of[account_id]
-        sums[currency] += credits - debits
+    for account_id, totals in projection.totals.items():
+        currency = projection.currency_of[account_id]
+        balance = totals[_POSTED_CREDITS] - totals[_POSTED_DEBITS]
+        sums[currency] += balance
+        pending[currency] += totals[_PENDING_DEBITS]
         if account_id.startswith("@transit:"):
-            transit[currency] += credits - debits
+            transit[currency] += balance
         elif not is_system_account_id(account_id):
-            customers[currency] += credits - debits
+            customers[currency] += balance
     return LedgerReport(
         entries=len(entries),
         duplicate_entry_ids=tuple(sorted(i for i, n in counts.items() if n > 1)),
-        unbalanced_entry_ids=tuple(unbalanced),
+        unbalanced_entry_ids=tuple(projection.unbalanced),
+        unmatched_settlements=tuple(projection.unmatched),
         sum_by_currency=dict(sums),
-        balance_mismatches=tuple(mismatches),
+        pending_by_currency=dict(pending),
+        balance_mismatches=tuple(_mismatches(projection.totals, accounts)),
         in_transit_by_currency=dict(transit),
         customer_total_by_currency=dict(customers),
         accounts=accounts,
     )
 
 
-def _mismatches(posted: dict[str, list[int]], accounts: dict[str, Account]) -> list[str]:
+def _once(entries: Iterable[JournalEntry]) -> Iterable[JournalEntry]:
+    """Each entry id once (a repeat is reported, and counted once)."""
+    seen: set[str] = set()
+    for entry in entries:
+        if entry.entry_id not in seen:
+            seen.add(entry.entry_id)
+            yield entry
+
+
+def _mismatches(projected: dict[str, Totals], accounts: dict[str, Account]) -> list[str]:
     problems = []
     for account_id, account in sorted(accounts.items()):
-        debits, credits = posted.get(account_id, [0, 0])
-        if (debits, credits) != (account.posted_debits_minor, account.posted_credits_minor):
-            problems.append(
-                f"{account_id}: ledger {debits}/{credits}, table "
-                f"{account.posted_debits_minor}/{account.posted_credits_minor}"
-            )
-    for account_id in sorted(set(posted) - set(accounts)):
+        table = [
+            account.posted_debits_minor,
+            account.posted_credits_minor,
+            account.pending_debits_minor,
+            account.pending_credits_minor,
+        ]
+        ledger = projected.get(account_id, [0, 0, 0, 0])
+        if ledger != table:
+            problems.append(f"{account_id}: ledger {ledger}, table {table}")
+    for account_id in sorted(set(projected) - set(accounts)):
         problems.append(f"{account_id}: in the ledger, not in the table")
     return problems

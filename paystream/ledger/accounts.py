@@ -1,15 +1,22 @@
 """Accounts: system ids, constructors and pure posting helpers.
 
 Every helper returns a new :class:`Account` (version + 1) and checks the
-account invariants on the way out; nothing here mutates.
+account invariants on the way out; nothing here mutates. Totals are 128-bit
+(TigerBeetle's u128): ``TOTAL_MAX_MINOR`` is more than 2**64 commands of the
+largest amount, so a shared system shard cannot saturate; the checks stay,
+and an ordinary posting that would pass the bound is refused
+(``balance_overflow``) before anything changes.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from paystream.ledger.errors import InvariantViolation, ensure
 from paystream.ledger.models import (
     AMOUNT_MAX_MINOR,
     SYSTEM_ACCOUNT_PREFIX,
+    TOTAL_MAX_MINOR,
     Account,
     AccountStatus,
     DirectoryEntry,
@@ -44,7 +51,13 @@ def is_system_account_id(account_id: str) -> bool:
 def system_account(account_id: str, currency: str) -> Account:
     """A fresh system shard: open, may be overdrawn, owned by ``@system``."""
     ensure(is_system_account_id(account_id), f"not a system account id: {account_id!r}")
-    return Account(account_id, currency, SYSTEM_PARTNER_ID, "open", False)
+    return Account(
+        account_id=account_id,
+        currency=currency,
+        partner_id=SYSTEM_PARTNER_ID,
+        status="open",
+        debits_must_not_exceed_credits=False,
+    )
 
 
 def new_account(
@@ -52,30 +65,32 @@ def new_account(
 ) -> Account:
     """A client account as OpenAccount creates it (version 1)."""
     return check_account(
-        Account(account_id, currency, partner_id, "open", not allow_overdraft, version=1)
+        Account(
+            account_id=account_id,
+            currency=currency,
+            partner_id=partner_id,
+            status="open",
+            debits_must_not_exceed_credits=not allow_overdraft,
+            version=1,
+        )
     )
 
 
-def turnover_minor(account: Account) -> int:
-    """Sum of all four totals: what an account has ever moved."""
-    a = account
-    return (
-        a.posted_debits_minor
-        + a.posted_credits_minor
-        + a.pending_debits_minor
-        + a.pending_credits_minor
-    )
+def debits_fit(account: Account, amount_minor: int) -> bool:
+    """Whether posted + pending debits stay within ``TOTAL_MAX_MINOR`` after ``amount_minor``.
 
-
-def posting_fits(account: Account, amount_minor: int) -> bool:
-    """Whether an ordinary posting keeps the account's turnover within AMOUNT_MAX_MINOR.
-
-    Stricter than "each total within bounds" on purpose: a reversal (saga step 3)
-    credits the source and debits the transit shard by an amount that was posted
-    the other way on the same account before, so the headroom this rule keeps
-    guarantees that a reversal always fits and never has to be refused.
+    Pending debits count too, so posting a reservation later always fits.
     """
-    return turnover_minor(account) + amount_minor <= AMOUNT_MAX_MINOR
+    return account.posted_debits_minor + account.pending_debits_minor + amount_minor <= (
+        TOTAL_MAX_MINOR
+    )
+
+
+def credits_fit(account: Account, amount_minor: int) -> bool:
+    """Whether posted + pending credits stay within ``TOTAL_MAX_MINOR`` after ``amount_minor``."""
+    return account.posted_credits_minor + account.pending_credits_minor + amount_minor <= (
+        TOTAL_MAX_MINOR
+    )
 
 
 def has_funds(account: Account, amount_minor: int) -> bool:
@@ -83,72 +98,74 @@ def has_funds(account: Account, amount_minor: int) -> bool:
     return not account.debits_must_not_exceed_credits or account.available_minor >= amount_minor
 
 
+def _checked_amount(amount_minor: int) -> int:
+    ensure(0 < amount_minor <= AMOUNT_MAX_MINOR, "posting amount out of range")
+    return amount_minor
+
+
 def debit(account: Account, amount_minor: int) -> Account:
     """Post a debit; the caller has checked funds and bounds (else this raises)."""
-    ensure(0 < amount_minor <= AMOUNT_MAX_MINOR, "debit amount out of range")
-    a = account
-    return check_account(
-        Account(
-            a.account_id,
-            a.currency,
-            a.partner_id,
-            a.status,
-            a.debits_must_not_exceed_credits,
-            a.posted_debits_minor + amount_minor,
-            a.posted_credits_minor,
-            a.pending_debits_minor,
-            a.pending_credits_minor,
-            a.version + 1,
-        )
-    )
+    amount = _checked_amount(amount_minor)
+    return _next(account, posted_debits_minor=account.posted_debits_minor + amount)
 
 
 def credit(account: Account, amount_minor: int) -> Account:
     """Post a credit; the caller has checked bounds (else this raises)."""
-    ensure(0 < amount_minor <= AMOUNT_MAX_MINOR, "credit amount out of range")
-    a = account
-    return check_account(
-        Account(
-            a.account_id,
-            a.currency,
-            a.partner_id,
-            a.status,
-            a.debits_must_not_exceed_credits,
-            a.posted_debits_minor,
-            a.posted_credits_minor + amount_minor,
-            a.pending_debits_minor,
-            a.pending_credits_minor,
-            a.version + 1,
-        )
+    amount = _checked_amount(amount_minor)
+    return _next(account, posted_credits_minor=account.posted_credits_minor + amount)
+
+
+def reserve_debit(account: Account, amount_minor: int) -> Account:
+    """A pending debit (two-phase, first phase): available drops, posted does not."""
+    amount = _checked_amount(amount_minor)
+    return _next(account, pending_debits_minor=account.pending_debits_minor + amount)
+
+
+def reserve_credit(account: Account, amount_minor: int) -> Account:
+    """A pending credit: the other side of a reservation."""
+    amount = _checked_amount(amount_minor)
+    return _next(account, pending_credits_minor=account.pending_credits_minor + amount)
+
+
+def post_debit(account: Account, amount_minor: int) -> Account:
+    """Turn a reserved debit into a posted one (raises if nothing that large is pending)."""
+    amount = _checked_amount(amount_minor)
+    return _next(
+        account,
+        pending_debits_minor=account.pending_debits_minor - amount,
+        posted_debits_minor=account.posted_debits_minor + amount,
     )
+
+
+def post_credit(account: Account, amount_minor: int) -> Account:
+    """Turn a reserved credit into a posted one."""
+    amount = _checked_amount(amount_minor)
+    return _next(
+        account,
+        pending_credits_minor=account.pending_credits_minor - amount,
+        posted_credits_minor=account.posted_credits_minor + amount,
+    )
+
+
+def void_debit(account: Account, amount_minor: int) -> Account:
+    """Release a reserved debit."""
+    amount = _checked_amount(amount_minor)
+    return _next(account, pending_debits_minor=account.pending_debits_minor - amount)
+
+
+def void_credit(account: Account, amount_minor: int) -> Account:
+    """Release a reserved credit."""
+    amount = _checked_amount(amount_minor)
+    return _next(account, pending_credits_minor=account.pending_credits_minor - amount)
 
 
 def with_status(account: Account, status: AccountStatus) -> Account:
     """The account with a new status (version + 1)."""
-    a = account
-    return check_account(
-        Account(
-            a.account_id,
-            a.currency,
-            a.partner_id,
-            status,
-            a.debits_must_not_exceed_credits,
-            a.posted_debits_minor,
-            a.posted_credits_minor,
-            a.pending_debits_minor,
-            a.pending_credits_minor,
-            a.version + 1,
-        )
-    )
+    return _next(account, status=status)
 
 
-def is_empty(account: Account) -> bool:
-    """Zero posted balance and nothing pending: the only state that may close."""
-    return (
-        account.balance_minor == 0
-        and account.pending_debits_minor == 0
-        and account.pending_credits_minor == 0
-    )
+def _next(account: Account, **changes: object) -> Account:
+    return check_account(replace(account, version=account.version + 1, **changes))  # type: ignore[arg-type]
 
 
 def directory_entry(account: Account) -> DirectoryEntry:
@@ -157,16 +174,18 @@ def directory_entry(account: Account) -> DirectoryEntry:
 
 
 def check_account(account: Account) -> Account:
-    """Return ``account`` unless a total leaves ``0..AMOUNT_MAX_MINOR`` or no-overdraft breaks.
+    """Return ``account`` unless a total leaves ``0..TOTAL_MAX_MINOR`` or no-overdraft breaks.
 
     Messages are formatted only on failure: this runs after every account change.
     """
     a = account
     if not (
-        0 <= a.posted_debits_minor <= AMOUNT_MAX_MINOR
-        and 0 <= a.posted_credits_minor <= AMOUNT_MAX_MINOR
-        and 0 <= a.pending_debits_minor <= AMOUNT_MAX_MINOR
-        and 0 <= a.pending_credits_minor <= AMOUNT_MAX_MINOR
+        a.posted_debits_minor >= 0
+        and a.posted_credits_minor >= 0
+        and a.pending_debits_minor >= 0
+        and a.pending_credits_minor >= 0
+        and a.posted_debits_minor + a.pending_debits_minor <= TOTAL_MAX_MINOR
+        and a.posted_credits_minor + a.pending_credits_minor <= TOTAL_MAX_MINOR
     ):
         raise InvariantViolation(f"account total out of range: {a!r}")
     if a.debits_must_not_exceed_credits and (

@@ -1,35 +1,52 @@
 """The entry point of the money core: ``process_batch``.
 
-One call takes a batch of inputs that all came from one Kafka partition, applies
-them in order over an overlay of the given read-only state, and returns the
-changed accounts, the changed idempotency records and every output in order.
-It is a pure function of its arguments: no I/O, no clock, no randomness, and a
+One call takes a batch of deliveries that all came from one Kafka partition
+(of ``commands`` and ``legs``), applies them in order over an overlay of the
+given read-only state, and returns the changed accounts, the changed
+idempotency records, the partition's log clock and every output in order. It
+is a pure function of its arguments: no I/O, no clock, no randomness, and a
 batch of N gives exactly the result of N batches of one applied in sequence.
 
-Every input is handled in two halves, so a redelivery re-emits exactly what the
-first processing emitted:
+Every input gets exactly one answer (an event), and none can strand, double
+or mint money:
 
-- ``execute`` validates and, when the input is accepted, posts; it returns the
-  rejection code (``None`` when applied), which the idempotency record keeps;
-- ``emit`` builds the outputs from the input and that code alone (plus the
-  account's current directory state for ``DirectoryEntry`` outputs).
+- **Command ids** (``ids.py``) are payment ids. An id must be well formed,
+  minted for this partition and inside the retention window of the log clock;
+  otherwise ``Rejected`` ``command_id_invalid``. A valid id is *claimed* by
+  its first use for as long as it is valid. A second use is answered, never
+  applied: the same request again gets ``Duplicate`` (pointing at the
+  original), anything else ``Rejected`` ``command_id_reused``.
+- **Request ids** are a partner's idempotency keys, ``(partner, request id)``,
+  forgotten ``Rules.retention_ms`` of log time after their first use. A new
+  command id with a known key gets ``Duplicate`` when the body is the same and
+  ``Rejected`` ``duplicate_conflict`` otherwise (Stripe's rules).
+- Answers to inputs that could not claim their command id carry the input's
+  partition and offset in their event id (``<id>:<step>:<partition>.<offset>``),
+  so every event id is unique while the payment's own events stay canonical.
+- **Malformed** commands (refused by the shell: a bad field, an unknown type,
+  the wrong partition) are answered ``Rejected`` with the DLQ reason; a valid,
+  unclaimed command id is claimed by that answer (except on a wrong partition,
+  whose ids belong elsewhere). Their request ids are not recorded, as Stripe
+  saves no result for a request that failed validation.
+- **Transfers** are a two-phase saga (TigerBeetle's pending transfers): step 1
+  reserves the amount on the source (pending debit; the source cannot close
+  while anything is pending); step 2 credits the destination or refuses;
+  step 3, back on the source's partition, posts the reservation (``Completed``)
+  or voids it (``Reversed``). A posting or void always lands, whatever the
+  source's status: the reservation guaranteed it.
+- **Legs** are internal. A leg that cannot be applied (applied before, an
+  invalid amount, a reservation that is not there) is a broken invariant:
+  ``InvariantViolation``, and the worker stops loudly.
+- The directory is a hint at step 1: a destination it does not know yet is
+  left to the destination's partition, which is the authority.
 
 Decisions where the design is silent:
 
-- Balance overflow is judged on an account's turnover (all four totals), not on
-  each total alone; see ``accounts.posting_fits``. That headroom is what lets
-  step 3 (the reversal) always fit, so a Compensation is never refused.
-- Client request ids starting with ``leg:`` / ``compensation:`` would take the
-  idempotency keys of saga legs: such commands are rejected ``duplicate_conflict``
-  and not recorded.
-- A record with the same command id but another body hash is not a redelivery
-  (a redelivery has the same bytes): it is an InvariantViolation, not a guess.
-- Events of a transfer's legs say ``command_type="Transfer"`` (the payment a
-  partner knows), ``account_id`` = source and counterparty = destination, like
-  the ``Debited`` event of step 1.
 - Ids starting with ``@`` are system accounts: OpenAccount on one is
   ``account_exists``; any other command or destination gets ``account_not_found``.
 - OpenAccount in a currency outside ISO-4217 is ``currency_mismatch``.
+- Events of a transfer's legs say ``command_type="Transfer"``, ``account_id`` =
+  source and counterparty = destination, like the ``Debited`` event of step 1.
 """
 
 from __future__ import annotations
@@ -41,32 +58,33 @@ from typing import Generic, TypeVar
 from paystream.ledger.accounts import (
     PARTITION_MAX,
     credit,
+    credits_fit,
     debit,
+    debits_fit,
     directory_entry,
     has_funds,
-    is_empty,
     is_system_account_id,
     new_account,
-    posting_fits,
+    post_credit,
+    post_debit,
+    reserve_credit,
+    reserve_debit,
     settlement_account_id,
     system_account,
     transit_account_id,
+    void_credit,
+    void_debit,
     with_status,
 )
 from paystream.ledger.currencies import is_iso4217
 from paystream.ledger.errors import InvariantViolation, ensure
-from paystream.ledger.idempotency import (
-    COMPENSATION_KEY_PREFIX,
-    LEG_KEY_PREFIX,
-    body_sha256,
-    is_reserved_request_id,
-)
+from paystream.ledger.idempotency import body_sha256, command_key, leg_key, request_key
+from paystream.ledger.ids import command_id_parts
 from paystream.ledger.journal import (
     check_balanced,
     deposit_entry,
     transfer_credit_entry,
     transfer_debit_entry,
-    transfer_reversal_entry,
     withdrawal_entry,
 )
 from paystream.ledger.models import (
@@ -76,7 +94,9 @@ from paystream.ledger.models import (
     CloseAccount,
     Command,
     Compensation,
+    Confirmation,
     CreditLeg,
+    Delivery,
     Deposit,
     DirectoryEntry,
     Event,
@@ -84,25 +104,26 @@ from paystream.ledger.models import (
     FreezeAccount,
     IdempotencyKey,
     IdempotencyRecord,
-    Input,
     JournalEntry,
     Leg,
+    Malformed,
     OpenAccount,
     Output,
     RejectionCode,
+    Rules,
     Transfer,
     UnfreezeAccount,
     Withdrawal,
 )
 
-BATCH_SIZE_MAX = 10_000
-"""Most inputs one ``process_batch`` call accepts."""
+INPUTS_PER_BATCH_MAX = 10_000
+"""Most deliveries one ``process_batch`` call accepts (the worker consumes fewer)."""
 
 TRANSFER_COMMAND_TYPE = Transfer.__name__
 """``command_type`` of the events of a transfer's saga legs: the payment is the Transfer."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class BatchResult:
     """What a batch changed and emitted; the caller writes it all in one transaction."""
 
@@ -112,30 +133,40 @@ class BatchResult:
     """Changed (new) records only."""
     outputs: tuple[Output, ...]
     """Every output, in input order."""
+    clock_ms: int
+    """The partition's log clock after the batch: the latest log time seen."""
 
 
 def process_batch(
-    inputs: Sequence[Input],
+    deliveries: Sequence[Delivery],
     *,
     partition: int,
     accounts: Mapping[str, Account],
     idempotency: Mapping[IdempotencyKey, IdempotencyRecord],
     directory: Mapping[str, DirectoryEntry],
+    clock_ms: int,
+    rules: Rules,
 ) -> BatchResult:
-    """Apply ``inputs`` (all from ``partition``) in order; never mutates the mappings.
+    """Apply ``deliveries`` (all from ``partition``) in order; never mutates the mappings.
 
     ``directory`` is a snapshot: changes made by this batch are not visible to
     later inputs of the batch (they reach it through the ``DirectoryEntry``
-    outputs). Raises :class:`InvariantViolation` on a programmer error (an input
-    that is not a model type, a broken ledger invariant); the state mappings are
-    untouched then.
+    outputs). ``clock_ms`` is the partition's log clock before the batch (the
+    previous result's, 0 at first). Raises :class:`InvariantViolation` on a
+    programmer error (an input that is not a model type, a leg that cannot be
+    applied, a broken ledger invariant); the state mappings are untouched then.
     """
-    ensure(len(inputs) <= BATCH_SIZE_MAX, "batch larger than BATCH_SIZE_MAX")
+    ensure(len(deliveries) <= INPUTS_PER_BATCH_MAX, "batch larger than INPUTS_PER_BATCH_MAX")
     ensure(type(partition) is int and 0 <= partition <= PARTITION_MAX, "partition out of range")
-    state = _State(partition, accounts, idempotency, directory)
-    for item in inputs:
-        _process(state, item)
-    return BatchResult(state.changed_accounts, state.changed_records, tuple(state.outputs))
+    state = _State(partition, accounts, idempotency, directory, clock_ms, rules)
+    for delivery in deliveries:
+        _process(state, delivery)
+    return BatchResult(
+        accounts=state.changed_accounts,
+        idempotency=state.changed_records,
+        outputs=tuple(state.outputs),
+        clock_ms=state.clock_ms,
+    )
 
 
 # --- the working overlay -------------------------------------------------------------
@@ -147,13 +178,13 @@ class _State:
     __slots__ = (
         "_base_accounts",
         "_base_records",
-        "_settlement_ids",
-        "_transit_ids",
         "changed_accounts",
         "changed_records",
+        "clock_ms",
         "directory",
         "outputs",
         "partition",
+        "rules",
     )
 
     def __init__(
@@ -162,16 +193,18 @@ class _State:
         accounts: Mapping[str, Account],
         records: Mapping[IdempotencyKey, IdempotencyRecord],
         directory: Mapping[str, DirectoryEntry],
+        clock_ms: int,
+        rules: Rules,
     ) -> None:
         self.partition = partition
         self._base_accounts = accounts
         self._base_records = records
         self.directory = directory
+        self.clock_ms = clock_ms
+        self.rules = rules
         self.changed_accounts: dict[str, Account] = {}
         self.changed_records: dict[IdempotencyKey, IdempotencyRecord] = {}
         self.outputs: list[Output] = []
-        self._transit_ids: dict[str, str] = {}
-        self._settlement_ids: dict[str, str] = {}
 
     def account(self, account_id: str) -> Account | None:
         account = self.changed_accounts.get(account_id)
@@ -189,22 +222,17 @@ class _State:
         return account
 
     def transit_id(self, currency: str) -> str:
-        account_id = self._transit_ids.get(currency)
-        if account_id is None:
-            account_id = transit_account_id(currency, self.partition)
-            self._transit_ids[currency] = account_id
-        return account_id
+        return transit_account_id(currency, self.partition)
 
     def settlement_id(self, currency: str) -> str:
-        account_id = self._settlement_ids.get(currency)
-        if account_id is None:
-            account_id = settlement_account_id(currency, self.partition)
-            self._settlement_ids[currency] = account_id
-        return account_id
+        return settlement_account_id(currency, self.partition)
 
-    def record(self, key: IdempotencyKey) -> IdempotencyRecord | None:
+    def live_record(self, key: IdempotencyKey) -> IdempotencyRecord | None:
+        """The record under ``key`` unless it has expired (expired records count as absent)."""
         record = self.changed_records.get(key)
-        return self._base_records.get(key) if record is None else record
+        if record is None:
+            record = self._base_records.get(key)
+        return record if record is not None and self.clock_ms < record.expires_at_ms else None
 
     def put_record(self, key: IdempotencyKey, record: IdempotencyRecord) -> None:
         self.changed_records[key] = record
@@ -215,89 +243,216 @@ class _State:
         self.outputs.append(entry)
 
 
-# --- idempotency and dispatch ----------------------------------------------------------
+# --- dispatch ----------------------------------------------------------------------------
 
-InputT = TypeVar("InputT", bound=Input)
 CommandT = TypeVar("CommandT", bound=Command)
 LegT = TypeVar("LegT", bound=Leg)
+ItemT = TypeVar("ItemT", bound=Command | Leg)
 
 
 @dataclass(frozen=True, slots=True)
-class _Handler(Generic[InputT]):
-    execute: Callable[[_State, InputT], RejectionCode | None]
+class _Handler(Generic[ItemT]):
+    execute: Callable[[_State, ItemT], RejectionCode | None]
     """Validate; post when accepted. Returns the rejection code, ``None`` if applied."""
-    emit: Callable[[_State, InputT, RejectionCode | None], None]
-    """Outputs from the input and its code; also used on redelivery."""
+    emit: Callable[[_State, ItemT, RejectionCode | None], None]
+    """Outputs from the input and its code."""
 
 
-def _process(state: _State, item: Input) -> None:
-    """Route one input to its handler (most frequent types first)."""
+def _process(state: _State, delivery: Delivery) -> None:
+    """Advance the log clock, then route the input to its handler (frequent types first)."""
+    ensure(delivery.log_time_ms >= 0 and delivery.offset >= 0, "delivery position out of range")
+    state.clock_ms = max(state.clock_ms, delivery.log_time_ms)
+    item = delivery.item
     if isinstance(item, Transfer):
-        _process_command(state, item, _TRANSFER)
+        _process_command(state, delivery, item, _TRANSFER)
     elif isinstance(item, CreditLeg):
-        _process_leg(state, item, LEG_KEY_PREFIX, _CREDIT_LEG)
+        _process_leg(state, item, _CREDIT_LEG)
+    elif isinstance(item, Confirmation):
+        _process_leg(state, item, _CONFIRMATION)
     elif isinstance(item, Deposit):
-        _process_command(state, item, _DEPOSIT)
+        _process_command(state, delivery, item, _DEPOSIT)
     elif isinstance(item, Withdrawal):
-        _process_command(state, item, _WITHDRAWAL)
+        _process_command(state, delivery, item, _WITHDRAWAL)
     elif isinstance(item, Compensation):
-        _process_leg(state, item, COMPENSATION_KEY_PREFIX, _COMPENSATION)
+        _process_leg(state, item, _COMPENSATION)
     elif isinstance(item, OpenAccount):
-        _process_command(state, item, _OPEN_ACCOUNT)
+        _process_command(state, delivery, item, _OPEN_ACCOUNT)
     elif isinstance(item, FreezeAccount):
-        _process_command(state, item, _FREEZE_ACCOUNT)
+        _process_command(state, delivery, item, _FREEZE_ACCOUNT)
     elif isinstance(item, UnfreezeAccount):
-        _process_command(state, item, _UNFREEZE_ACCOUNT)
+        _process_command(state, delivery, item, _UNFREEZE_ACCOUNT)
     elif isinstance(item, CloseAccount):
-        _process_command(state, item, _CLOSE_ACCOUNT)
+        _process_command(state, delivery, item, _CLOSE_ACCOUNT)
+    elif isinstance(item, Malformed):
+        _process_malformed(state, delivery, item)
     else:
         raise InvariantViolation(f"not an input type: {type(item).__name__}")
 
 
-def _process_command(state: _State, command: CommandT, handler: _Handler[CommandT]) -> None:
-    """Idempotency first: apply once, re-emit on redelivery, answer duplicates."""
-    if is_reserved_request_id(command.request_id):
-        state.outputs.append(_command_event(command, "Rejected", "rejected", "duplicate_conflict"))
+# --- command ids and idempotency -------------------------------------------------------------
+
+
+def _claim_expiry_ms(state: _State, command_id: str) -> int | None:
+    """When the claim of a valid command id ends, or ``None`` when the id is not valid here.
+
+    Valid: well formed, minted for this partition, minted at most ``future_skew_ms``
+    ahead of the log clock and less than ``retention_ms`` before it. The claim lives
+    exactly as long as the id is valid: afterwards the window itself refuses the id.
+    """
+    parts = command_id_parts(command_id)
+    if parts is None:
+        return None
+    partition, minted_at_ms = parts
+    rules = state.rules
+    expiry_ms = minted_at_ms + rules.retention_ms
+    if (
+        partition != state.partition
+        or expiry_ms <= state.clock_ms
+        or minted_at_ms > state.clock_ms + rules.future_skew_ms
+    ):
+        return None
+    return expiry_ms
+
+
+def _process_command(
+    state: _State, delivery: Delivery, command: CommandT, handler: _Handler[CommandT]
+) -> None:
+    """Claim the command id, then apply once per request id; repeats are answered only."""
+    command_id = command.command_id
+    claim_expiry_ms = _claim_expiry_ms(state, command_id)
+    if claim_expiry_ms is None:
+        state.outputs.append(_answer(state, delivery, command, "command_id_invalid"))
         return
     body = body_sha256(command)
-    key = (command.account_id, command.request_id)
-    record = state.record(key)
+    claim = state.live_record(command_key(command_id))
+    if claim is not None:
+        state.outputs.append(_second_use(state, delivery, command, claim, body))
+        return
+    key = request_key(command.partner_id, command.request_id)
+    record = state.live_record(key)
     if record is None:
         code = handler.execute(state, command)
-        state.put_record(key, IdempotencyRecord(command.command_id, body, code))
+        expiry_ms = state.clock_ms + state.rules.retention_ms
+        state.put_record(key, _record(command_id, body, code, expiry_ms))
+        state.put_record(command_key(command_id), _record(command_id, body, code, claim_expiry_ms))
         handler.emit(state, command, code)
-    elif record.command_id == command.command_id:
-        if record.body_sha256 != body:
-            raise InvariantViolation(f"command id reused with another body: {command!r}")
-        handler.emit(state, command, record.code)
     elif record.body_sha256 == body:
-        state.outputs.append(
-            _command_event(command, "Duplicate", "duplicate", record.code, record.command_id)
-        )
+        original = _record(record.command_id, body, record.code, claim_expiry_ms)
+        state.put_record(command_key(command_id), original)
+        state.outputs.append(_duplicate(command, "duplicate", original))
     else:
+        conflict = _record(command_id, body, "duplicate_conflict", claim_expiry_ms)
+        state.put_record(command_key(command_id), conflict)
         state.outputs.append(_command_event(command, "Rejected", "rejected", "duplicate_conflict"))
 
 
-def _process_leg(state: _State, leg: LegT, key_prefix: str, handler: _Handler[LegT]) -> None:
-    """Legs come from the core itself: any record under their key is a redelivery."""
-    body = body_sha256(leg)
-    key = (leg.account_id, key_prefix + leg.transfer_id)
-    record = state.record(key)
-    if record is None:
-        code = handler.execute(state, leg)
-        state.put_record(key, IdempotencyRecord(leg.transfer_id, body, code))
-        handler.emit(state, leg, code)
+def _record(
+    command_id: str, body: str, code: RejectionCode | None, expiry_ms: int
+) -> IdempotencyRecord:
+    return IdempotencyRecord(
+        command_id=command_id, body_sha256=body, code=code, expires_at_ms=expiry_ms
+    )
+
+
+def _second_use(
+    state: _State, delivery: Delivery, command: Command, claim: IdempotencyRecord, body: str
+) -> Event:
+    """A claimed command id again: the same request is a duplicate, anything else a reuse."""
+    if claim.body_sha256 == body:
+        return _duplicate(command, _answer_step(state, delivery, "duplicate"), claim)
+    return _answer(state, delivery, command, "command_id_reused")
+
+
+def _process_malformed(state: _State, delivery: Delivery, item: Malformed) -> None:
+    """Answer ``Rejected`` with the DLQ reason; claim the command id if it is free and valid."""
+    command_id = item.command_id
+    expiry_ms = None if item.code == "wrong_partition" else _claim_expiry_ms(state, command_id)
+    if expiry_ms is not None and state.live_record(command_key(command_id)) is None:
+        claim = _record(command_id, body_sha256(item), item.code, expiry_ms)
+        state.put_record(command_key(command_id), claim)
+        state.outputs.append(_command_event(item, "Rejected", "rejected", item.code))
         return
-    if record.command_id != leg.transfer_id or record.body_sha256 != body:
-        raise InvariantViolation(f"saga leg does not match its idempotency record: {leg!r}")
-    handler.emit(state, leg, record.code)
+    state.outputs.append(_answer(state, delivery, item, item.code))
+
+
+def _process_leg(state: _State, leg: LegT, handler: _Handler[LegT]) -> None:
+    """Legs come from the core itself: each is applied exactly once, or the worker stops.
+
+    Step 2 (CreditLeg) is refused twice by its record, and once its transfer id has left
+    the retention window by the window itself (a leg that old was replayed, e.g. after
+    committed offsets expired, or its partition lagged a whole window: stop, never credit
+    twice). Step 3 needs the transfer's open reservation (``_reserved_source``), which it
+    closes: a second step 3 finds none.
+    """
+    amount_minor = leg.amount_minor
+    if type(amount_minor) is not int or not 0 < amount_minor <= AMOUNT_MAX_MINOR:
+        raise InvariantViolation(f"saga leg with an invalid amount: {leg!r}")
+    key = leg_key(leg)
+    if isinstance(leg, CreditLeg):
+        minted_at_ms = _transfer_minted_at_ms(leg)
+        if minted_at_ms + state.rules.retention_ms <= state.clock_ms:
+            raise InvariantViolation(f"credit leg older than the retention window: {leg!r}")
+        if state.live_record(key) is not None:
+            raise InvariantViolation(f"credit leg delivered twice: {leg!r}")
+    code = handler.execute(state, leg)
+    state.put_record(
+        key, _record(leg.transfer_id, body_sha256(leg), code, _leg_expiry_ms(state, leg))
+    )
+    handler.emit(state, leg, code)
+
+
+def _transfer_minted_at_ms(leg: Leg) -> int:
+    parts = command_id_parts(leg.transfer_id)
+    if parts is None:
+        raise InvariantViolation(f"saga leg of a transfer id no worker could claim: {leg!r}")
+    return parts[1]
+
+
+def _leg_expiry_ms(state: _State, leg: Leg) -> int:
+    """A leg's record lives as long as its transfer id is valid, and the retention from now."""
+    return max(state.clock_ms, _transfer_minted_at_ms(leg)) + state.rules.retention_ms
+
+
+RESERVATION_OPEN_MS = 2**63 - 1
+"""``expires_at_ms`` of an open reservation: it never expires until step 3 closes it."""
+
+
+def _transfer_of(leg: Leg) -> Transfer:
+    """The Transfer a leg belongs to, as step 1 saw it (the command id is the transfer id)."""
+    return Transfer(
+        leg.transfer_id,
+        leg.request_id,
+        leg.partner_id,
+        leg.issued_at_ms,
+        leg.source_account_id,
+        leg.destination_account_id,
+        leg.amount_minor,
+        leg.currency,
+    )
 
 
 # --- events ----------------------------------------------------------------------------
 
 
+def _answer_step(state: _State, delivery: Delivery, step: str) -> str:
+    """The step of an answer to an input that holds no claim: unique by its log position."""
+    return f"{step}:{state.partition}.{delivery.offset}"
+
+
+def _answer(
+    state: _State, delivery: Delivery, command: Command | Malformed, code: RejectionCode
+) -> Event:
+    """``Rejected`` for an input that holds no claim on its command id."""
+    return _command_event(command, "Rejected", _answer_step(state, delivery, "rejected"), code)
+
+
+def _duplicate(command: Command, step: str, original: IdempotencyRecord) -> Event:
+    """``Duplicate``: this input repeats ``original``, whose outcome was ``original.code``."""
+    return _command_event(command, "Duplicate", step, original.code, original.command_id)
+
+
 def _command_event(
-    command: Command,
+    command: Command | Malformed,
     event_type: EventType,
     step: str,
     code: RejectionCode | None = None,
@@ -314,36 +469,39 @@ def _command_event(
         amount_minor, currency = command.amount_minor, command.currency
     elif isinstance(command, OpenAccount):
         currency = command.currency
+    command_type = (
+        command.command_type if isinstance(command, Malformed) else type(command).__name__
+    )
     return Event(
-        f"{command.command_id}:{step}",
-        command.command_id,
-        event_type,
-        type(command).__name__,
-        command.partner_id,
-        command.account_id,
-        command.issued_at_ms,
-        counterparty,
-        amount_minor,
-        currency,
-        code,
-        original_payment_id,
+        event_id=f"{command.command_id}:{step}",
+        payment_id=command.command_id,
+        type=event_type,
+        command_type=command_type,
+        partner_id=command.partner_id,
+        account_id=command.account_id,
+        issued_at_ms=command.issued_at_ms,
+        counterparty_account_id=counterparty,
+        amount_minor=amount_minor,
+        currency=currency,
+        code=code,
+        original_payment_id=original_payment_id,
     )
 
 
 def _leg_event(leg: Leg, event_type: EventType, step: str, code: RejectionCode | None) -> Event:
     """An event about a transfer, from one of its legs: source account, destination counterparty."""
     return Event(
-        f"{leg.transfer_id}:{step}",
-        leg.transfer_id,
-        event_type,
-        TRANSFER_COMMAND_TYPE,
-        leg.partner_id,
-        leg.source_account_id,
-        leg.issued_at_ms,
-        leg.destination_account_id,
-        leg.amount_minor,
-        leg.currency,
-        code,
+        event_id=f"{leg.transfer_id}:{step}",
+        payment_id=leg.transfer_id,
+        type=event_type,
+        command_type=TRANSFER_COMMAND_TYPE,
+        partner_id=leg.partner_id,
+        account_id=leg.source_account_id,
+        issued_at_ms=leg.issued_at_ms,
+        counterparty_account_id=leg.destination_account_id,
+        amount_minor=leg.amount_minor,
+        currency=leg.currency,
+        code=code,
     )
 
 
@@ -399,12 +557,12 @@ def _usable_account(
 
 
 def _destination_code(entry: DirectoryEntry | None, transfer: Transfer) -> RejectionCode | None:
-    """Step 1 checks the destination against the directory snapshot."""
-    if (
-        entry is None
-        or is_system_account_id(transfer.destination_account_id)
-        or entry.partner_id != transfer.partner_id
-    ):
+    """Step 1 refuses only what the directory KNOWS is wrong; the unknown is step 2's call."""
+    if is_system_account_id(transfer.destination_account_id):
+        return "account_not_found"
+    if entry is None:
+        return None
+    if entry.partner_id != transfer.partner_id:
         return "account_not_found"
     code = _status_code(entry.status)
     if code is not None:
@@ -456,13 +614,16 @@ def _execute_unfreeze_account(state: _State, command: UnfreezeAccount) -> Reject
 
 
 def _execute_close_account(state: _State, command: CloseAccount) -> RejectionCode | None:
+    """Only an empty account closes: nothing pending (money in flight), a zero balance."""
     account = _owned_account(state, command.account_id, command.partner_id)
     if account is None:
         return "account_not_found"
     code = _status_code(account.status)
     if code is not None:
         return code
-    if not is_empty(account):
+    if account.has_pending:
+        return "account_has_pending"
+    if account.balance_minor != 0:
         return "account_not_empty"
     state.put_account(with_status(account, "closed"))
     return None
@@ -489,7 +650,7 @@ def _execute_deposit(state: _State, command: Deposit) -> RejectionCode | None:
     if isinstance(account, str):
         return account
     settlement = state.system_account(state.settlement_id(command.currency), command.currency)
-    if not (posting_fits(account, amount_minor) and posting_fits(settlement, amount_minor)):
+    if not (credits_fit(account, amount_minor) and debits_fit(settlement, amount_minor)):
         return "balance_overflow"
     state.put_account(debit(settlement, amount_minor))
     state.put_account(credit(account, amount_minor))
@@ -513,7 +674,7 @@ def _execute_withdrawal(state: _State, command: Withdrawal) -> RejectionCode | N
     if not has_funds(account, amount_minor):
         return "insufficient_funds"
     settlement = state.system_account(state.settlement_id(command.currency), command.currency)
-    if not (posting_fits(account, amount_minor) and posting_fits(settlement, amount_minor)):
+    if not (debits_fit(account, amount_minor) and credits_fit(settlement, amount_minor)):
         return "balance_overflow"
     state.put_account(debit(account, amount_minor))
     state.put_account(credit(settlement, amount_minor))
@@ -530,7 +691,7 @@ def _emit_withdrawal(state: _State, command: Withdrawal, code: RejectionCode | N
 
 
 def _execute_transfer(state: _State, command: Transfer) -> RejectionCode | None:
-    """Step 1 on partition(source): DEBIT source / CREDIT transit."""
+    """Step 1 on partition(source): reserve the amount (pending DEBIT source / CREDIT transit)."""
     amount_minor = command.amount_minor
     code = _amount_code(amount_minor)
     if code is not None:
@@ -546,10 +707,12 @@ def _execute_transfer(state: _State, command: Transfer) -> RejectionCode | None:
     if not has_funds(source, amount_minor):
         return "insufficient_funds"
     transit = state.system_account(state.transit_id(command.currency), command.currency)
-    if not (posting_fits(source, amount_minor) and posting_fits(transit, amount_minor)):
+    if not (debits_fit(source, amount_minor) and credits_fit(transit, amount_minor)):
         return "balance_overflow"
-    state.put_account(debit(source, amount_minor))
-    state.put_account(credit(transit, amount_minor))
+    state.put_account(reserve_debit(source, amount_minor))
+    state.put_account(reserve_credit(transit, amount_minor))
+    reservation = _record(command.command_id, body_sha256(command), None, RESERVATION_OPEN_MS)
+    state.put_record(("settlement", "", command.command_id), reservation)
     return None
 
 
@@ -557,30 +720,29 @@ def _emit_transfer(state: _State, command: Transfer, code: RejectionCode | None)
     if code is not None:
         state.outputs.append(_command_event(command, "Rejected", "rejected", code))
         return
-    state.emit_entry(transfer_debit_entry(command, state.transit_id(command.currency)))
-    state.outputs.append(
-        CreditLeg(
-            command.command_id,
-            command.partner_id,
-            command.issued_at_ms,
-            command.account_id,
-            command.destination_account_id,
-            command.amount_minor,
-            command.currency,
-        )
+    leg = CreditLeg(
+        transfer_id=command.command_id,
+        request_id=command.request_id,
+        partner_id=command.partner_id,
+        issued_at_ms=command.issued_at_ms,
+        source_account_id=command.account_id,
+        destination_account_id=command.destination_account_id,
+        amount_minor=command.amount_minor,
+        currency=command.currency,
     )
+    state.emit_entry(transfer_debit_entry(leg, state.transit_id(command.currency), "pending"))
+    state.outputs.append(leg)
     state.outputs.append(_command_event(command, "Debited", "debited"))
 
 
 def _execute_credit_leg(state: _State, leg: CreditLeg) -> RejectionCode | None:
-    """Step 2 on partition(destination): the authoritative account decides."""
+    """Step 2 on partition(destination): the authoritative account accepts or refuses."""
     amount_minor = leg.amount_minor
-    ensure(_amount_code(amount_minor) is None, "credit leg with an invalid amount")
     destination = _usable_account(state, leg.destination_account_id, leg.partner_id, leg.currency)
     if isinstance(destination, str):
         return destination
     transit = state.system_account(state.transit_id(leg.currency), leg.currency)
-    if not (posting_fits(destination, amount_minor) and posting_fits(transit, amount_minor)):
+    if not (credits_fit(destination, amount_minor) and debits_fit(transit, amount_minor)):
         return "balance_overflow"
     state.put_account(debit(transit, amount_minor))
     state.put_account(credit(destination, amount_minor))
@@ -588,42 +750,94 @@ def _execute_credit_leg(state: _State, leg: CreditLeg) -> RejectionCode | None:
 
 
 def _emit_credit_leg(state: _State, leg: CreditLeg, code: RejectionCode | None) -> None:
+    """Accepted: journal J2 and confirm to the source; refused: compensate the source."""
     if code is not None:
         state.outputs.append(
             Compensation(
-                leg.transfer_id,
-                leg.partner_id,
-                leg.issued_at_ms,
-                leg.source_account_id,
-                leg.destination_account_id,
-                leg.amount_minor,
-                leg.currency,
-                code,
+                transfer_id=leg.transfer_id,
+                request_id=leg.request_id,
+                partner_id=leg.partner_id,
+                issued_at_ms=leg.issued_at_ms,
+                source_account_id=leg.source_account_id,
+                destination_account_id=leg.destination_account_id,
+                amount_minor=leg.amount_minor,
+                currency=leg.currency,
+                reason=code,
             )
         )
         return
     state.emit_entry(transfer_credit_entry(leg, state.transit_id(leg.currency)))
+    state.outputs.append(
+        Confirmation(
+            transfer_id=leg.transfer_id,
+            request_id=leg.request_id,
+            partner_id=leg.partner_id,
+            issued_at_ms=leg.issued_at_ms,
+            source_account_id=leg.source_account_id,
+            destination_account_id=leg.destination_account_id,
+            amount_minor=leg.amount_minor,
+            currency=leg.currency,
+        )
+    )
+
+
+def _reserved_source(state: _State, leg: Confirmation | Compensation) -> tuple[Account, Account]:
+    """The source and transit shard of step 1, holding this transfer's open reservation.
+
+    Step 1 left an open reservation record under the transfer's settlement key, with
+    the transfer's body; the leg must match it exactly. It does not expire, so step 3
+    lands however late it comes; step 3 then closes it (``_process_leg``), so a
+    transfer settles once. Anything else is a bug: InvariantViolation.
+    """
+    reservation = state.live_record(leg_key(leg))
+    if (
+        reservation is None
+        or reservation.expires_at_ms != RESERVATION_OPEN_MS
+        or reservation.command_id != leg.transfer_id
+        or reservation.body_sha256 != body_sha256(_transfer_of(leg))
+    ):
+        raise InvariantViolation(
+            f"step 3 of a transfer this partition never reserved (or settled before): {leg!r}"
+        )
+    source = state.account(leg.source_account_id)
+    transit = state.account(state.transit_id(leg.currency))
+    if (
+        source is None
+        or transit is None
+        or source.partner_id != leg.partner_id
+        or source.currency != leg.currency
+        or source.pending_debits_minor < leg.amount_minor
+        or transit.pending_credits_minor < leg.amount_minor
+    ):
+        raise InvariantViolation(f"reservation recorded but not held by the accounts: {leg!r}")
+    return source, transit
+
+
+def _execute_confirmation(state: _State, leg: Confirmation) -> RejectionCode | None:
+    """Step 3 on partition(source): post the reservation, whatever the source's status."""
+    source, transit = _reserved_source(state, leg)
+    state.put_account(post_debit(source, leg.amount_minor))
+    state.put_account(post_credit(transit, leg.amount_minor))
+    return None
+
+
+def _emit_confirmation(state: _State, leg: Confirmation, code: RejectionCode | None) -> None:
+    ensure(code is None, "a confirmation is never refused")
+    state.emit_entry(transfer_debit_entry(leg, state.transit_id(leg.currency), "post"))
     state.outputs.append(_leg_event(leg, "Completed", "completed", None))
 
 
 def _execute_compensation(state: _State, leg: Compensation) -> RejectionCode | None:
-    """Step 3 on partition(source): money goes back even to a frozen or closed source."""
-    amount_minor = leg.amount_minor
-    ensure(_amount_code(amount_minor) is None, "compensation with an invalid amount")
-    source = state.account(leg.source_account_id)
-    if source is None or source.partner_id != leg.partner_id or source.currency != leg.currency:
-        raise InvariantViolation(f"compensation for an account that was never debited: {leg!r}")
-    transit = state.system_account(state.transit_id(leg.currency), leg.currency)
-    # No posting_fits() check: the turnover headroom kept by every ordinary posting
-    # guarantees that the reversal fits; debit() and credit() still verify the totals.
-    state.put_account(debit(transit, amount_minor))
-    state.put_account(credit(source, amount_minor))
+    """Step 3 when the destination refused: void the reservation, whatever the source's status."""
+    source, transit = _reserved_source(state, leg)
+    state.put_account(void_debit(source, leg.amount_minor))
+    state.put_account(void_credit(transit, leg.amount_minor))
     return None
 
 
 def _emit_compensation(state: _State, leg: Compensation, code: RejectionCode | None) -> None:
-    ensure(code is None, "a compensation is never rejected")
-    state.emit_entry(transfer_reversal_entry(leg, state.transit_id(leg.currency)))
+    ensure(code is None, "a compensation is never refused")
+    state.emit_entry(transfer_debit_entry(leg, state.transit_id(leg.currency), "void"))
     state.outputs.append(_leg_event(leg, "Reversed", "reversed", leg.reason))
 
 
@@ -637,4 +851,5 @@ _DEPOSIT: _Handler[Deposit] = _Handler(_execute_deposit, _emit_deposit)
 _WITHDRAWAL: _Handler[Withdrawal] = _Handler(_execute_withdrawal, _emit_withdrawal)
 _TRANSFER: _Handler[Transfer] = _Handler(_execute_transfer, _emit_transfer)
 _CREDIT_LEG: _Handler[CreditLeg] = _Handler(_execute_credit_leg, _emit_credit_leg)
+_CONFIRMATION: _Handler[Confirmation] = _Handler(_execute_confirmation, _emit_confirmation)
 _COMPENSATION: _Handler[Compensation] = _Handler(_execute_compensation, _emit_compensation)

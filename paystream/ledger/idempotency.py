@@ -26,9 +26,12 @@ from paystream.ledger.errors import InvariantViolation
 from paystream.ledger.models import (
     COMMAND_TYPES,
     Compensation,
+    Confirmation,
     CreditLeg,
     IdempotencyKey,
     Input,
+    Leg,
+    Malformed,
 )
 
 BODY_ENCODING_VERSION = 1
@@ -37,12 +40,13 @@ BODY_ENCODING_PREFIX = f"paystream.body/{BODY_ENCODING_VERSION}\n"
 BODY_EXCLUDED_FIELDS: frozenset[str] = frozenset(("command_id", "issued_at_ms"))
 """Fields that differ between a request and its exact duplicate."""
 
-LEG_KEY_PREFIX = "leg:"
-COMPENSATION_KEY_PREFIX = "compensation:"
-RESERVED_REQUEST_ID_PREFIXES: tuple[str, ...] = (LEG_KEY_PREFIX, COMPENSATION_KEY_PREFIX)
-"""Request ids that would collide with the keys of saga legs; commands may not use them."""
-
-_INPUT_TYPES: tuple[type[Input], ...] = (*COMMAND_TYPES, CreditLeg, Compensation)
+_INPUT_TYPES: tuple[type[Input], ...] = (
+    *COMMAND_TYPES,
+    Malformed,
+    CreditLeg,
+    Confirmation,
+    Compensation,
+)
 
 
 def _str_token(text: str) -> str:
@@ -95,15 +99,19 @@ def _encode_value(value: object) -> str:
     raise InvariantViolation(f"body_sha256: unsupported field value {value!r}")
 
 
-def idempotency_key(item: Input) -> IdempotencyKey:
-    """``(account, request_id)`` for commands; ``(account, prefix + transfer_id)`` for legs."""
-    if isinstance(item, CreditLeg):
-        return (item.destination_account_id, LEG_KEY_PREFIX + item.transfer_id)
-    if isinstance(item, Compensation):
-        return (item.source_account_id, COMPENSATION_KEY_PREFIX + item.transfer_id)
-    return (item.account_id, item.request_id)
+def request_key(partner_id: str, request_id: str) -> IdempotencyKey:
+    """A partner's request id (Stripe's Idempotency-Key): partners never share keys."""
+    return ("request", partner_id, request_id)
 
 
-def is_reserved_request_id(request_id: str) -> bool:
-    """Whether a client request id would take a key that belongs to a saga leg."""
-    return request_id.startswith(RESERVED_REQUEST_ID_PREFIXES)
+def command_key(command_id: str) -> IdempotencyKey:
+    """The claim of a command id on its partition."""
+    return ("command", "", command_id)
+
+
+def leg_key(leg: Leg) -> IdempotencyKey:
+    """A saga leg, applied once on the partition of the account it acts on. A transfer is
+    settled once: its Confirmation and its Compensation share one key."""
+    if isinstance(leg, CreditLeg):
+        return ("credit", "", leg.transfer_id)
+    return ("settlement", "", leg.transfer_id)

@@ -9,15 +9,20 @@ from __future__ import annotations
 from paystream.ledger.errors import InvariantViolation
 from paystream.ledger.models import (
     AMOUNT_MAX_MINOR,
-    Compensation,
+    PHASES,
     CreditLeg,
     Deposit,
     EntryKind,
     JournalEntry,
     JournalLine,
-    Transfer,
+    Leg,
+    Phase,
     Withdrawal,
 )
+
+TransferLeg = Leg
+"""The saga record that carries a transfer's parties and amount (a CreditLeg built at step 1
+has the same fields as the Confirmation or Compensation of step 3)."""
 
 LINE_COUNT_MIN = 2
 """A journal entry has a debit and a credit at least."""
@@ -29,7 +34,8 @@ STEP_DEPOSIT = "deposit"
 STEP_WITHDRAWAL = "withdrawal"
 STEP_DEBIT = "debit"
 STEP_CREDIT = "credit"
-STEP_REVERSAL = "reversal"
+STEP_POST = "post"
+STEP_VOID = "void"
 
 
 def entry_id(payment_id: str, step: str) -> str:
@@ -49,14 +55,31 @@ def two_line_entry(
     credit_account_id: str,
     currency: str,
     amount_minor: int,
+    phase: Phase = "posted",
+    pending_entry_id: str | None = None,
 ) -> JournalEntry:
     """DEBIT one account / CREDIT another by the same amount in one currency."""
     lines = (
-        JournalLine(debit_account_id, currency, "debit", amount_minor),
-        JournalLine(credit_account_id, currency, "credit", amount_minor),
+        JournalLine(
+            account_id=debit_account_id, currency=currency, side="debit", amount_minor=amount_minor
+        ),
+        JournalLine(
+            account_id=credit_account_id,
+            currency=currency,
+            side="credit",
+            amount_minor=amount_minor,
+        ),
     )
     return JournalEntry(
-        f"{payment_id}:{step}", payment_id, kind, partner_id, account_id, issued_at_ms, lines
+        entry_id=entry_id(payment_id, step),
+        payment_id=payment_id,
+        kind=kind,
+        partner_id=partner_id,
+        account_id=account_id,
+        issued_at_ms=issued_at_ms,
+        lines=lines,
+        phase=phase,
+        pending_entry_id=pending_entry_id,
     )
 
 
@@ -94,20 +117,28 @@ def withdrawal_entry(command: Withdrawal, settlement_account_id: str) -> Journal
     )
 
 
-def transfer_debit_entry(command: Transfer, transit_account_id: str) -> JournalEntry:
-    """Saga step 1 (J1): DEBIT source / CREDIT the source partition's transit shard."""
-    c = command
+def transfer_debit_entry(leg: TransferLeg, transit_account_id: str, phase: Phase) -> JournalEntry:
+    """Saga steps 1 and 3 on partition(source): DEBIT source / CREDIT its transit shard.
+
+    Step 1 reserves (``pending``, id ``<payment>:debit``); step 3 posts the
+    reservation (``post``, ``<payment>:post``) or releases it (``void``,
+    ``<payment>:void``), naming the pending entry.
+    """
+    pending_id = entry_id(leg.transfer_id, STEP_DEBIT)
+    step = {"pending": STEP_DEBIT, "post": STEP_POST, "void": STEP_VOID}[phase]
     return two_line_entry(
-        step=STEP_DEBIT,
-        payment_id=c.command_id,
+        step=step,
+        payment_id=leg.transfer_id,
         kind="transfer_debit",
-        partner_id=c.partner_id,
-        account_id=c.account_id,
-        issued_at_ms=c.issued_at_ms,
-        debit_account_id=c.account_id,
+        partner_id=leg.partner_id,
+        account_id=leg.source_account_id,
+        issued_at_ms=leg.issued_at_ms,
+        debit_account_id=leg.source_account_id,
         credit_account_id=transit_account_id,
-        currency=c.currency,
-        amount_minor=c.amount_minor,
+        currency=leg.currency,
+        amount_minor=leg.amount_minor,
+        phase=phase,
+        pending_entry_id=None if phase == "pending" else pending_id,
     )
 
 
@@ -127,23 +158,6 @@ def transfer_credit_entry(leg: CreditLeg, transit_account_id: str) -> JournalEnt
     )
 
 
-def transfer_reversal_entry(compensation: Compensation, transit_account_id: str) -> JournalEntry:
-    """Saga step 3 (J3): DEBIT the source partition's transit shard / CREDIT source."""
-    c = compensation
-    return two_line_entry(
-        step=STEP_REVERSAL,
-        payment_id=c.transfer_id,
-        kind="transfer_reversal",
-        partner_id=c.partner_id,
-        account_id=c.source_account_id,
-        issued_at_ms=c.issued_at_ms,
-        debit_account_id=transit_account_id,
-        credit_account_id=c.source_account_id,
-        currency=c.currency,
-        amount_minor=c.amount_minor,
-    )
-
-
 def check_balanced(entry: JournalEntry) -> None:
     """Raise :class:`InvariantViolation` unless debits equal credits in every currency.
 
@@ -155,6 +169,10 @@ def check_balanced(entry: JournalEntry) -> None:
         raise InvariantViolation(f"journal entry line count out of range: {entry!r}")
     if not entry.entry_id.startswith(entry.payment_id + ":"):
         raise InvariantViolation(f"journal entry id not derived from its payment: {entry!r}")
+    if entry.phase not in PHASES or (entry.pending_entry_id is None) != (
+        entry.phase in ("posted", "pending")
+    ):
+        raise InvariantViolation(f"journal entry phase and pending id disagree: {entry!r}")
     net_minor: dict[str, int] = {}
     for line in lines:
         amount_minor = line.amount_minor

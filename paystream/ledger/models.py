@@ -12,7 +12,10 @@ from dataclasses import dataclass
 from typing import Literal, TypeAlias, get_args
 
 AMOUNT_MAX_MINOR = 2**63 - 1
-"""Largest amount (and largest account total) the ledger accepts: Avro ``long``."""
+"""Largest amount one command, leg or journal line moves: Avro ``long``."""
+
+TOTAL_MAX_MINOR = 2**128 - 1
+"""Largest account total (TigerBeetle's u128): no volume of traffic saturates an account."""
 
 SYSTEM_ACCOUNT_PREFIX = "@"
 """System account ids start with this; client account ids never do."""
@@ -26,27 +29,45 @@ RejectionCode: TypeAlias = Literal[
     "account_frozen",
     "account_exists",
     "account_not_empty",
+    "account_has_pending",
     "currency_mismatch",
     "same_account",
     "invalid_amount",
     "balance_overflow",
     "duplicate_conflict",
+    "command_id_reused",
+    "command_id_invalid",
+    "wrong_partition",
+    "invalid_field",
     "unknown_command",
 ]
+"""Why an input was refused. The last three are the DLQ reasons of commands whose ids
+could be read (the record went to ``dlq`` too)."""
 REJECTION_CODES: tuple[RejectionCode, ...] = get_args(RejectionCode)
 
-EventType: TypeAlias = Literal[
-    "Accepted", "Debited", "Completed", "Failed", "Reversed", "Duplicate", "Rejected"
-]
+EventType: TypeAlias = Literal["Debited", "Completed", "Reversed", "Duplicate", "Rejected"]
+EVENT_TYPES: tuple[EventType, ...] = get_args(EventType)
+TERMINAL_EVENT_TYPES: frozenset[EventType] = frozenset(
+    ("Completed", "Reversed", "Duplicate", "Rejected")
+)
+"""The one answer each input gets; ``Debited`` is a transfer's step, not its end."""
 Side: TypeAlias = Literal["debit", "credit"]
-EntryKind: TypeAlias = Literal[
-    "deposit", "withdrawal", "transfer_debit", "transfer_credit", "transfer_reversal"
-]
+EntryKind: TypeAlias = Literal["deposit", "withdrawal", "transfer_debit", "transfer_credit"]
+ENTRY_KINDS: tuple[EntryKind, ...] = get_args(EntryKind)
+Phase: TypeAlias = Literal["posted", "pending", "post", "void"]
+"""TigerBeetle's two-phase transfers. ``posted`` and ``post`` move posted totals; ``pending``
+reserves (pending totals); ``post`` and ``void`` release the reservation of the pending
+entry they name (``post`` then posts the same lines)."""
+PHASES: tuple[Phase, ...] = get_args(Phase)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Account:
-    """TigerBeetle's account model. Totals only grow; balance is derived."""
+    """TigerBeetle's account model: 128-bit totals; balance and available are derived.
+
+    Posted totals only grow; pending totals rise when a two-phase transfer reserves
+    and fall when it is posted or voided.
+    """
 
     account_id: str
     currency: str
@@ -68,6 +89,10 @@ class Account:
     def available_minor(self) -> int:
         """What may still be debited: posted balance less pending debits."""
         return self.posted_credits_minor - self.posted_debits_minor - self.pending_debits_minor
+
+    @property
+    def has_pending(self) -> bool:
+        return self.pending_debits_minor != 0 or self.pending_credits_minor != 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,14 +200,37 @@ COMMAND_TYPES: tuple[type[Command], ...] = (
 )
 
 
+# --- what the shell could not turn into a command ------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Malformed:
+    """A command the worker could not apply as sent, whose ids could still be read.
+
+    The record went to ``dlq`` with ``code`` as its reason; the core answers it with
+    ``Rejected`` (``code``) so its sender hears back. ``command_type`` is the type
+    the sender meant (possibly one this version does not know).
+    """
+
+    command_id: str
+    request_id: str
+    partner_id: str
+    issued_at_ms: int
+    account_id: str
+    command_type: str
+    code: RejectionCode
+
+
 # --- saga legs (internal; on `legs`, keyed by the account they act on) ----------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CreditLeg:
-    """Step 2 of a transfer, keyed by the destination account."""
+    """Step 2 of a transfer, keyed by the destination account: credit it, or refuse."""
 
     transfer_id: str
+    request_id: str
+    """The transfer's request id: step 3 checks the leg against the transfer's claim."""
     partner_id: str
     issued_at_ms: int
     source_account_id: str
@@ -195,11 +243,32 @@ class CreditLeg:
         return self.destination_account_id
 
 
-@dataclass(frozen=True, slots=True)
-class Compensation:
-    """Step 3 when the destination refused, keyed by the source account."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Confirmation:
+    """Step 3 when the destination was credited, keyed by the source: post the reservation."""
 
     transfer_id: str
+    request_id: str
+    """The transfer's request id: step 3 checks the leg against the transfer's claim."""
+    partner_id: str
+    issued_at_ms: int
+    source_account_id: str
+    destination_account_id: str
+    amount_minor: int
+    currency: str
+
+    @property
+    def account_id(self) -> str:
+        return self.source_account_id
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Compensation:
+    """Step 3 when the destination refused, keyed by the source: void the reservation."""
+
+    transfer_id: str
+    request_id: str
+    """The transfer's request id: step 3 checks the leg against the transfer's claim."""
     partner_id: str
     issued_at_ms: int
     source_account_id: str
@@ -213,14 +282,39 @@ class Compensation:
         return self.source_account_id
 
 
-Leg: TypeAlias = CreditLeg | Compensation
-Input: TypeAlias = Command | Leg
+Leg: TypeAlias = CreditLeg | Confirmation | Compensation
+Input: TypeAlias = Command | Malformed | Leg
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Delivery:
+    """One input as read from its log: the input, its offset and its log time.
+
+    ``log_time_ms`` is the record's timestamp (``LogAppendTime`` on ``commands``:
+    the broker's, not the sender's); the core's only clock. ``offset`` names the
+    record: answers to inputs that may not claim their command id carry it in
+    their event id, so every event id stays unique.
+    """
+
+    item: Input
+    offset: int
+    log_time_ms: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rules:
+    """The core's settings; replay must use the ones the workers used."""
+
+    retention_ms: int = 7 * 24 * 3600 * 1000
+    """How long an idempotency key and a command id's claim live, in log time."""
+    future_skew_ms: int = 5 * 60 * 1000
+    """How far a command id's minting time may lie ahead of the partition's log clock."""
 
 
 # --- outputs (facts) ---------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class JournalLine:
     account_id: str
     currency: str
@@ -228,7 +322,7 @@ class JournalLine:
     amount_minor: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class JournalEntry:
     """One balanced journal entry; ``entry_id`` is ``f"{payment_id}:{step}"``."""
 
@@ -239,9 +333,12 @@ class JournalEntry:
     account_id: str
     issued_at_ms: int
     lines: tuple[JournalLine, ...]
+    phase: Phase = "posted"
+    pending_entry_id: str | None = None
+    """The pending entry a ``post`` or ``void`` entry settles."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Event:
     """A status fact about a payment or command; keyed by ``payment_id``."""
 
@@ -259,20 +356,27 @@ class Event:
     original_payment_id: str | None = None
 
 
-Output: TypeAlias = JournalEntry | Event | CreditLeg | Compensation | DirectoryEntry
+Output: TypeAlias = JournalEntry | Event | CreditLeg | Confirmation | Compensation | DirectoryEntry
 
 
 # --- idempotency ---------------------------------------------------------------------
 
-IdempotencyKey: TypeAlias = tuple[str, str]
-"""``(account_id, request_id)``; legs use ``("leg:" | "compensation:") + transfer_id``."""
+KeySpace: TypeAlias = Literal["request", "command", "credit", "settlement"]
+IdempotencyKey: TypeAlias = tuple[KeySpace, str, str]
+"""``("request", partner, request id)``: a partner's request (Stripe's Idempotency-Key);
+``("command", "", command id)``: the claim of a command id (a payment id);
+``("credit", "", transfer id)``: step 2 of a transfer, applied once;
+``("settlement", "", transfer id)``: step 3 (post or void), applied once."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class IdempotencyRecord:
     """What a request did, so a repeat gets the same answer and moves no money."""
 
     command_id: str
+    """The payment that answered: the original of a duplicate."""
     body_sha256: str
     code: RejectionCode | None
     """``None`` when the command was applied, else why it was rejected."""
+    expires_at_ms: int
+    """Log time from which the record is forgotten (treated as absent, then deleted)."""

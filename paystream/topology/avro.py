@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -20,19 +21,19 @@ from typing import Any, Final, Literal, TypeAlias
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import to_parsing_canonical_form
 
-from paystream.ledger.models import Command, DirectoryEntry, Event, JournalEntry, Leg
+from paystream.ledger.models import Command, Event, JournalEntry, Leg
 from paystream.topology import records, validation
 from paystream.topology.dlq import PoisonMessage
 from paystream.topology.registry import SchemaNotFound, SchemaRegistry
 
 __all__ = [
+    "DEFAULT_TOPICS",
     "HEADER_SIZE",
     "MAGIC_BYTE",
     "SCHEMA_DIR",
     "SCHEMA_FILES",
     "AvroSerde",
     "PayloadKind",
-    "TopicNames",
 ]
 
 SCHEMA_DIR: Final = Path(__file__).resolve().parents[2] / "schemas"
@@ -44,46 +45,24 @@ HEADER_SIZE: Final = _HEADER.size
 
 _ERROR_TEXT_MAX: Final = 200
 
-PayloadKind: TypeAlias = Literal["command", "leg", "journal_entry", "event", "directory_entry"]
+PayloadKind: TypeAlias = Literal["command", "leg", "journal_entry", "event"]
 SCHEMA_FILES: Final[dict[PayloadKind, str]] = {
     "command": "command.avsc",
     "leg": "leg.avsc",
     "journal_entry": "journal_entry.avsc",
     "event": "event.avsc",
-    "directory_entry": "directory_entry.avsc",
 }
+"""Every Avro payload. The directory and the table changelogs are not Avro: they never
+leave the workers (``paystream.tables.codecs``; docs/topology.md says what is on each wire)."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TopicNames:
-    """The topic each payload kind is written to; subjects are ``<topic>-value``."""
-
-    commands: str = "commands"
-    legs: str = "legs"
-    ledger: str = "ledger"
-    events: str = "events"
-    directory: str = "directory"
-
-    @classmethod
-    def prefixed(cls, prefix: str) -> TopicNames:
-        """Every default name behind ``prefix`` (e.g. ``"paystream."``)."""
-        default = cls()
-        return cls(
-            commands=prefix + default.commands,
-            legs=prefix + default.legs,
-            ledger=prefix + default.ledger,
-            events=prefix + default.events,
-            directory=prefix + default.directory,
-        )
-
-    def for_kind(self, kind: PayloadKind) -> str:
-        return {
-            "command": self.commands,
-            "leg": self.legs,
-            "journal_entry": self.ledger,
-            "event": self.events,
-            "directory_entry": self.directory,
-        }[kind]
+DEFAULT_TOPICS: Final[dict[PayloadKind, str]] = {
+    "command": "commands",
+    "leg": "legs",
+    "journal_entry": "ledger",
+    "event": "events",
+}
+"""Payload kind -> the topic it is written to; subjects are ``<topic>-value``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,12 +89,12 @@ class AvroSerde:
         self,
         registry: SchemaRegistry,
         *,
-        topic_names: TopicNames | None = None,
+        topics: Mapping[PayloadKind, str] = DEFAULT_TOPICS,
         schema_dir: Path = SCHEMA_DIR,
     ) -> None:
-        names = topic_names or TopicNames()
+        """``topics``: payload kind -> its topic (subjects follow TopicNameStrategy)."""
         self._registry = registry
-        self._subjects = {kind: f"{names.for_kind(kind)}-value" for kind in SCHEMA_FILES}
+        self._subjects = {kind: f"{topics[kind]}-value" for kind in SCHEMA_FILES}
         self._texts = {
             k: (schema_dir / f).read_text(encoding="utf-8") for k, f in SCHEMA_FILES.items()
         }
@@ -138,8 +117,14 @@ class AvroSerde:
         return self._encode("command", records.command_to_record(command))
 
     def decode_command(self, data: bytes) -> Command:
+        """The command, or ``PoisonMessage`` (with the command's ids when they could be read)."""
         command = records.command_from_record(self._decode("command", data))
-        validation.validate_command(command)
+        try:
+            validation.validate_command(command)
+        except PoisonMessage as poison:
+            raise PoisonMessage(
+                poison.code, poison.detail, header=records.command_header(command)
+            ) from poison
         return command
 
     def encode_leg(self, leg: Leg) -> bytes:
@@ -165,14 +150,6 @@ class AvroSerde:
         event = records.event_from_record(self._decode("event", data))
         validation.validate_event(event)
         return event
-
-    def encode_directory_entry(self, entry: DirectoryEntry) -> bytes:
-        return self._encode("directory_entry", records.directory_entry_to_record(entry))
-
-    def decode_directory_entry(self, data: bytes) -> DirectoryEntry:
-        entry = records.directory_entry_from_record(self._decode("directory_entry", data))
-        validation.validate_directory_entry(entry)
-        return entry
 
     # --- wire format ------------------------------------------------------------------
 
@@ -236,15 +213,18 @@ class AvroSerde:
         self, kind: PayloadKind, data: bytes, plan: _Plan, error: Exception
     ) -> PoisonMessage:
         """Why reading failed: a command or leg type unknown here, or bad bytes."""
-        branch = _unknown_branch(kind, data, plan) if plan.reader is not None else None
-        if branch is not None:
+        unknown = _unknown_branch(kind, data, plan) if plan.reader is not None else None
+        if unknown is not None:
+            branch, record = unknown
             detail = f"{kind} type {branch} (schema id {plan.schema_id}) is unknown to this reader"
-            return PoisonMessage("unknown_command", detail)
+            header = records.record_header(record, branch) if kind == "command" else None
+            return PoisonMessage("unknown_command", detail, header=header)
         return PoisonMessage("undecodable", f"schema id {plan.schema_id}: {_text(error)}")
 
 
-def _unknown_branch(kind: PayloadKind, data: bytes, plan: _Plan) -> str | None:
-    """The writer's union branch name if this reader does not know it, else ``None``."""
+def _unknown_branch(kind: PayloadKind, data: bytes, plan: _Plan) -> tuple[str, Any] | None:
+    """The writer's union branch name (and the record read with the writer's schema) if this
+    reader does not know the branch, else ``None``."""
     known = {"command": records.COMMAND_BRANCHES, "leg": records.LEG_BRANCHES}.get(kind)
     if known is None:
         return None
@@ -255,7 +235,7 @@ def _unknown_branch(kind: PayloadKind, data: bytes, plan: _Plan) -> str | None:
         name = record["body"][0] if kind == "command" else record[0]
     except Exception:  # not even the writer's own schema reads it: undecodable
         return None
-    return None if name in known else str(name)
+    return None if name in known else (str(name), record)
 
 
 def _text(error: Exception) -> str:

@@ -14,6 +14,7 @@ from confluent_kafka import Producer
 
 from paystream.ledger import Command
 from paystream.topology.avro import AvroSerde
+from paystream.workload import Garbage, Misrouted, Sent
 
 FLUSH_TIMEOUT_S = 60.0
 QUEUE_MESSAGES_MAX = 100_000
@@ -53,6 +54,16 @@ class CommandPublisher:
     def publish_all(self, commands: Iterable[Command]) -> None:
         for command in commands:
             self.publish(command)
+
+    def publish_sent(self, records: Iterable[Sent]) -> None:
+        """Workload records as they are: commands, misrouted commands, garbage."""
+        for sent in records:
+            if isinstance(sent, Misrouted):
+                self.publish_raw(sent.key, self._serde.encode_command(sent.command))
+            elif isinstance(sent, Garbage):
+                self.publish_raw(sent.key, sent.value)
+            else:
+                self.publish(sent)
 
     def flush(self) -> None:
         """Wait until Kafka has every queued command; raise if any was refused."""

@@ -14,9 +14,9 @@ from paystream.ledger.models import (
     CloseAccount,
     Command,
     Compensation,
+    Confirmation,
     CreditLeg,
     Deposit,
-    DirectoryEntry,
     Event,
     FreezeAccount,
     JournalEntry,
@@ -27,6 +27,7 @@ from paystream.ledger.models import (
     UnfreezeAccount,
     Withdrawal,
 )
+from paystream.topology.dlq import CommandHeader
 
 __all__ = [
     "COMMAND_BRANCHES",
@@ -34,15 +35,15 @@ __all__ = [
     "NAMESPACE",
     "Record",
     "command_from_record",
+    "command_header",
     "command_to_record",
-    "directory_entry_from_record",
-    "directory_entry_to_record",
     "event_from_record",
     "event_to_record",
     "journal_entry_from_record",
     "journal_entry_to_record",
     "leg_from_record",
     "leg_to_record",
+    "record_header",
 ]
 
 NAMESPACE: Final = "paystream.v1"
@@ -59,6 +60,7 @@ _DEPOSIT: Final = f"{NAMESPACE}.Deposit"
 _WITHDRAWAL: Final = f"{NAMESPACE}.Withdrawal"
 _TRANSFER: Final = f"{NAMESPACE}.Transfer"
 _CREDIT_LEG: Final = f"{NAMESPACE}.CreditLeg"
+_CONFIRMATION: Final = f"{NAMESPACE}.Confirmation"
 _COMPENSATION: Final = f"{NAMESPACE}.Compensation"
 
 # --- commands ------------------------------------------------------------------------
@@ -185,12 +187,40 @@ def command_from_record(record: Record) -> Command:
     return _BODY_READERS[name](record, body)
 
 
+def command_header(command: Command) -> CommandHeader:
+    """The ids of a decoded command (for the answer to one that failed validation)."""
+    return CommandHeader(
+        command_id=command.command_id,
+        request_id=command.request_id,
+        partner_id=command.partner_id,
+        account_id=command.account_id,
+        issued_at_ms=command.issued_at_ms,
+        command_type=type(command).__name__,
+    )
+
+
+def record_header(record: Record, branch: str) -> CommandHeader | None:
+    """The ids of a command record of a type this reader does not know, if they read."""
+    try:
+        return CommandHeader(
+            command_id=str(record["command_id"]),
+            request_id=str(record["request_id"]),
+            partner_id=str(record["partner_id"]),
+            account_id=str(record["account_id"]),
+            issued_at_ms=int(record["issued_at_ms"]),
+            command_type=branch.rsplit(".", 1)[-1],
+        )
+    except (KeyError, TypeError, ValueError):  # a writer schema without the envelope fields
+        return None
+
+
 # --- legs ---------------------------------------------------------------------------
 
 
 def leg_to_record(leg: Leg) -> _Branch:
     fields: Record = {
         "transfer_id": leg.transfer_id,
+        "request_id": leg.request_id,
         "partner_id": leg.partner_id,
         "issued_at_ms": leg.issued_at_ms,
         "source_account_id": leg.source_account_id,
@@ -200,38 +230,37 @@ def leg_to_record(leg: Leg) -> _Branch:
     }
     if isinstance(leg, CreditLeg):
         return _CREDIT_LEG, fields
+    if isinstance(leg, Confirmation):
+        return _CONFIRMATION, fields
     fields["reason"] = leg.reason
     return _COMPENSATION, fields
 
 
-LEG_BRANCHES: Final = frozenset((_CREDIT_LEG, _COMPENSATION))
+_LEG_TYPES: Final[dict[str, type[CreditLeg] | type[Confirmation]]] = {
+    _CREDIT_LEG: CreditLeg,
+    _CONFIRMATION: Confirmation,
+}
+LEG_BRANCHES: Final = frozenset((*_LEG_TYPES, _COMPENSATION))
 """Full names of the leg records this code reads and writes."""
 
 
 def leg_from_record(record: _Branch) -> Leg:
     name, r = record
-    if name == _CREDIT_LEG:
-        return CreditLeg(
-            transfer_id=r["transfer_id"],
-            partner_id=r["partner_id"],
-            issued_at_ms=r["issued_at_ms"],
-            source_account_id=r["source_account_id"],
-            destination_account_id=r["destination_account_id"],
-            amount_minor=r["amount_minor"],
-            currency=r["currency"],
-        )
+    parties = {
+        "transfer_id": r["transfer_id"],
+        "request_id": r["request_id"],
+        "partner_id": r["partner_id"],
+        "issued_at_ms": r["issued_at_ms"],
+        "source_account_id": r["source_account_id"],
+        "destination_account_id": r["destination_account_id"],
+        "amount_minor": r["amount_minor"],
+        "currency": r["currency"],
+    }
+    if name in _LEG_TYPES:
+        return _LEG_TYPES[name](**parties)
     if name != _COMPENSATION:
         raise KeyError(f"no leg type {name!r}")  # the reader schema and this module disagree
-    return Compensation(
-        transfer_id=r["transfer_id"],
-        partner_id=r["partner_id"],
-        issued_at_ms=r["issued_at_ms"],
-        source_account_id=r["source_account_id"],
-        destination_account_id=r["destination_account_id"],
-        amount_minor=r["amount_minor"],
-        currency=r["currency"],
-        reason=r["reason"],
-    )
+    return Compensation(**parties, reason=r["reason"])
 
 
 # --- journal entries ---------------------------------------------------------------------
@@ -254,6 +283,8 @@ def journal_entry_to_record(entry: JournalEntry) -> Record:
             }
             for line in entry.lines
         ],
+        "phase": entry.phase,
+        "pending_entry_id": entry.pending_entry_id,
     }
 
 
@@ -274,10 +305,12 @@ def journal_entry_from_record(r: Record) -> JournalEntry:
             )
             for line in r["lines"]
         ),
+        phase=r["phase"],
+        pending_entry_id=r["pending_entry_id"],
     )
 
 
-# --- events and directory entries ------------------------------------------------------
+# --- events ------------------------------------------------------
 
 
 def event_to_record(event: Event) -> Record:
@@ -311,22 +344,4 @@ def event_from_record(r: Record) -> Event:
         currency=r["currency"],
         code=r["code"],
         original_payment_id=r["original_payment_id"],
-    )
-
-
-def directory_entry_to_record(entry: DirectoryEntry) -> Record:
-    return {
-        "account_id": entry.account_id,
-        "currency": entry.currency,
-        "partner_id": entry.partner_id,
-        "status": entry.status,
-    }
-
-
-def directory_entry_from_record(r: Record) -> DirectoryEntry:
-    return DirectoryEntry(
-        account_id=r["account_id"],
-        currency=r["currency"],
-        partner_id=r["partner_id"],
-        status=r["status"],
     )

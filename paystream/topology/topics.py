@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from paystream.settings import Settings
-from paystream.topology.avro import TopicNames
+from paystream.topology.avro import PayloadKind
 
 TOPIC_CREATE_TIMEOUT_S = 30.0
 APP_NAME = "ledger"
@@ -29,36 +29,40 @@ class Topics:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Topics:
-        app_id = app_id_for(settings)
         return cls(
             commands=settings.topic("commands"),
             legs=settings.topic("legs"),
             ledger=settings.topic("ledger"),
             events=settings.topic("events"),
             dlq=settings.topic("dlq"),
-            directory=f"{app_id}-directory-changelog",
-            balances_changelog=f"{app_id}-balances-changelog",
-            idempotency_changelog=f"{app_id}-idempotency-changelog",
+            directory=settings.topic(f"{APP_NAME}.directory"),
+            balances_changelog=settings.topic(f"{APP_NAME}.balances-changelog"),
+            idempotency_changelog=settings.topic(f"{APP_NAME}.idempotency-changelog"),
             partitions=settings.partitions,
         )
 
-    def names(self) -> TopicNames:
-        """The Avro subjects' topic names."""
-        return TopicNames(
-            commands=self.commands,
-            legs=self.legs,
-            ledger=self.ledger,
-            events=self.events,
-            directory=self.directory,
-        )
+    def payloads(self) -> dict[PayloadKind, str]:
+        """Avro payload kind -> its topic (the subjects' names)."""
+        return {
+            "command": self.commands,
+            "leg": self.legs,
+            "journal_entry": self.ledger,
+            "event": self.events,
+        }
 
     def configs(self) -> dict[str, dict[str, str]]:
-        """Topic -> configuration. Commands are kept forever: replay reads them."""
+        """Topic -> configuration. Commands are kept forever: replay reads them.
+
+        The workers' inputs carry the broker's clock (``LogAppendTime``): the core
+        judges command ids and idempotency keys against it, and a sender cannot
+        set it.
+        """
         forever = {"retention.ms": "-1", "cleanup.policy": "delete"}
         compact = {"cleanup.policy": "compact"}
+        inputs = {**forever, "message.timestamp.type": "LogAppendTime"}
         return {
-            self.commands: forever,
-            self.legs: forever,
+            self.commands: inputs,
+            self.legs: inputs,
             self.ledger: forever,
             self.events: forever,
             self.dlq: forever,

@@ -15,9 +15,8 @@ from paystream.ledger.models import (
     REJECTION_CODES,
     SYSTEM_ACCOUNT_PREFIX,
     Command,
-    CreditLeg,
+    Compensation,
     Deposit,
-    DirectoryEntry,
     Event,
     JournalEntry,
     Leg,
@@ -25,13 +24,13 @@ from paystream.ledger.models import (
     Transfer,
     Withdrawal,
 )
-from paystream.topology.dlq import PoisonMessage
+from paystream.topology.dlq import CommandHeader, PoisonMessage
 
 __all__ = [
     "DERIVED_ID_LENGTH_MAX",
     "ID_LENGTH_MAX",
+    "header_is_readable",
     "validate_command",
-    "validate_directory_entry",
     "validate_event",
     "validate_journal_entry",
     "validate_leg",
@@ -101,7 +100,7 @@ def validate_leg(leg: Leg) -> None:
     _check_client_account("source_account_id", leg.source_account_id)
     _check_client_account("destination_account_id", leg.destination_account_id)
     _check_currency("currency", leg.currency)
-    if not isinstance(leg, CreditLeg):
+    if isinstance(leg, Compensation):
         _check_rejection_code("reason", leg.reason)
 
 
@@ -140,8 +139,10 @@ def validate_event(event: Event) -> None:
         _check_id("original_payment_id", event.original_payment_id)
 
 
-def validate_directory_entry(entry: DirectoryEntry) -> None:
-    """Raise ``PoisonMessage("invalid_field", …)`` if ``entry`` is malformed."""
-    _check_id("account_id", entry.account_id)
-    _check_id("partner_id", entry.partner_id)
-    _check_currency("currency", entry.currency)
+def header_is_readable(header: CommandHeader) -> bool:
+    """Whether a poison command's ids can key an answer: a command id, partner and account
+    of 1..ID_LENGTH_MAX characters (the request id is only hashed; its length is free)."""
+    return all(
+        0 < len(value) <= ID_LENGTH_MAX
+        for value in (header.command_id, header.partner_id, header.account_id)
+    )

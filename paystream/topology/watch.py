@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from paystream.ledger import Event
+from paystream.ledger import TERMINAL_EVENT_TYPES, Event
 from paystream.topology.avro import AvroSerde
 
-TERMINAL_TYPES = frozenset({"Completed", "Reversed", "Rejected", "Duplicate", "Failed"})
 POLL_TIMEOUT_S = 0.5
 POLL_BATCH_MAX = 1_000
+
+
+def is_canonical(event: Event) -> bool:
+    """Whether ``event`` is about its payment (``<id>:<step>``), not an answer to a repeat of
+    its id (``<id>:<step>:<partition>.<offset>``; see ``paystream.ledger.core``)."""
+    step = event.event_id.removeprefix(f"{event.payment_id}:")
+    return step != event.event_id and ":" not in step
 
 
 class EventWatcher:
@@ -49,10 +55,25 @@ class EventWatcher:
         return len(messages)
 
     def terminal(self, payment_id: str) -> Event | None:
-        for event in self.events.get(payment_id, ()):
-            if event.type in TERMINAL_TYPES:
+        """The payment's own outcome; else the first answer to a record with its id."""
+        answers = self.answers(payment_id)
+        for event in answers:
+            if is_canonical(event):
                 return event
-        return None
+        return answers[0] if answers else None
+
+    def answers(self, payment_id: str) -> list[Event]:
+        """Every answer given to a record carrying ``payment_id``, in order."""
+        return [e for e in self.events.get(payment_id, ()) if e.type in TERMINAL_EVENT_TYPES]
+
+    def wait_answers(self, expected: Mapping[str, int], *, timeout_s: float) -> set[str]:
+        """Poll until each id has ``expected[id]`` answers; return the ids still short."""
+        waiting = set(expected)
+        deadline = time.monotonic() + timeout_s
+        while waiting and time.monotonic() < deadline:
+            self.poll()
+            waiting = {p for p in waiting if len(self.answers(p)) < expected[p]}
+        return waiting
 
     def wait(self, payment_ids: Iterable[str], *, timeout_s: float) -> set[str]:
         """Poll until every id has a terminal event; return the ids still open."""

@@ -18,8 +18,8 @@ from paystream.agents.supervisor import WorkerProcess
 from paystream.runner import TRAFFIC_TIMEOUT_S, Platform
 from paystream.settings import Settings
 from tests.e2e.harness import (
+    assert_every_record_answered_once,
     assert_ledger_exactly_once,
-    assert_sagas_end_once,
     platform,
     setup_or_fail,
 )
@@ -28,7 +28,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 KILL_MIX = workload.Mix(accounts=500, transfers=20_000)
 KILL_ROUNDS_MIN = 12
-BOTH_WORKERS_PERCENT = 25
+WORKERS = 3
+ALL_WORKERS_PERCENT = 25
 PAUSE_MIX = workload.Mix(accounts=300, transfers=8_000)
 PAUSES = 3
 PAUSE_S = 13.0  # longer than the workers' session timeout (10 s): the group moves on
@@ -45,8 +46,8 @@ def test_sigkill_workers_at_random_moments(settings: Settings, tmp_path: Path) -
         nonlocal kills
         _sleep_polling(running, rng.uniform(0.2, 2.0))
         workers = running.workers.workers
-        both = rng.randrange(100) < BOTH_WORKERS_PERCENT
-        for worker in workers if both else [rng.choice(workers)]:
+        every = rng.randrange(100) < ALL_WORKERS_PERCENT
+        for worker in workers if every else [rng.choice(workers)]:
             worker.kill()
             kills += 1
         _sleep_polling(running, rng.uniform(0.0, 1.0))
@@ -91,9 +92,9 @@ def _run_with_chaos(
     minimum: int,
 ) -> int:
     """Paced traffic while ``chaos`` runs at least ``minimum`` times; then every invariant."""
-    load = workload.build(seed=4242, mix=mix, run_id="crash")
+    load = workload.build(seed=4242, mix=mix, run_id="crash", now_ms=int(time.time() * 1000))
     actions = 0
-    with platform(settings, tmp_path, workers=2) as running:
+    with platform(settings, tmp_path, workers=WORKERS) as running:
         setup_or_fail(running, load)
         publisher = running.publish_paced(load, per_second=TRAFFIC_PER_S)
         deadline = time.monotonic() + CHAOS_TIME_MAX_S
@@ -101,10 +102,10 @@ def _run_with_chaos(
             chaos(running)
             actions += 1
         publisher.join()
-        left = running.wait_supervised(load.transfer_ids, timeout_s=TRAFFIC_TIMEOUT_S)
-        assert not left, f"{len(left)} transfers without a terminal event{running.logs()}"
+        left = running.wait_traffic(load, timeout_s=TRAFFIC_TIMEOUT_S)
+        assert not left, f"{len(left)} command ids without their answers{running.logs()}"
         print(f"\noutcomes {dict(running.outcomes(load))}")
-        assert_sagas_end_once(running, load)
+        assert_every_record_answered_once(running, load)
         report = assert_ledger_exactly_once(running)
     assert actions >= minimum
     deposited = (mix.accounts - mix.closing_accounts) * mix.deposit_minor

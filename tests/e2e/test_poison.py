@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastavro import parse_schema, schemaless_writer
 
-from paystream.ledger import Deposit, OpenAccount
+from paystream.ledger import Deposit, OpenAccount, mint_command_id
 from paystream.settings import Settings
 from paystream.topology import records
 from paystream.topology.avro import SCHEMA_DIR
+from paystream.topology.partitioner import partition_for
 from paystream.topology.reader import read_to_end
 from paystream.topology.registry import registry_from_url
 from tests.e2e.harness import platform
@@ -49,9 +52,15 @@ def test_each_kind_of_poison_goes_to_dlq_and_processing_continues(
 ) -> None:
     with platform(settings, tmp_path, workers=1) as running:
         serde, key = running.serde, ACCOUNT.encode()
-        open_ = OpenAccount("p-open", "p-open", "demo", 1, ACCOUNT, "EUR")
-        deposit = Deposit("p-dep", "p-dep", "demo", 2, ACCOUNT, 500, "EUR")
-        bad_field = Deposit("p-bad", "p-bad", "demo", 3, "@transit:EUR:0", 500, "EUR")
+        now_ms = int(time.time() * 1000)
+        partition = partition_for(key, running.settings.partitions)
+
+        def cid() -> str:
+            return mint_command_id(partition=partition, at_ms=now_ms, random_bytes=os.urandom(10))
+
+        open_ = OpenAccount(cid(), "p-open", "demo", now_ms, ACCOUNT, "EUR")
+        deposit = Deposit(cid(), "p-dep", "demo", now_ms, ACCOUNT, 500, "EUR")
+        bad_field = Deposit(cid(), "p-bad", "demo", now_ms, ACCOUNT, 500, "ZZZ")
         poison = {
             "undecodable": b"\x07not avro at all",
             "unknown_schema_id": b"\x00\x00\x0f\x42\x40" + b"\x02",
@@ -65,7 +74,7 @@ def test_each_kind_of_poison_goes_to_dlq_and_processing_continues(
             running.publisher.publish_raw(key, value)
         running.publisher.publish(deposit)  # after the poison, on the same partition
         running.publisher.flush()
-        left = running.watcher.wait(["p-open", "p-dep"], timeout_s=DLQ_WAIT_S)
+        left = running.watcher.wait([open_.command_id, deposit.command_id], timeout_s=DLQ_WAIT_S)
         assert not left, f"processing stopped behind poison{running.logs()}"
         dead = list(read_to_end(running.bootstrap, running.topics.dlq))
     reasons = {}
@@ -79,5 +88,5 @@ def test_each_kind_of_poison_goes_to_dlq_and_processing_continues(
         assert headers["dlq.topic"].decode() == running.topics.commands
         assert int(headers["dlq.partition"]) >= 0 and int(headers["dlq.offset"]) >= 0
         assert headers["dlq.detail"]
-    assert running.watcher.terminal("p-dep") is not None
-    assert running.watcher.terminal("p-dep").type == "Completed"  # type: ignore[union-attr]
+    completed = running.watcher.terminal(deposit.command_id)
+    assert completed is not None and completed.type == "Completed"

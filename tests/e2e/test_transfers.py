@@ -13,8 +13,8 @@ from paystream.runner import TRAFFIC_TIMEOUT_S
 from paystream.settings import Settings
 from paystream.topology.reader import read_to_end
 from tests.e2e.harness import (
+    assert_every_record_answered_once,
     assert_ledger_exactly_once,
-    assert_sagas_end_once,
     platform,
     setup_or_fail,
 )
@@ -25,19 +25,19 @@ MIX = workload.Mix(accounts=500, transfers=20_000)
 
 
 def test_twenty_thousand_transfers_with_two_workers(settings: Settings, tmp_path: Path) -> None:
-    load = workload.build(seed=20_000, mix=MIX, run_id="e2e")
+    load = workload.build(seed=20_000, mix=MIX, run_id="e2e", now_ms=int(time.time() * 1000))
     with platform(settings, tmp_path, workers=2) as running:
         setup_or_fail(running, load)
         started = time.monotonic()
         running.publish_paced(load, per_second=50_000).join()
-        left = running.watcher.wait(load.transfer_ids, timeout_s=TRAFFIC_TIMEOUT_S)
+        left = running.wait_traffic(load, timeout_s=TRAFFIC_TIMEOUT_S)
         elapsed_s = time.monotonic() - started
-        assert not left, f"{len(left)} transfers without a terminal event{running.logs()}"
+        assert not left, f"{len(left)} command ids without their answers{running.logs()}"
         counts = running.outcomes(load)
         print(f"\n{MIX.transfers} transfers in {elapsed_s:.1f}s "
               f"({MIX.transfers / elapsed_s:.0f}/s end to end): {dict(counts)}")  # fmt: skip
         assert all(w.alive for w in running.workers.workers), f"a worker died{running.logs()}"
-        assert_sagas_end_once(running, load)
+        assert_every_record_answered_once(running, load)
         report = assert_ledger_exactly_once(running)
     assert counts["Completed"] > 0 and counts["Duplicate"] > 0 and counts["Rejected"] > 0
     assert counts["Reversed"] > 0, "no credit was refused: the saga's compensation went untested"

@@ -1,183 +1,212 @@
 """A simulator of paystream's partitioned log around the pure money core.
 
-It plays the part of Kafka and the Faust agents, with none of their I/O:
+It plays Kafka, the worker's shell and a hostile client, with none of their I/O:
 
-- ``P`` partitions; an account lives on ``crc32(account_id) % P`` (a stand-in for
-  murmur2: any deterministic partitioner shows the same interleavings);
-- FIFO queues per ``(topic, partition)`` for ``commands`` and ``legs``;
-- per-partition state (accounts, idempotency records), written back after each
-  batch from ``BatchResult`` only, like an agent writes its tables;
-- a global directory updated when ``DirectoryEntry`` outputs are delivered,
-  a random number of steps later (GlobalTable lag);
-- at each step a seeded ``random.Random`` picks the next non-empty queue and the
-  batch size, and sometimes redelivers a slice of already-processed inputs (what
-  a consumer does after a crash when the local store is ahead of the offsets).
+- ``P`` partitions; a record keyed by an account goes to
+  ``partition_for(account_id, P)`` (Kafka's murmur2, as every producer must use);
+- FIFO queues per ``(topic, partition)`` for ``commands`` and ``legs``; every
+  record gets the next offset of its queue and a log time (``LogAppendTime``):
+  a wall clock that moves forward, with occasional small regressions (a new
+  leader's clock) and rare jumps past the retention window (a consumer that
+  falls days behind), so that command ids and idempotency keys expire;
+- each record is delivered exactly once (Kafka transactions): a batch takes
+  records of one partition from both topics in any interleaving, and the
+  shell turns each into the core's input as the worker will: undecodable
+  fields and unknown types become ``Malformed`` (``invalid_field``,
+  ``unknown_command``), a record whose partition is not
+  ``murmur2(key) % P`` or whose key is not its account becomes ``Malformed``
+  (``wrong_partition``);
+- per-partition state (accounts, idempotency records, the log clock) written
+  back from ``BatchResult`` only, as the worker writes its stores, with
+  expired records deleted now and then (the store shrinks; the core must not
+  care);
+- a global directory fed by ``DirectoryEntry`` outputs a random number of
+  steps later (GlobalTable lag), or not at all (``follow_directory=False``).
 
-Every delivered batch is also replayed as batches of one over an overlay and must
-give the identical result; that replay attributes outputs to their input, which
-the invariant checks need. A ``Client`` generates the commands partners would send,
-including the misbehaving ones. Unit tests import the small builders from here too.
+Every batch is also applied as batches of one and must give the identical
+result; those singles attribute every output to its input, and a
+:class:`~tests.property.invariants.Trace` checks each step as it happens and
+the whole history at the end. A :class:`Client` sends what partners send,
+including everything hostile the issue lists.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import random
-import zlib
-from collections import ChainMap, Counter, defaultdict, deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections import ChainMap, deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, cast
 
 from paystream.ledger import (
     AMOUNT_MAX_MINOR,
-    REJECTION_CODES,
     Account,
-    AccountStatus,
     BatchResult,
     CloseAccount,
     Command,
     Compensation,
+    Confirmation,
     CreditLeg,
+    Delivery,
     Deposit,
     DirectoryEntry,
-    Event,
     FreezeAccount,
     IdempotencyKey,
     IdempotencyRecord,
     Input,
     JournalEntry,
+    Leg,
+    Malformed,
     OpenAccount,
-    Output,
+    RejectionCode,
+    Rules,
     Transfer,
     UnfreezeAccount,
     Withdrawal,
-    body_sha256,
-    check_balanced,
-    is_reserved_request_id,
-    is_system_account_id,
+    mint_command_id,
     process_batch,
 )
+from paystream.topology.partitioner import partition_for
+from tests.property.invariants import SingleStep, Trace, check_partition
+from tests.support.ledger import OTHER_PARTNER, PARTNER, T0_MS
 
 Topic = Literal["commands", "legs"]
 TOPICS: tuple[Topic, ...] = ("commands", "legs")
-PARTNER = "p1"
-OTHER_PARTNER = "p2"
-ISSUED_AT_MS = 1_700_000_000_000
+
+SIM_RULES = Rules(retention_ms=60_000, future_skew_ms=2_000)
+"""A short window, so that keys and command ids expire within one run."""
+
+AVRO_LONG_MIN = -(2**63)
+AVRO_LONG_MAX = 2**63 - 1
 
 
-# --- builders (shared with the unit tests) ---------------------------------------------
+def partition_of(account_id: str, partition_count: int) -> int:
+    """Where a record keyed by ``account_id`` lands (murmur2, as on every producer)."""
+    return partition_for(account_id.encode(), partition_count)
 
 
-def make_account(
-    account_id: str,
-    *,
-    currency: str = "EUR",
-    partner_id: str = PARTNER,
-    status: AccountStatus = "open",
-    no_overdraft: bool = True,
-    credits_minor: int = 0,
-    debits_minor: int = 0,
-    version: int = 1,
-) -> Account:
-    return Account(
-        account_id,
-        currency,
-        partner_id,
-        status,
-        no_overdraft,
-        posted_debits_minor=debits_minor,
-        posted_credits_minor=credits_minor,
-        version=version,
+# --- what is on the log --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UnknownCommand:
+    """A command of a type this version does not know (the shell: ``unknown_command``)."""
+
+    command_type: str
+    command_id: str
+    request_id: str
+    partner_id: str
+    issued_at_ms: int
+    account_id: str
+
+
+Payload = Command | UnknownCommand
+"""What a client puts on ``commands``; a Command's int fields may lie outside Avro ``long``."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogRecord:
+    topic: Topic
+    partition: int
+    offset: int
+    log_time_ms: int
+    key: str
+    value: Payload | Leg
+
+
+def shell_decode(record: LogRecord, partition_count: int) -> Input:
+    """The core's input for ``record``, as the worker's shell makes it (legs pass as they are)."""
+    value = record.value
+    if isinstance(value, CreditLeg | Confirmation | Compensation):
+        return value
+    if isinstance(value, UnknownCommand):
+        return _malformed(value, value.command_type, "unknown_command")
+    command_type = type(value).__name__
+    if not _fits_avro(value):
+        return _malformed(value, command_type, "invalid_field")
+    key = record.key
+    if key != value.account_id or partition_of(key, partition_count) != record.partition:
+        return _malformed(value, command_type, "wrong_partition")
+    return value
+
+
+def _fits_avro(command: Command) -> bool:
+    """Whether every int field is an Avro ``long`` (2**63 cannot be decoded)."""
+    return all(
+        AVRO_LONG_MIN <= getattr(command, f.name) <= AVRO_LONG_MAX
+        for f in dataclasses.fields(command)
+        if type(getattr(command, f.name)) is int
     )
 
 
-def directory_of(accounts: Iterable[Account]) -> dict[str, DirectoryEntry]:
-    return {
-        a.account_id: DirectoryEntry(a.account_id, a.currency, a.partner_id, a.status)
-        for a in accounts
-    }
-
-
-def run(
-    inputs: Sequence[Input],
-    *,
-    accounts: Iterable[Account] = (),
-    idempotency: Mapping[IdempotencyKey, IdempotencyRecord] | None = None,
-    directory: Mapping[str, DirectoryEntry] | None = None,
-    partition: int = 0,
-) -> BatchResult:
-    """``process_batch`` with the given accounts also in the directory by default."""
-    account_list = list(accounts)
-    return process_batch(
-        inputs,
-        partition=partition,
-        accounts={a.account_id: a for a in account_list},
-        idempotency={} if idempotency is None else idempotency,
-        directory=directory_of(account_list) if directory is None else directory,
+def _malformed(value: Payload, command_type: str, code: RejectionCode) -> Malformed:
+    return Malformed(
+        command_id=value.command_id,
+        request_id=value.request_id,
+        partner_id=value.partner_id,
+        issued_at_ms=value.issued_at_ms,
+        account_id=value.account_id,
+        command_type=command_type,
+        code=code,
     )
 
 
-@dataclass(frozen=True)
-class SingleStep:
-    """One input applied alone: its outputs, and the status of the accounts they post to."""
-
-    outputs: tuple[Output, ...]
-    status_before: dict[str, AccountStatus]
+# --- the core, applied as batches of one ------------------------------------------------------
 
 
 def run_in_singles(
-    inputs: Sequence[Input],
+    deliveries: Sequence[Delivery],
     *,
     partition: int,
     accounts: Mapping[str, Account],
     idempotency: Mapping[IdempotencyKey, IdempotencyRecord],
     directory: Mapping[str, DirectoryEntry],
+    clock_ms: int,
+    rules: Rules,
 ) -> tuple[BatchResult, list[SingleStep]]:
-    """Apply ``inputs`` as batches of one in sequence; the merged result and every step."""
+    """Apply ``deliveries`` one by one, threading state and clock; the merged result and steps."""
     changed_accounts: dict[str, Account] = {}
     changed_records: dict[IdempotencyKey, IdempotencyRecord] = {}
-    account_view = ChainMap(changed_accounts, accounts)  # type: ignore[arg-type]
-    record_view = ChainMap(changed_records, idempotency)  # type: ignore[arg-type]
+    # A ChainMap writes to its first map only: the base mappings are read, never changed.
+    account_view = ChainMap(changed_accounts, cast("dict[str, Account]", accounts))
+    record_view = ChainMap(
+        changed_records, cast("dict[IdempotencyKey, IdempotencyRecord]", idempotency)
+    )
     steps: list[SingleStep] = []
-    for item in inputs:
+    for delivery in deliveries:
         result = process_batch(
-            [item],
+            [delivery],
             partition=partition,
             accounts=account_view,
             idempotency=record_view,
             directory=directory,
+            clock_ms=clock_ms,
+            rules=rules,
         )
-        posted = {
-            line.account_id
-            for o in result.outputs
-            if isinstance(o, JournalEntry)
-            for line in o.lines
-            if line.account_id in account_view
-        }
-        steps.append(SingleStep(result.outputs, {a: account_view[a].status for a in posted}))
+        touched = _touched_accounts(result)
+        touched.add(delivery.item.account_id)
+        before = {a: account_view.get(a) for a in touched}
         changed_accounts.update(result.accounts)
         changed_records.update(result.idempotency)
+        after = {a: account_view.get(a) for a in touched}
+        steps.append(
+            SingleStep(partition, delivery, result.outputs, result.clock_ms, before, after)
+        )
+        clock_ms = result.clock_ms
     outputs = tuple(output for step in steps for output in step.outputs)
-    return BatchResult(changed_accounts, changed_records, outputs), steps
-
-
-def partition_of(account_id: str, partition_count: int) -> int:
-    return zlib.crc32(account_id.encode()) % partition_count
-
-
-def input_identity(item: Input) -> tuple[str, str]:
-    """What makes two deliveries the same input: the command id, or the leg and its transfer."""
-    if isinstance(item, CreditLeg | Compensation):
-        return (type(item).__name__, item.transfer_id)
-    return ("command", item.command_id)
-
-
-def comparable(outputs: Iterable[Output]) -> tuple[object, ...]:
-    """Outputs with each DirectoryEntry reduced to its account: it carries the current state."""
-    return tuple(
-        ("directory", o.account_id) if isinstance(o, DirectoryEntry) else o for o in outputs
+    merged = BatchResult(
+        accounts=changed_accounts, idempotency=changed_records, outputs=outputs, clock_ms=clock_ms
     )
+    return merged, steps
+
+
+def _touched_accounts(result: BatchResult) -> set[str]:
+    touched = {
+        line.account_id for o in result.outputs if isinstance(o, JournalEntry) for line in o.lines
+    }
+    touched.update(o.account_id for o in result.outputs if isinstance(o, DirectoryEntry))
+    return touched
 
 
 # --- the log -----------------------------------------------------------------------------
@@ -187,6 +216,7 @@ def comparable(outputs: Iterable[Output]) -> tuple[object, ...]:
 class PartitionState:
     accounts: dict[str, Account] = field(default_factory=dict)
     idempotency: dict[IdempotencyKey, IdempotencyRecord] = field(default_factory=dict)
+    clock_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -194,43 +224,98 @@ class SimSettings:
     partition_count: int = 4
     batch_size_max: int = 6
     directory_lag_steps_max: int = 4
-    redelivery_percent: int = 6
-    redelivery_size_max: int = 4
+    follow_directory: bool = True
+    """False: the directory stays empty, every destination is left to its partition."""
+    tick_ms_max: int = 40
+    """The wall clock moves 0..tick_ms_max per client action and per delivery step."""
+    jump_per_mille: int = 4
+    """Chance per tick of a jump of one to two retention windows."""
+    jump_with_legs_in_flight: bool = False
+    """False: a jump waits until no transfer or leg is queued. By design a CreditLeg whose
+    transfer id has left the retention window stops its partition (a replay guard: see
+    ``paystream.ledger.core._process_leg``), so jumps past queued legs are not run."""
+    regression_percent: int = 5
+    regression_ms_max: int = 1_500
+    """A record's log time may lie this far behind the wall clock (< future_skew_ms)."""
+    prune_percent: int = 10
+    """Chance per batch that the partition deletes its expired idempotency records."""
 
 
 class LogSim:
-    """The partitioned log, the agents' loop and the sinks' deduplicated view of outputs."""
+    """The partitioned log, the worker's loop and the sinks' view of every output."""
 
-    def __init__(self, rng: random.Random, settings: SimSettings = SimSettings()) -> None:
+    def __init__(
+        self, rng: random.Random, settings: SimSettings = SimSettings(), rules: Rules = SIM_RULES
+    ) -> None:
         self.rng = rng
         self.settings = settings
+        self.rules = rules
         count = settings.partition_count
+        self.wall_ms = T0_MS
         self.partitions = [PartitionState() for _ in range(count)]
-        self.queues: dict[tuple[Topic, int], deque[Input]] = {
+        self.queues: dict[tuple[Topic, int], deque[LogRecord]] = {
             (topic, p): deque() for topic in TOPICS for p in range(count)
         }
-        self.history: dict[tuple[Topic, int], list[Input]] = {key: [] for key in self.queues}
+        self.next_offset: dict[tuple[Topic, int], int] = dict.fromkeys(self.queues, 0)
         self.directory: dict[str, DirectoryEntry] = {}
         self.directory_pending: deque[tuple[int, DirectoryEntry]] = deque()
         self.step_count = 0
-        self.batch_count = 0
-        self.redelivery_count = 0
-        self.commands: dict[str, Command] = {}
-        self.first_outputs: dict[tuple[str, str], tuple[Output, ...]] = {}
-        self.journal: dict[str, JournalEntry] = {}
-        self.events: dict[str, Event] = {}
-        self.deliveries: list[tuple[int, tuple[Input, ...]]] = []
-        """Every batch delivered, redeliveries included, in order: a replayable log."""
+        self.jump_due = False
+        self.command_records_sent = 0
+        self.batches: list[tuple[int, tuple[Delivery, ...]]] = []
+        """Every batch delivered, in order: a replayable log per partition."""
+        self.trace = Trace(rules, count)
 
     # -- producing -------------------------------------------------------------------
 
     def partition_of(self, account_id: str) -> int:
         return partition_of(account_id, self.settings.partition_count)
 
-    def submit(self, command: Command) -> None:
-        if command.command_id not in self.commands:
-            self.commands[command.command_id] = command
-        self.queues[("commands", self.partition_of(command.account_id))].append(command)
+    def produce(
+        self, value: Payload, *, key: str | None = None, partition: int | None = None
+    ) -> None:
+        """Put a client's record on ``commands``: keyed by its account unless told otherwise."""
+        key = value.account_id if key is None else key
+        partition = self.partition_of(key) if partition is None else partition
+        self._append("commands", partition, key, value)
+        self.command_records_sent += 1
+
+    def _append(self, topic: Topic, partition: int, key: str, value: Payload | Leg) -> None:
+        offset = self.next_offset[(topic, partition)]
+        self.next_offset[(topic, partition)] = offset + 1
+        record = LogRecord(
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            log_time_ms=self._log_time(),
+            key=key,
+            value=value,
+        )
+        self.queues[(topic, partition)].append(record)
+
+    def _log_time(self) -> int:
+        settings = self.settings
+        if self.rng.randrange(100) < settings.regression_percent:
+            return self.wall_ms - self.rng.randint(1, settings.regression_ms_max)
+        return self.wall_ms
+
+    def tick(self) -> None:
+        """Let the wall clock move; rarely, past a whole retention window."""
+        self.wall_ms += self.rng.randint(0, self.settings.tick_ms_max)
+        if self.rng.randrange(1000) < self.settings.jump_per_mille:
+            self.jump_due = True
+        if self.jump_due and (self.settings.jump_with_legs_in_flight or not self._saga_pending()):
+            self.jump_due = False
+            retention_ms = self.rules.retention_ms
+            self.wall_ms += self.rng.randint(retention_ms, 2 * retention_ms)
+
+    def _saga_pending(self) -> bool:
+        """Whether a leg or a transfer (whose legs would follow) is still to be delivered."""
+        return any(
+            topic == "legs" or any(isinstance(r.value, Transfer) for r in queue)
+            for (topic, _), queue in self.queues.items()
+            if queue
+        )
 
     def account(self, account_id: str) -> Account | None:
         return self.partitions[self.partition_of(account_id)].accounts.get(account_id)
@@ -238,21 +323,16 @@ class LogSim:
     # -- consuming -------------------------------------------------------------------
 
     def step(self) -> bool:
-        """Deliver one batch (or one redelivery); False when every queue is empty."""
+        """Deliver one batch; False when nothing is left to deliver or follow."""
         self.step_count += 1
-        self._deliver_directory(self.step_count)
-        rng = self.rng
-        if rng.randrange(100) < self.settings.redelivery_percent and self._redeliver():
-            return True
-        ready = [key for key, queue in self.queues.items() if queue]
+        self.tick()
+        self._follow_directory()
+        ready = [p for p in range(len(self.partitions)) if self._has_input(p)]
         if not ready:
             return bool(self.directory_pending)
-        topic, partition = rng.choice(ready)
-        queue = self.queues[(topic, partition)]
-        size = rng.randint(1, min(len(queue), self.settings.batch_size_max))
-        batch = [queue.popleft() for _ in range(size)]
-        self.history[(topic, partition)].extend(batch)
-        self._process(partition, batch)
+        partition = self.rng.choice(ready)
+        records = self._take(partition, self.rng.randint(1, self.settings.batch_size_max))
+        self._process(partition, records)
         return True
 
     def drain(self, steps_max: int = 1_000_000) -> None:
@@ -261,93 +341,65 @@ class LogSim:
                 return
         raise AssertionError("the log did not drain")
 
-    def _redeliver(self) -> bool:
-        candidates = [key for key, done in self.history.items() if done]
-        if not candidates:
-            return False
-        topic, partition = self.rng.choice(candidates)
-        done = self.history[(topic, partition)]
-        start = self.rng.randrange(len(done))
-        size = self.rng.randint(1, self.settings.redelivery_size_max)
-        self.redelivery_count += 1
-        self._process(partition, done[start : start + size])
-        return True
+    def _has_input(self, partition: int) -> bool:
+        return bool(self.queues[("commands", partition)] or self.queues[("legs", partition)])
 
-    def _deliver_directory(self, now_step: int) -> None:
+    def _take(self, partition: int, size: int) -> list[LogRecord]:
+        """Up to ``size`` records of one partition, both topics interleaved, each in order."""
+        taken: list[LogRecord] = []
+        while len(taken) < size:
+            ready = [t for t in TOPICS if self.queues[(t, partition)]]
+            if not ready:
+                break
+            taken.append(self.queues[(self.rng.choice(ready), partition)].popleft())
+        return taken
+
+    def _follow_directory(self) -> None:
         pending = self.directory_pending
-        while pending and pending[0][0] <= now_step:
+        while pending and pending[0][0] <= self.step_count:
             entry = pending.popleft()[1]
-            self.directory[entry.account_id] = entry
+            if self.settings.follow_directory:
+                self.directory[entry.account_id] = entry
 
-    def _process(self, partition: int, batch: list[Input]) -> None:
-        self.deliveries.append((partition, tuple(batch)))
+    def _process(self, partition: int, records: list[LogRecord]) -> None:
+        count = self.settings.partition_count
+        deliveries = tuple(
+            Delivery(item=shell_decode(r, count), offset=r.offset, log_time_ms=r.log_time_ms)
+            for r in records
+        )
+        self.batches.append((partition, deliveries))
         state = self.partitions[partition]
-        snapshot = self.directory  # not changed while a batch runs
-        result = process_batch(
-            batch,
-            partition=partition,
-            accounts=state.accounts,
-            idempotency=state.idempotency,
-            directory=snapshot,
-        )
-        singles, steps = run_in_singles(
-            batch,
-            partition=partition,
-            accounts=state.accounts,
-            idempotency=state.idempotency,
-            directory=snapshot,
-        )
+        arguments: dict[str, Any] = {
+            "partition": partition,
+            "accounts": state.accounts,
+            "idempotency": state.idempotency,
+            "directory": self.directory,  # a snapshot: not changed while a batch runs
+            "clock_ms": state.clock_ms,
+            "rules": self.rules,
+        }
+        result = process_batch(deliveries, **arguments)
+        singles, steps = run_in_singles(deliveries, **arguments)
         assert result == singles, "a batch of N differs from N batches of one"
-        self._check_directory_outputs(result, state)
+        assert result.clock_ms >= state.clock_ms, "the log clock went back"
         state.accounts.update(result.accounts)
         state.idempotency.update(result.idempotency)
-        self.batch_count += 1
-        for item, step in zip(batch, steps, strict=True):
-            self._collect(item, step)
+        state.clock_ms = result.clock_ms
+        for record, step in zip(records, steps, strict=True):
+            self.trace.observe(step, is_command=record.topic == "commands")
         for output in result.outputs:
             self._route(output)
-        check_no_overdraft(state.accounts.values())
+        check_partition(partition, state.accounts, count)
+        if self.rng.randrange(100) < self.settings.prune_percent:
+            _prune_expired(state)
 
-    def _check_directory_outputs(self, result: BatchResult, state: PartitionState) -> None:
-        """A DirectoryEntry output carries the account's state when it is emitted."""
-        finals = {o.account_id: o for o in result.outputs if isinstance(o, DirectoryEntry)}
-        for account_id, entry in finals.items():
-            account = result.accounts.get(account_id) or state.accounts[account_id]
-            assert entry == DirectoryEntry(
-                account_id, account.currency, account.partner_id, account.status
-            ), "stale directory entry emitted"
-
-    def _collect(self, item: Input, step: SingleStep) -> None:
-        """First delivery: remember its outputs; later ones must re-emit the same."""
-        identity = input_identity(item)
-        first = self.first_outputs.get(identity)
-        if first is not None:
-            assert comparable(step.outputs) == comparable(first), f"redelivery differs: {item!r}"
-            return
-        self.first_outputs[identity] = step.outputs
-        check_postings_respect_status(step)
-        for output in step.outputs:
-            if isinstance(output, JournalEntry):
-                assert output.entry_id not in self.journal, f"entry twice: {output.entry_id}"
-                self.journal[output.entry_id] = output
-            elif isinstance(output, Event):
-                assert output.event_id not in self.events, f"event twice: {output.event_id}"
-                self.events[output.event_id] = output
-
-    def _route(self, output: Output) -> None:
-        if isinstance(output, CreditLeg):
-            partition = self.partition_of(output.destination_account_id)
-            self.queues[("legs", partition)].append(output)
-        elif isinstance(output, Compensation):
-            partition = self.partition_of(output.source_account_id)
-            self.queues[("legs", partition)].append(output)
+    def _route(self, output: object) -> None:
+        if isinstance(output, CreditLeg | Confirmation | Compensation):
+            key = output.account_id
+            self._append("legs", self.partition_of(key), key, output)
         elif isinstance(output, DirectoryEntry):
             lag = self.rng.randint(0, self.settings.directory_lag_steps_max)
-            due = max(self.step_count + lag, self._last_directory_due())
-            self.directory_pending.append((due, output))
-
-    def _last_directory_due(self) -> int:
-        return self.directory_pending[-1][0] if self.directory_pending else 0
+            last_due = self.directory_pending[-1][0] if self.directory_pending else 0
+            self.directory_pending.append((max(self.step_count + lag, last_due), output))
 
     # -- views for the checks --------------------------------------------------------
 
@@ -355,153 +407,19 @@ class LogSim:
         return [(p, a) for p, s in enumerate(self.partitions) for a in s.accounts.values()]
 
 
-# --- invariants ----------------------------------------------------------------------------
+def _prune_expired(state: PartitionState) -> None:
+    """Delete the records the core already treats as absent (the store shrinks)."""
+    expired = [k for k, r in state.idempotency.items() if r.expires_at_ms <= state.clock_ms]
+    for key in expired:
+        del state.idempotency[key]
 
 
-def check_no_overdraft(accounts: Iterable[Account]) -> None:
-    for a in accounts:
-        if a.debits_must_not_exceed_credits:
-            assert a.posted_debits_minor + a.pending_debits_minor <= a.posted_credits_minor, a
-
-
-def check_postings_respect_status(step: SingleStep) -> None:
-    """Money moves only on open accounts, except a reversal back to its source."""
-    for output in step.outputs:
-        if not isinstance(output, JournalEntry):
-            continue
-        for line in output.lines:
-            status = step.status_before.get(line.account_id, "open")
-            reversal_credit = output.kind == "transfer_reversal" and line.side == "credit"
-            assert status == "open" or reversal_credit, (status, output)
-
-
-def balances_by_currency(accounts: Iterable[Account]) -> dict[str, int]:
-    totals: Counter[str] = Counter()
-    for a in accounts:
-        totals[a.currency] += a.balance_minor
-    return dict(totals)
-
-
-def check_final(sim: LogSim) -> None:
-    """Every invariant the drained log must satisfy."""
-    assert not any(sim.queues.values()), "queues not drained"
-    accounts = [a for _, a in sim.all_accounts()]
-    check_no_overdraft(accounts)
-    _check_journal_balances(sim)
-    _check_zero_sum(sim)
-    _check_balances_match_journal(sim)
-    _check_sagas(sim)
-    _check_money_moves_once(sim)
-    _check_one_answer_per_command(sim)
-    _check_records(sim)
-
-
-def _check_journal_balances(sim: LogSim) -> None:
-    for entry in sim.journal.values():
-        check_balanced(entry)
-        net: Counter[str] = Counter()
-        for line in entry.lines:
-            assert 0 < line.amount_minor <= AMOUNT_MAX_MINOR
-            net[line.currency] += line.amount_minor if line.side == "debit" else -line.amount_minor
-        assert not any(net.values()), entry
-
-
-def _check_zero_sum(sim: LogSim) -> None:
-    accounts = [a for _, a in sim.all_accounts()]
-    assert not any(balances_by_currency(accounts).values()), "balances do not sum to zero"
-    transit = [a for a in accounts if a.account_id.startswith("@transit:")]
-    assert not any(balances_by_currency(transit).values()), "money left in transit"
-
-
-def _check_balances_match_journal(sim: LogSim) -> None:
-    debits: Counter[str] = Counter()
-    credits: Counter[str] = Counter()
-    for entry in sim.journal.values():
-        for line in entry.lines:
-            (debits if line.side == "debit" else credits)[line.account_id] += line.amount_minor
-    seen: set[str] = set()
-    for partition, a in sim.all_accounts():
-        seen.add(a.account_id)
-        if is_system_account_id(a.account_id):
-            assert a.account_id.endswith(f":{partition}"), f"shard on the wrong partition: {a}"
-        else:
-            assert sim.partition_of(a.account_id) == partition, f"account misplaced: {a}"
-        assert a.posted_debits_minor == debits[a.account_id], a
-        assert a.posted_credits_minor == credits[a.account_id], a
-    assert set(debits) | set(credits) <= seen, "journal names an account no partition holds"
-
-
-def _check_sagas(sim: LogSim) -> None:
-    """Every Debited transfer ends exactly once, Completed or Reversed; nothing else ends."""
-    by_type: dict[str, set[str]] = defaultdict(set)
-    for event in sim.events.values():
-        if event.command_type == "Transfer":
-            by_type[event.type].add(event.payment_id)
-    debited, completed, reversed_ = by_type["Debited"], by_type["Completed"], by_type["Reversed"]
-    assert not completed & reversed_, "a transfer both completed and reversed"
-    assert completed | reversed_ == debited, "a debited transfer did not end exactly once"
-    kinds: dict[str, list[str]] = defaultdict(list)
-    for entry in sim.journal.values():
-        kinds[entry.payment_id].append(entry.kind)
-    for payment_id in debited:
-        expected = "transfer_credit" if payment_id in completed else "transfer_reversal"
-        assert sorted(kinds[payment_id]) == sorted(["transfer_debit", expected]), payment_id
-
-
-def _check_money_moves_once(sim: LogSim) -> None:
-    """No (account, request id) moves money twice, whatever the duplicates."""
-    payments_by_key: dict[tuple[str, str], set[str]] = defaultdict(set)
-    for entry in sim.journal.values():
-        if entry.kind in ("deposit", "withdrawal", "transfer_debit"):
-            command = sim.commands[entry.payment_id]
-            payments_by_key[(command.account_id, command.request_id)].add(entry.payment_id)
-    for key, payments in payments_by_key.items():
-        assert len(payments) == 1, f"{key} moved money {len(payments)} times"
-
-
-ANSWER_TYPES = frozenset(("Completed", "Debited", "Rejected", "Duplicate"))
-
-
-def _check_one_answer_per_command(sim: LogSim) -> None:
-    for command_id in sim.commands:
-        outputs = sim.first_outputs[("command", command_id)]
-        answers = [o for o in outputs if isinstance(o, Event) and o.type in ANSWER_TYPES]
-        assert len(answers) == 1, (command_id, outputs)
-        answer = answers[0]
-        assert answer.payment_id == command_id
-        assert answer.code is None or answer.code in REJECTION_CODES
-        if answer.type == "Duplicate":
-            original = sim.commands[answer.original_payment_id or ""]
-            command = sim.commands[command_id]
-            assert body_sha256(original) == body_sha256(command)
-            assert answer.code == _answer_code(sim, original.command_id)
-
-
-def _answer_code(sim: LogSim, command_id: str) -> str | None:
-    for output in sim.first_outputs[("command", command_id)]:
-        if isinstance(output, Event) and output.type in ANSWER_TYPES:
-            return output.code
-    raise AssertionError(f"no answer for {command_id}")
-
-
-def _check_records(sim: LogSim) -> None:
-    """A command's record holds its body hash and the code its first answer carried."""
-    for state in sim.partitions:
-        for (account_id, request_id), record in state.idempotency.items():
-            if is_reserved_request_id(request_id):
-                assert record.command_id == request_id.split(":", 1)[1]
-                continue  # a saga leg's record, keyed by its transfer
-            command = sim.commands[record.command_id]
-            assert (command.account_id, command.request_id) == (account_id, request_id)
-            assert record.body_sha256 == body_sha256(command)
-            assert record.code == _answer_code(sim, command.command_id)
-
-
-# --- a client that behaves like partners do (and like they should not) --------------------
+# --- a client that behaves like partners do, and like they must not ----------------------------
 
 CURRENCIES = ("EUR", "USD", "JPY")
-OVERFLOW_CURRENCY = "JPY"
-"""Huge deposits only in this currency, so the others keep moving money normally."""
+GHOSTS = ("ghost-1", "ghost-2", "@transit:EUR:0")
+CLIENT_DELAY_MS_MAX = 500
+"""A command id is minted up to this long before its record is appended."""
 
 
 @dataclass(frozen=True)
@@ -513,17 +431,18 @@ class AccountSpec:
 
 
 class Client:
-    """Generates commands from a seeded ``random.Random``, looking at the current state.
+    """Sends commands from a seeded ``random.Random``, looking at the current state.
 
-    Most accounts stay usable (closing and huge deposits are capped) so that money
-    keeps moving; freezes and closes aim at the destinations of recent transfers,
-    to race with credit legs still in flight.
+    Most accounts stay usable (closes are capped) so that money keeps moving;
+    freezes and closes aim at the two ends of recent transfers to race with
+    legs in flight. Every hostile move of issue 12 is one action.
     """
 
-    CLOSE_SHARE = 8
+    CLOSE_SHARE = 6
     """At most one account in this many is drained and closed."""
-    OVERFLOW_DEPOSIT_COUNT_MAX = 6
     RECENT_TRANSFER_COUNT = 8
+    SENT_KEPT_MAX = 400
+    """Records remembered for resends and reuse (a bound, like everything)."""
 
     def __init__(self, sim: LogSim, rng: random.Random, *, account_count: int = 24) -> None:
         self.sim = sim
@@ -539,28 +458,28 @@ class Client:
         ]
         self.by_id = {spec.account_id: spec for spec in self.specs}
         self.unopened = list(self.specs)
-        self.ghosts = ["ghost-1", "ghost-2", "@transit:EUR:0"]
-        self.sent: list[Command] = []
+        self.sent: deque[Payload] = deque(maxlen=self.SENT_KEPT_MAX)
         self.recent_transfers: deque[Transfer] = deque(maxlen=self.RECENT_TRANSFER_COUNT)
         self.close_count = 0
-        self.overflow_count = 0
         self.sequence = 0
         weighted: list[tuple[int, Callable[[], None]]] = [
             (3, self._send_open_or_mistake),
-            (22, self._send_deposit),
-            (8, self._send_withdrawal),
-            (34, self._send_transfer),
-            (1, self._send_freeze),
-            (4, self._send_freeze_recent_destination),
-            (2, self._send_freeze_recent_source),
-            (5, self._send_unfreeze),
-            (1, self._send_close),
-            (2, self._send_drain_and_close_recent_destination),
-            (9, self._send_exact_duplicate),
-            (4, self._send_conflicting_duplicate),
-            (3, self._send_invalid_amount),
-            (2, self._send_wrong_partner),
-            (1, self._send_overflow_deposit),
+            (20, self._send_deposit),
+            (7, self._send_withdrawal),
+            (30, self._send_transfer),
+            (6, self._send_freeze_or_unfreeze),
+            (3, self._send_close),
+            (4, self._send_edge_amount),
+            (2, self._send_whale),
+            (4, self._resend_record),
+            (4, self._resend_request),
+            (3, self._send_conflicting_request),
+            (3, self._reuse_command_id),
+            (2, self._send_cross_partner_request),
+            (2, self._send_on_foreign_account),
+            (3, self._send_misrouted),
+            (1, self._send_unknown_command),
+            (3, self._send_bad_command_id),
         ]
         self.actions = [action for _, action in weighted]
         self.weights = [weight for weight, _ in weighted]
@@ -570,91 +489,57 @@ class Client:
             self._send_open(self.unopened.pop(0))
 
     def send_next(self) -> None:
-        """One client action (one or two commands)."""
+        """One client action (one to three records)."""
+        self.sim.tick()
         self.rng.choices(self.actions, self.weights)[0]()
 
     # -- helpers ---------------------------------------------------------------------
 
-    def _ids(self) -> tuple[str, str, int]:
-        self.sequence += 1
-        n = self.sequence
-        return f"cmd-{n}", f"req-{n}", ISSUED_AT_MS + n
+    def _cid(
+        self, account_id: str, *, partition: int | None = None, at_ms: int | None = None
+    ) -> str:
+        """A command id as the API mints it: for the account's partition, a moment ago."""
+        if partition is None:
+            partition = self.sim.partition_of(account_id)
+        if at_ms is None:
+            at_ms = self.sim.wall_ms - self.rng.randint(0, CLIENT_DELAY_MS_MAX)
+        return mint_command_id(
+            partition=partition, at_ms=max(at_ms, 0), random_bytes=self.rng.randbytes(10)
+        )
 
-    def _send(self, command: Command) -> None:
-        self.sent.append(command)
-        self.sim.submit(command)
+    def _rid(self) -> str:
+        self.sequence += 1
+        return f"req-{self.sequence}"
+
+    def _head(self, spec: AccountSpec | str, partner_id: str | None = None) -> dict[str, Any]:
+        """The fields every command has, for a fresh request on ``spec``."""
+        account_id = spec if isinstance(spec, str) else spec.account_id
+        if partner_id is None:
+            partner_id = spec.partner_id if isinstance(spec, AccountSpec) else PARTNER
+        return {
+            "command_id": self._cid(account_id),
+            "request_id": self._rid(),
+            "partner_id": partner_id,
+            "issued_at_ms": self.sim.wall_ms,
+            "account_id": account_id,
+        }
+
+    def _send(
+        self, value: Payload, *, key: str | None = None, partition: int | None = None
+    ) -> None:
+        self.sent.append(value)
+        self.sim.produce(value, key=key, partition=partition)
 
     def _spec(self) -> AccountSpec:
         return self.rng.choice(self.specs)
 
+    def _sent_command(self) -> Command | None:
+        commands = [v for v in self.sent if not isinstance(v, UnknownCommand)]
+        return self.rng.choice(commands) if commands else None
+
     def _available(self, spec: AccountSpec) -> int:
         account = self.sim.account(spec.account_id)
         return 0 if account is None else max(account.available_minor, 0)
-
-    def _recent_destination(self) -> AccountSpec | None:
-        targets = [
-            self.by_id[t.destination_account_id]
-            for t in self.recent_transfers
-            if t.destination_account_id in self.by_id
-        ]
-        return self.rng.choice(targets) if targets else None
-
-    # -- actions ---------------------------------------------------------------------
-
-    def _send_open(self, spec: AccountSpec) -> None:
-        cid, rid, at = self._ids()
-        self._send(
-            OpenAccount(
-                cid, rid, spec.partner_id, at, spec.account_id, spec.currency, spec.allow_overdraft
-            )
-        )
-
-    def _send_open_or_mistake(self) -> None:
-        if self.unopened:
-            self._send_open(self.unopened.pop(self.rng.randrange(len(self.unopened))))
-            return
-        cid, rid, at = self._ids()
-        account_id, currency = self.rng.choice(
-            [(self._spec().account_id, "EUR"), (f"new-{cid}", "EURO"), ("@settlement:EUR:1", "EUR")]
-        )
-        self._send(OpenAccount(cid, rid, PARTNER, at, account_id, currency))
-
-    def _send_deposit(self) -> None:
-        spec = self._spec()
-        cid, rid, at = self._ids()
-        amount = self.rng.randint(1, 50_000)
-        currency = spec.currency if self.rng.randrange(20) else "GBP"
-        self._send(Deposit(cid, rid, spec.partner_id, at, spec.account_id, amount, currency))
-
-    def _send_withdrawal(self) -> None:
-        spec = self._spec()
-        cid, rid, at = self._ids()
-        available = self._available(spec)
-        amount = self.rng.choice([available, available + 1, self.rng.randint(1, 40_000)]) or 1
-        self._send(
-            Withdrawal(cid, rid, spec.partner_id, at, spec.account_id, amount, spec.currency)
-        )
-
-    def _send_transfer(self) -> None:
-        source = self._spec()
-        available = self._available(source)
-        amount = self.rng.choice([self.rng.randint(1, 9_000)] * 4 + [available, available + 1])
-        self._send_transfer_between(source, self._destination(source), amount or 1)
-
-    def _send_transfer_between(self, source: AccountSpec, destination: str, amount: int) -> None:
-        cid, rid, at = self._ids()
-        transfer = Transfer(
-            cid,
-            rid,
-            source.partner_id,
-            at,
-            source.account_id,
-            destination,
-            amount,
-            source.currency,
-        )
-        self.recent_transfers.append(transfer)
-        self._send(transfer)
 
     def _peers(self, spec: AccountSpec) -> list[AccountSpec]:
         """Accounts a transfer from ``spec`` may legitimately go to."""
@@ -664,125 +549,338 @@ class Client:
             if s.currency == spec.currency and s.partner_id == spec.partner_id and s is not spec
         ]
 
+    def _peer(self, spec: AccountSpec) -> str:
+        """A legitimate destination for ``spec``'s transfers, or any account when it has none."""
+        peers = self._peers(spec)
+        return self.rng.choice(peers).account_id if peers else self._spec().account_id
+
+    def _recent(self, end: Literal["source", "destination"]) -> AccountSpec:
+        ids = [
+            t.account_id if end == "source" else t.destination_account_id
+            for t in self.recent_transfers
+        ]
+        specs = [self.by_id[i] for i in ids if i in self.by_id]
+        return self.rng.choice(specs) if specs else self._spec()
+
+    def _status(self, spec: AccountSpec) -> str | None:
+        account = self.sim.account(spec.account_id)
+        return None if account is None else account.status
+
+    def _other_partner(self, partner_id: str) -> str:
+        return OTHER_PARTNER if partner_id == PARTNER else PARTNER
+
+    # -- ordinary traffic ----------------------------------------------------------------
+
+    def _send_open(self, spec: AccountSpec) -> None:
+        head = self._head(spec)
+        self._send(
+            OpenAccount(**head, currency=spec.currency, allow_overdraft=spec.allow_overdraft)
+        )
+
+    def _send_open_or_mistake(self) -> None:
+        """Open the next account, or: one that exists, a bad currency, a system id."""
+        if self.unopened and self.rng.randrange(3):
+            self._send_open(self.unopened.pop(self.rng.randrange(len(self.unopened))))
+            return
+        account_id, currency = self.rng.choice(
+            [
+                (self._spec().account_id, "EUR"),
+                (f"new-{self.sequence}", "EURO"),
+                ("@settlement:EUR:1", "EUR"),
+            ]
+        )
+        self._send(OpenAccount(**self._head(account_id), currency=currency))
+
+    def _send_deposit(self) -> None:
+        spec = self._spec()
+        currency = spec.currency if self.rng.randrange(20) else "GBP"
+        amount = self.rng.randint(1, 50_000)
+        self._send(Deposit(**self._head(spec), amount_minor=amount, currency=currency))
+
+    def _send_withdrawal(self) -> None:
+        spec = self._spec()
+        available = self._available(spec)
+        amount = self.rng.choice([available, available + 1, self.rng.randint(1, 40_000)]) or 1
+        self._send(Withdrawal(**self._head(spec), amount_minor=amount, currency=spec.currency))
+
+    def _send_transfer(self) -> None:
+        source = self._spec()
+        available = self._available(source)
+        amount = self.rng.choice([self.rng.randint(1, 9_000)] * 4 + [available, available + 1])
+        self._send_transfer_between(source, self._destination(source), amount or 1)
+
+    def _send_transfer_between(self, source: AccountSpec, destination: str, amount: int) -> None:
+        transfer = Transfer(
+            **self._head(source),
+            destination_account_id=destination,
+            amount_minor=amount,
+            currency=source.currency,
+        )
+        self.recent_transfers.append(transfer)
+        self._send(transfer)
+
     def _destination(self, source: AccountSpec) -> str:
         roll = self.rng.randrange(100)
-        if roll < 6:
+        if roll < 5:
             return source.account_id
-        if roll < 12:
-            return self.rng.choice(self.ghosts)
+        if roll < 11:
+            return self.rng.choice(GHOSTS)
         if roll < 22:
             return self._spec().account_id  # any partner, any currency
-        return self.rng.choice(self._peers(source)).account_id
+        return self._peer(source)
+
+    # -- status changes racing with transfers in flight ---------------------------------------
 
     def _send_status(
         self, kind: type[FreezeAccount | UnfreezeAccount | CloseAccount], spec: AccountSpec
     ) -> None:
-        cid, rid, at = self._ids()
-        self._send(kind(cid, rid, spec.partner_id, at, spec.account_id))
+        self._send(kind(**self._head(spec)))
 
-    def _send_freeze(self) -> None:
-        self._send_status(FreezeAccount, self._spec())
-
-    def _send_freeze_recent_destination(self) -> None:
-        """Freeze an account a transfer may be on its way to."""
-        self._send_status(FreezeAccount, self._recent_destination() or self._spec())
-
-    def _send_freeze_recent_source(self) -> None:
-        """Freeze an account whose transfer may come back (the reversal must still land)."""
-        sources = [self.by_id[t.account_id] for t in self.recent_transfers]
-        self._send_status(FreezeAccount, self.rng.choice(sources) if sources else self._spec())
-
-    def _send_unfreeze(self) -> None:
-        frozen = [
-            s for s in self.specs if (a := self.sim.account(s.account_id)) and a.status == "frozen"
-        ]
-        self._send_status(UnfreezeAccount, self.rng.choice(frozen or self.specs))
+    def _send_freeze_or_unfreeze(self) -> None:
+        """Unfreeze a frozen account, or freeze either end of a recent transfer (or any)."""
+        frozen = [s for s in self.specs if self._status(s) == "frozen"]
+        roll = self.rng.randrange(8)
+        if frozen and roll < 4:
+            self._send_status(UnfreezeAccount, self.rng.choice(frozen))
+        elif roll < 6:
+            self._send_status(FreezeAccount, self._recent("destination"))
+        elif roll < 7:
+            self._send_status(FreezeAccount, self._recent("source"))
+        else:
+            self._send_status(FreezeAccount, self._spec())
 
     def _send_close(self) -> None:
-        """Mostly refused: the account is not empty (or not found yet, or frozen)."""
-        spec = self._spec()
-        if self._available(spec) == 0 and self.close_count * self.CLOSE_SHARE >= len(self.specs):
-            return
-        self.close_count += self._available(spec) == 0
+        """Close an account with money in flight, or any account (mostly not empty), or
+        drain and close a destination money is on its way to, then send it one more
+        transfer; or empty an overdraft account, send money out of it and close it (its
+        balance is zero, only the pending transfer holds it open). Draining is capped so
+        that money keeps moving."""
+        roll = self.rng.randrange(4)
+        if roll == 3:
+            self._close_overdraft_in_flight()
+        elif roll == 0:
+            in_flight = [
+                s for s in self.specs if (a := self.sim.account(s.account_id)) and a.has_pending
+            ]
+            self._send_status(
+                CloseAccount, self.rng.choice(in_flight) if in_flight else self._recent("source")
+            )
+        elif roll == 1 or self.close_count * self.CLOSE_SHARE >= len(self.specs):
+            self._send_status(CloseAccount, self._spec())
+        else:
+            self._drain_and_close(self._recent("destination"))
+
+    def _close_overdraft_in_flight(self) -> None:
+        spec = self.rng.choice([s for s in self.specs if s.allow_overdraft])
+        account = self.sim.account(spec.account_id)
+        balance = 0 if account is None else account.balance_minor
+        if balance:
+            kind = Withdrawal if balance > 0 else Deposit
+            self._send(kind(**self._head(spec), amount_minor=abs(balance), currency=spec.currency))
+        self._send_transfer_between(spec, self._peer(spec), self.rng.randint(1, 500))
         self._send_status(CloseAccount, spec)
 
-    def _send_drain_and_close_recent_destination(self) -> None:
-        """Withdraw everything and close, with a transfer to it on its way (a race)."""
-        if self.close_count * self.CLOSE_SHARE >= len(self.specs):
-            return
-        spec = self._recent_destination() or self._spec()
+    def _drain_and_close(self, spec: AccountSpec) -> None:
         self.close_count += 1
         available = self._available(spec)
         if available > 0:
-            cid, rid, at = self._ids()
             self._send(
-                Withdrawal(cid, rid, spec.partner_id, at, spec.account_id, available, spec.currency)
+                Withdrawal(**self._head(spec), amount_minor=available, currency=spec.currency)
             )
         self._send_status(CloseAccount, spec)
         peers = self._peers(spec)
         if peers:
             self._send_transfer_between(self.rng.choice(peers), spec.account_id, 1)
 
-    def _send_exact_duplicate(self) -> None:
-        """The same request (id and body) again under a new command id."""
-        if not self.sent:
-            return
-        original = self.rng.choice(self.sent)
-        cid, _, at = self._ids()
-        self._send(dataclasses.replace(original, command_id=cid, issued_at_ms=at))
+    # -- amounts at the edges ---------------------------------------------------------------
 
-    def _send_conflicting_duplicate(self) -> None:
-        """The same request id with another body."""
-        if not self.sent:
-            return
-        original = self.rng.choice(self.sent)
-        cid, _, at = self._ids()
-        changed: Command
-        if isinstance(original, Deposit | Withdrawal | Transfer):
-            changed = dataclasses.replace(
-                original, command_id=cid, issued_at_ms=at, amount_minor=original.amount_minor + 1
-            )
-        elif isinstance(original, FreezeAccount):
-            changed = UnfreezeAccount(
-                cid, original.request_id, original.partner_id, at, original.account_id
-            )
-        else:
-            changed = FreezeAccount(
-                cid, original.request_id, original.partner_id, at, original.account_id
-            )
-        self._send(changed)
-
-    def _send_invalid_amount(self) -> None:
+    def _send_edge_amount(self) -> None:
+        """0, 1, -1, 2**63-1, 2**63 (not an Avro long), -2**63-1 on a money command."""
         spec = self._spec()
-        cid, rid, at = self._ids()
-        amount = self.rng.choice([0, -1, -50, AMOUNT_MAX_MINOR + 1])
+        amount = self.rng.choice(
+            [0, 1, -1, AMOUNT_MAX_MINOR, AMOUNT_MAX_MINOR + 1, AVRO_LONG_MIN - 1]
+        )
         kind = self.rng.choice([Deposit, Withdrawal, Transfer])
         if kind is Transfer:
-            peer = self._destination(spec)
+            self._send_transfer_between(spec, self._destination(spec), amount)
+            return
+        self._send(kind(**self._head(spec), amount_minor=amount, currency=spec.currency))
+
+    def _send_whale(self) -> None:
+        """2**63-1 in (settlement shards pass 2**64), or out of an overdraft account (transit)."""
+        spec = self._spec()
+        if spec.allow_overdraft and self.rng.randrange(2):
+            if self.rng.randrange(2):
+                self._send_transfer_between(spec, self._peer(spec), AMOUNT_MAX_MINOR)
+            else:
+                self._send(
+                    Withdrawal(
+                        **self._head(spec), amount_minor=AMOUNT_MAX_MINOR, currency=spec.currency
+                    )
+                )
+            return
+        self._send(
+            Deposit(**self._head(spec), amount_minor=AMOUNT_MAX_MINOR, currency=spec.currency)
+        )
+
+    # -- repeats, reuse and other partners' keys --------------------------------------------
+
+    def _resend_record(self) -> None:
+        """The very same record again (a producer retry outside a transaction)."""
+        if self.sent:
+            original = self.rng.choice(self.sent)
+            self.sim.produce(original)
+
+    def _resend_request(self) -> None:
+        """The same request (partner, request id, body) under a new command id (a client retry)."""
+        if self.sent:
+            original = self.rng.choice(self.sent)
             self._send(
-                Transfer(
-                    cid, rid, spec.partner_id, at, spec.account_id, peer, amount, spec.currency
+                dataclasses.replace(
+                    original,
+                    command_id=self._cid(original.account_id),
+                    issued_at_ms=self.sim.wall_ms,
                 )
             )
-            return
-        self._send(kind(cid, rid, spec.partner_id, at, spec.account_id, amount, spec.currency))
 
-    def _send_wrong_partner(self) -> None:
+    def _send_conflicting_request(self) -> None:
+        """The same request id with another body (and a new command id)."""
+        original = self._sent_command()
+        if original is not None:
+            changed = _other_body(original)
+            self._send(dataclasses.replace(changed, command_id=self._cid(changed.account_id)))
+
+    def _reuse_command_id(self) -> None:
+        """A sent command id on another body, another request id, or another partition."""
+        original = self._sent_command()
+        if original is None:
+            return
+        roll = self.rng.randrange(3)
+        if roll == 0:
+            self._send(dataclasses.replace(_other_body(original), request_id=self._rid()))
+        elif roll == 1:
+            self._send(dataclasses.replace(original, request_id=self._rid()))
+        else:
+            here = self.sim.partition_of(original.account_id)
+            elsewhere = [s for s in self.specs if self.sim.partition_of(s.account_id) != here]
+            spec = self.rng.choice(elsewhere or self.specs)
+            deposit = Deposit(**self._head(spec), amount_minor=1, currency=spec.currency)
+            self._send(dataclasses.replace(deposit, command_id=original.command_id))
+
+    def _send_cross_partner_request(self) -> None:
+        """Another partner's request id: on the owner's account, or on one's own; then maybe
+        the owner's own retry, which must still be answered from the owner's key."""
+        original = self._sent_command()
+        if original is None:
+            return
+        intruder = self._other_partner(original.partner_id)
+        if self.rng.randrange(2):
+            target: Payload = dataclasses.replace(original, partner_id=intruder)
+        else:
+            own = self.rng.choice([s for s in self.specs if s.partner_id == intruder])
+            target = Deposit(**self._head(own), amount_minor=7, currency=own.currency)
+            target = dataclasses.replace(target, request_id=original.request_id)
+        self._send(dataclasses.replace(target, command_id=self._cid(target.account_id)))
+        if self.rng.randrange(2):
+            self._send(dataclasses.replace(original, command_id=self._cid(original.account_id)))
+
+    def _send_on_foreign_account(self) -> None:
+        """A command on an account another partner owns (or a transfer from it)."""
         spec = self._spec()
-        cid, rid, at = self._ids()
-        other = OTHER_PARTNER if spec.partner_id == PARTNER else PARTNER
-        self._send(Deposit(cid, rid, other, at, spec.account_id, 100, spec.currency))
+        head = self._head(spec, self._other_partner(spec.partner_id))
+        kind = self.rng.choice(["deposit", "withdrawal", "transfer", "freeze", "close"])
+        value: Payload
+        if kind == "deposit":
+            value = Deposit(**head, amount_minor=100, currency=spec.currency)
+        elif kind == "withdrawal":
+            value = Withdrawal(**head, amount_minor=1, currency=spec.currency)
+        elif kind == "transfer":
+            destination = self._peer(spec)
+            value = Transfer(
+                **head, destination_account_id=destination, amount_minor=1, currency=spec.currency
+            )
+        else:
+            value = (FreezeAccount if kind == "freeze" else CloseAccount)(**head)
+        self._send(value)
 
-    def _send_overflow_deposit(self) -> None:
-        """Huge deposits, so that account and settlement turnover reach AMOUNT_MAX_MINOR."""
-        if self.overflow_count >= self.OVERFLOW_DEPOSIT_COUNT_MAX:
+    # -- records the shell refuses -------------------------------------------------------------
+
+    def _send_misrouted(self) -> None:
+        """A valid command on the wrong partition (another partitioner) or under another key."""
+        spec = self._spec()
+        value = Deposit(**self._head(spec), amount_minor=5, currency=spec.currency)
+        count = self.sim.settings.partition_count
+        right = self.sim.partition_of(spec.account_id)
+        if self.rng.randrange(2) and count > 1:
+            wrong = self.rng.choice([p for p in range(count) if p != right])
+            self._send(value, partition=wrong)
+        else:
+            self._send(value, key=self._spec().account_id + self.rng.choice(["", "x"]))
+
+    def _send_unknown_command(self) -> None:
+        spec = self._spec()
+        self._send(
+            UnknownCommand(command_type=self.rng.choice(["Refund", "Payout"]), **self._head(spec))
+        )
+
+    def _send_bad_command_id(self) -> None:
+        """A command id outside the window, at its edges, or not a command id at all."""
+        spec = self._spec()
+        deposit = Deposit(**self._head(spec), amount_minor=3, currency=spec.currency)
+        partition = self.sim.partition_of(spec.account_id)
+        clock_ms = self.sim.partitions[partition].clock_ms
+        rules = self.sim.rules
+        roll = self.rng.randrange(6)
+        if roll == 0:
+            at_ms = self.sim.wall_ms - rules.retention_ms - self.rng.randint(1, rules.retention_ms)
+        elif roll == 1:
+            at_ms = (
+                self.sim.wall_ms
+                + rules.future_skew_ms
+                + self.rng.randint(1, 10 * rules.future_skew_ms)
+            )
+        elif roll == 2:
+            at_ms = clock_ms - rules.retention_ms + self.rng.choice([0, 1])
+        elif roll == 3:
+            at_ms = max(clock_ms, self.sim.wall_ms) + rules.future_skew_ms + self.rng.choice([0, 1])
+        else:
+            garbage = self.rng.choice(
+                [
+                    "cmd-1",
+                    "",
+                    deposit.command_id.lower(),
+                    deposit.command_id + "0",
+                    deposit.command_id.replace("-", "-0"),
+                ]
+            )
+            self._send(dataclasses.replace(deposit, command_id=garbage))
             return
-        self.overflow_count += 1
-        specs = [s for s in self.specs if s.currency == OVERFLOW_CURRENCY]
-        spec = self.rng.choice(specs)
-        cid, rid, at = self._ids()
-        amount = AMOUNT_MAX_MINOR // self.rng.choice([2, 3, 5])
-        self._send(Deposit(cid, rid, spec.partner_id, at, spec.account_id, amount, spec.currency))
+        self._send(
+            dataclasses.replace(
+                deposit, command_id=self._cid(spec.account_id, partition=partition, at_ms=at_ms)
+            )
+        )
+
+
+def _other_body(command: Command) -> Command:
+    """``command`` with one field changed, same account and request id."""
+    if isinstance(command, Deposit | Withdrawal | Transfer):
+        amount = command.amount_minor
+        return dataclasses.replace(
+            command, amount_minor=amount + 1 if amount < AMOUNT_MAX_MINOR else 1
+        )
+    if isinstance(command, OpenAccount):
+        return dataclasses.replace(command, allow_overdraft=not command.allow_overdraft)
+    head: dict[str, Any] = {
+        "command_id": command.command_id,
+        "request_id": command.request_id,
+        "partner_id": command.partner_id,
+        "issued_at_ms": command.issued_at_ms,
+        "account_id": command.account_id,
+    }
+    if isinstance(command, FreezeAccount):
+        return UnfreezeAccount(**head)
+    return FreezeAccount(**head)
 
 
 def simulate(
@@ -793,12 +891,12 @@ def simulate(
     account_count: int = 24,
     steps_per_command: int = 1,
 ) -> LogSim:
-    """Run a client against the log, interleaving submissions and deliveries, then drain."""
+    """Run a client against the log, interleaving sends and deliveries, then drain."""
     rng = random.Random(seed)
     sim = LogSim(rng, settings)
     client = Client(sim, rng, account_count=account_count)
     client.open_some(account_count * 2 // 3)
-    while len(client.sent) < command_count:
+    while sim.command_records_sent < command_count:
         client.send_next()
         for _ in range(rng.randint(0, steps_per_command * 2)):
             sim.step()

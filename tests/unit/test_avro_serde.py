@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import struct
@@ -15,13 +16,16 @@ from hypothesis import strategies as st
 
 from paystream.ledger.currencies import ISO4217_CODES
 from paystream.ledger.models import (
+    ENTRY_KINDS,
+    EVENT_TYPES,
+    PHASES,
     REJECTION_CODES,
     SYSTEM_ACCOUNT_PREFIX,
     CloseAccount,
     Compensation,
+    Confirmation,
     CreditLeg,
     Deposit,
-    DirectoryEntry,
     Event,
     FreezeAccount,
     JournalEntry,
@@ -31,9 +35,11 @@ from paystream.ledger.models import (
     UnfreezeAccount,
     Withdrawal,
 )
+from paystream.settings import Settings
 from paystream.topology import records
-from paystream.topology.avro import SCHEMA_DIR, SCHEMA_FILES, AvroSerde, TopicNames
+from paystream.topology.avro import DEFAULT_TOPICS, SCHEMA_DIR, SCHEMA_FILES, AvroSerde
 from paystream.topology.registry import FileSchemaRegistry
+from paystream.topology.topics import Topics
 from paystream.topology.validation import DERIVED_ID_LENGTH_MAX, ID_LENGTH_MAX
 
 LONG_MIN = -(2**63)
@@ -76,6 +82,7 @@ commands = st.one_of(
 
 _leg_fields: dict[str, Any] = {
     "transfer_id": ids,
+    "request_id": ids,
     "partner_id": ids,
     "issued_at_ms": times_ms,
     "source_account_id": client_accounts,
@@ -85,6 +92,7 @@ _leg_fields: dict[str, Any] = {
 }
 legs = st.one_of(
     st.builds(CreditLeg, **_leg_fields),
+    st.builds(Confirmation, **_leg_fields),
     st.builds(Compensation, **_leg_fields, reason=codes),
 )
 
@@ -99,21 +107,19 @@ journal_entries = st.builds(
     JournalEntry,
     entry_id=derived_ids,
     payment_id=ids,
-    kind=st.sampled_from(
-        ["deposit", "withdrawal", "transfer_debit", "transfer_credit", "transfer_reversal"]
-    ),
+    kind=st.sampled_from(ENTRY_KINDS),
     partner_id=ids,
     account_id=ids,
     issued_at_ms=times_ms,
     lines=st.lists(journal_lines, min_size=2, max_size=8).map(tuple),
+    phase=st.sampled_from(PHASES),
+    pending_entry_id=st.none() | derived_ids,
 )
 events = st.builds(
     Event,
     event_id=derived_ids,
     payment_id=ids,
-    type=st.sampled_from(
-        ["Accepted", "Debited", "Completed", "Failed", "Reversed", "Duplicate", "Rejected"]
-    ),
+    type=st.sampled_from(EVENT_TYPES),
     command_type=ids,
     partner_id=ids,
     account_id=ids,
@@ -124,13 +130,6 @@ events = st.builds(
     code=st.none() | codes,
     original_payment_id=st.none() | ids,
 )
-directory_entries = st.builds(
-    DirectoryEntry,
-    account_id=ids,
-    currency=currencies,
-    partner_id=ids,
-    status=st.sampled_from(["open", "frozen", "closed"]),
-)
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +139,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> FileSchemaRegistry:
 
 @pytest.fixture(scope="module")
 def serde(registry: FileSchemaRegistry) -> AvroSerde:
-    return AvroSerde(registry, topic_names=TopicNames())
+    return AvroSerde(registry)
 
 
 @given(command=commands)
@@ -163,9 +162,30 @@ def test_event_round_trip(serde: AvroSerde, event: Event) -> None:
     assert serde.decode_event(serde.encode_event(event)) == event
 
 
-@given(entry=directory_entries)
-def test_directory_entry_round_trip(serde: AvroSerde, entry: DirectoryEntry) -> None:
-    assert serde.decode_directory_entry(serde.encode_directory_entry(entry)) == entry
+def test_the_directory_has_no_avro_path() -> None:
+    """One format per topic: the directory is the struct codec only (paystream.tables.codecs)."""
+    assert set(SCHEMA_FILES) == {"command", "leg", "journal_entry", "event"}
+    assert not (SCHEMA_DIR / "directory_entry.avsc").exists()
+    assert not list((SCHEMA_DIR / "history").glob("directory_entry.*"))
+    assert not [name for name in dir(AvroSerde) if "directory" in name]
+    assert not [name for name in dir(records) if "directory" in name]
+
+
+def test_a_confirmation_stays_a_confirmation(serde: AvroSerde) -> None:
+    """CreditLeg and Confirmation have the same fields: only the union branch tells them apart."""
+    fields: dict[str, Any] = {
+        "transfer_id": "t-1",
+        "request_id": "r1",
+        "partner_id": "p-1",
+        "issued_at_ms": 5,
+        "source_account_id": "a",
+        "destination_account_id": "b",
+        "amount_minor": 10,
+        "currency": "EUR",
+    }
+    for leg in (CreditLeg(**fields), Confirmation(**fields)):
+        decoded = serde.decode_leg(serde.encode_leg(leg))
+        assert (type(decoded), decoded) == (type(leg), leg)
 
 
 @settings(max_examples=20)
@@ -189,15 +209,44 @@ def test_leg_branches_match_the_reader_schema() -> None:
 
 def test_confluent_framing_and_topic_name_subjects(tmp_path: Path) -> None:
     registry = FileSchemaRegistry(tmp_path / "registry.json")
-    serde = AvroSerde(registry, topic_names=TopicNames.prefixed("ps."))
-    entry = DirectoryEntry("acct-1", "EUR", "partner-1", "open")
-    data = serde.encode_directory_entry(entry)
+    topics = Topics.from_settings(Settings(topic_prefix="ps", kafka_bootstrap="127.0.0.1:9"))
+    serde = AvroSerde(registry, topics=topics.payloads())
+    leg = Confirmation(
+        transfer_id="t-1",
+        request_id="r1",
+        partner_id="p-1",
+        issued_at_ms=5,
+        source_account_id="a",
+        destination_account_id="b",
+        amount_minor=10,
+        currency="EUR",
+    )
+    data = serde.encode_leg(leg)
     magic, schema_id = struct.unpack(">bI", data[:5])
     assert magic == 0
-    text = (SCHEMA_DIR / SCHEMA_FILES["directory_entry"]).read_text()
-    assert schema_id == registry.register("ps.directory-value", text)
-    assert serde.subject("command") == "ps.commands-value"
-    assert data[5:] == b"\x0cacct-1\x06EUR\x12partner-1\x00"  # Avro binary, by hand
+    text = (SCHEMA_DIR / SCHEMA_FILES["leg"]).read_text()
+    assert schema_id == registry.register("ps.legs-value", text)
+    assert {kind: serde.subject(kind) for kind in SCHEMA_FILES} == {
+        "command": "ps.commands-value",
+        "leg": "ps.legs-value",
+        "journal_entry": "ps.ledger-value",
+        "event": "ps.events-value",
+    }
+    # Avro binary, by hand: branch 2 of the leg union (appended: older branches keep
+    # their index), then the fields in order (request_id second), longs zigzag-encoded.
+    assert data[5:] == b"\x04\x06t-1\x04r1\x06p-1\x0a\x02a\x02b\x14\x06EUR"
+
+
+def test_default_subjects_are_the_default_topics(serde: AvroSerde) -> None:
+    assert DEFAULT_TOPICS == {
+        "command": "commands",
+        "leg": "legs",
+        "journal_entry": "ledger",
+        "event": "events",
+    }
+    assert {kind: serde.subject(kind) for kind in SCHEMA_FILES} == {
+        kind: f"{topic}-value" for kind, topic in DEFAULT_TOPICS.items()
+    }
 
 
 def test_money_is_long_everywhere() -> None:
@@ -219,9 +268,9 @@ def test_writer_schema_is_fetched_once_per_id(tmp_path: Path) -> None:
     registry = CountingRegistry(tmp_path / "registry.json")
     producer = AvroSerde(registry)
     consumer = AvroSerde(registry)
-    entry = DirectoryEntry("acct-1", "EUR", "partner-1", "frozen")
+    event = _event()
     for _ in range(3):
-        assert consumer.decode_directory_entry(producer.encode_directory_entry(entry)) == entry
+        assert consumer.decode_event(producer.encode_event(event)) == event
     assert registry.lookups == 1
 
 
@@ -235,9 +284,61 @@ def test_newer_writer_with_an_extra_field_resolves_to_the_reader(tmp_path: Path)
     assert AvroSerde(registry).decode_event(data) == _event()
 
 
+def test_a_journal_entry_from_before_two_phase_reads_as_posted(tmp_path: Path) -> None:
+    registry = FileSchemaRegistry(tmp_path / "registry.json")
+    v1 = json.loads((SCHEMA_DIR / "history" / "journal_entry.v1.avsc").read_text())
+    schema_id = registry.register("ledger-value", json.dumps(v1))
+    entry = JournalEntry(
+        entry_id="p-1:deposit",
+        payment_id="p-1",
+        kind="deposit",
+        partner_id="partner",
+        account_id="acct-1",
+        issued_at_ms=5,
+        lines=(
+            JournalLine(account_id="@settlement", currency="EUR", side="debit", amount_minor=7),
+            JournalLine(account_id="acct-1", currency="EUR", side="credit", amount_minor=7),
+        ),
+    )
+    old = records.journal_entry_to_record(entry)
+    del old["phase"], old["pending_entry_id"]
+    decoded = AvroSerde(registry).decode_journal_entry(_frame(schema_id, v1, old))
+    assert decoded == entry
+    assert (decoded.phase, decoded.pending_entry_id) == ("posted", None)
+
+
+def test_a_leg_from_before_request_ids_reads_with_an_empty_request_id(tmp_path: Path) -> None:
+    registry = FileSchemaRegistry(tmp_path / "registry.json")
+    v1 = json.loads((SCHEMA_DIR / "history" / "leg.v1.avsc").read_text())
+    schema_id = registry.register("legs-value", json.dumps(v1))
+    leg = CreditLeg(
+        transfer_id="t-1",
+        request_id="r1",
+        partner_id="p-1",
+        issued_at_ms=5,
+        source_account_id="a",
+        destination_account_id="b",
+        amount_minor=10,
+        currency="EUR",
+    )
+    name, old = records.leg_to_record(leg)
+    del old["request_id"]
+    decoded = AvroSerde(registry).decode_leg(_frame(schema_id, v1, (name, old)))
+    assert decoded == dataclasses.replace(leg, request_id="")
+
+
 def _event() -> Event:
     return Event(
-        "p-1:debit", "p-1", "Debited", "Transfer", "partner", "acct-1", 5, "acct-2", 10, "EUR"
+        event_id="p-1:debit",
+        payment_id="p-1",
+        type="Debited",
+        command_type="Transfer",
+        partner_id="partner",
+        account_id="acct-1",
+        issued_at_ms=5,
+        counterparty_account_id="acct-2",
+        amount_minor=10,
+        currency="EUR",
     )
 
 

@@ -11,10 +11,12 @@ from typing import Any
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from prometheus_client import REGISTRY
 
 from paystream.agents.processor import Batch, Record
 from paystream.agents.stores import TableWrite
 from paystream.agents.worker import BatchTransactions, CoPartitioningError, table_partitions
+from paystream.ledger import Event, JournalEntry, JournalLine
 from paystream.settings import Settings
 from paystream.topology.topics import Topics
 from tests.unit.kafka_fakes import FakeMessage
@@ -27,13 +29,37 @@ MESSAGES = [
     FakeMessage(COMMANDS, 3, 11, b"a", b"3"),
     FakeMessage(COMMANDS, 5, 7, b"c", b"4"),
 ]
+ENTRY = JournalEntry(
+    entry_id="c-1:deposit",
+    payment_id="c-1",
+    kind="deposit",
+    partner_id="p1",
+    account_id="a",
+    issued_at_ms=1,
+    lines=(
+        JournalLine(account_id="@settlement", currency="EUR", side="debit", amount_minor=5),
+        JournalLine(account_id="a", currency="EUR", side="credit", amount_minor=5),
+    ),
+)
+EVENT = Event(
+    event_id="c-1:completed",
+    payment_id="c-1",
+    type="Completed",
+    command_type="Deposit",
+    partner_id="p1",
+    account_id="a",
+    issued_at_ms=1,
+)
 BATCH = Batch(
     records=[
         Record("p.ledger", b"a", b"entry"),
-        Record("p-ledger-balances-changelog", b"a", b"acct", partition=3),
+        Record("p.ledger.balances-changelog", b"a", b"acct", partition=3),
+        Record("p.ledger.idempotency-changelog", b"old", None, partition=3),  # a tombstone
         Record("p.dlq", b"c", b"4", headers=[("dlq.reason", b"undecodable")]),
     ],
-    writes=[TableWrite("balances", 3, b"a", b"acct")],
+    writes=[TableWrite("balances", 3, b"a", b"acct"), TableWrite("idempotency", 3, b"old", None)],
+    outputs=[ENTRY, EVENT],
+    dead_letters=["undecodable"],
 )
 
 
@@ -92,6 +118,8 @@ class FakeStores:
 
 
 class FakeProcessor:
+    commands_topic = COMMANDS
+
     def process(self, messages: Any) -> Batch:
         return BATCH
 
@@ -114,7 +142,12 @@ def test_a_committed_batch_sends_everything_then_its_offsets_then_applies_its_wr
     assert calls.log == [
         ("begin",),
         ("produce", "p.ledger", {"key": b"a", "value": b"entry"}),
-        ("produce", "p-ledger-balances-changelog", {"key": b"a", "value": b"acct", "partition": 3}),
+        ("produce", "p.ledger.balances-changelog", {"key": b"a", "value": b"acct", "partition": 3}),
+        (
+            "produce",
+            "p.ledger.idempotency-changelog",
+            {"key": b"old", "value": None, "partition": 3},
+        ),
         (
             "produce",
             "p.dlq",
@@ -124,6 +157,51 @@ def test_a_committed_batch_sends_everything_then_its_offsets_then_applies_its_wr
         ("commit",),
         ("apply", BATCH.writes),
     ]
+
+
+def _sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+METRICS = {
+    "committed": ("paystream_worker_batches_total", {"outcome": "committed"}),
+    "aborted": ("paystream_worker_batches_total", {"outcome": "aborted"}),
+    "commands": ("paystream_worker_inputs_total", {"topic": "commands"}),
+    "legs": ("paystream_worker_inputs_total", {"topic": "legs"}),
+    "completed": ("paystream_worker_events_total", {"type": "Completed", "code": ""}),
+    "entries": ("paystream_worker_journal_entries_total", {}),
+    "dlq": ("paystream_worker_dlq_records_total", {"reason": "undecodable"}),
+    "batches timed": ("paystream_worker_batch_seconds_count", {}),
+}
+
+
+def _metrics() -> dict[str, float]:
+    return {what: _sample(name, **labels) for what, (name, labels) in METRICS.items()}
+
+
+def test_a_committed_batch_is_counted() -> None:
+    before = _metrics()
+    assert transactions(Calls()).run(MESSAGES)  # type: ignore[arg-type]
+    after = _metrics()
+    assert {what: after[what] - before[what] for what in METRICS} == {
+        "committed": 1,
+        "aborted": 0,
+        "commands": 3,
+        "legs": 1,
+        "completed": 1,
+        "entries": 1,
+        "dlq": 1,
+        "batches timed": 1,
+    }
+
+
+def test_an_aborted_batch_counts_only_its_abort() -> None:
+    before = _metrics()
+    assert not transactions(Calls(), error(abort=True)).run(MESSAGES)  # type: ignore[arg-type]
+    after = _metrics()
+    assert {
+        what: after[what] - before[what] for what in METRICS if after[what] != before[what]
+    } == {"aborted": 1}
 
 
 def test_an_abortable_error_aborts_rewinds_to_the_first_offsets_and_applies_nothing() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import struct
@@ -14,9 +15,9 @@ from fastavro import parse_schema, schemaless_writer
 
 from paystream.ledger.models import (
     Compensation,
+    Confirmation,
     CreditLeg,
     Deposit,
-    DirectoryEntry,
     Event,
     JournalEntry,
     JournalLine,
@@ -26,25 +27,70 @@ from paystream.ledger.models import (
 )
 from paystream.topology import records
 from paystream.topology.avro import SCHEMA_DIR, AvroSerde
-from paystream.topology.dlq import DETAIL_LENGTH_MAX, PoisonMessage, dlq_headers
+from paystream.topology.dlq import (
+    DETAIL_LENGTH_MAX,
+    DLQ_KEY_BYTES_MAX,
+    DLQ_VALUE_BYTES_MAX,
+    POISON_CODES,
+    CommandHeader,
+    PoisonMessage,
+    dlq_copy,
+    dlq_headers,
+)
 from paystream.topology.registry import FileSchemaRegistry
-from paystream.topology.validation import ID_LENGTH_MAX
+from paystream.topology.validation import ID_LENGTH_MAX, header_is_readable
 
 TRANSFER = Transfer(
-    "cmd-1", "req-1", "partner-1", 1_700_000_000_000, "acct-1", "acct-2", 500, "EUR"
+    command_id="cmd-1",
+    request_id="req-1",
+    partner_id="partner-1",
+    issued_at_ms=1_700_000_000_000,
+    account_id="acct-1",
+    destination_account_id="acct-2",
+    amount_minor=500,
+    currency="EUR",
 )
-CREDIT_LEG = CreditLeg("cmd-1", "partner-1", 1_700_000_000_000, "acct-1", "acct-2", 500, "EUR")
+TRANSFER_HEADER = CommandHeader(
+    command_id="cmd-1",
+    request_id="req-1",
+    partner_id="partner-1",
+    account_id="acct-1",
+    issued_at_ms=1_700_000_000_000,
+    command_type="Transfer",
+)
+CREDIT_LEG = CreditLeg(
+    transfer_id="cmd-1",
+    request_id="r1",
+    partner_id="partner-1",
+    issued_at_ms=1_700_000_000_000,
+    source_account_id="acct-1",
+    destination_account_id="acct-2",
+    amount_minor=500,
+    currency="EUR",
+)
 ENTRY = JournalEntry(
-    "cmd-1:debit",
-    "cmd-1",
-    "transfer_debit",
-    "partner-1",
-    "acct-1",
-    1_700_000_000_000,
-    (JournalLine("acct-1", "EUR", "debit", 500), JournalLine("@transit:0", "EUR", "credit", 500)),
+    entry_id="cmd-1:debit",
+    payment_id="cmd-1",
+    kind="transfer_debit",
+    partner_id="partner-1",
+    account_id="acct-1",
+    issued_at_ms=1_700_000_000_000,
+    lines=(
+        JournalLine(account_id="acct-1", currency="EUR", side="debit", amount_minor=500),
+        JournalLine(account_id="@transit:0", currency="EUR", side="credit", amount_minor=500),
+    ),
+    phase="pending",
 )
-EVENT = Event("cmd-1:debited", "cmd-1", "Debited", "Transfer", "partner-1", "acct-1", 1, "acct-2")
-DIRECTORY_ENTRY = DirectoryEntry("acct-1", "EUR", "partner-1", "open")
+EVENT = Event(
+    event_id="cmd-1:debited",
+    payment_id="cmd-1",
+    type="Debited",
+    command_type="Transfer",
+    partner_id="partner-1",
+    account_id="acct-1",
+    issued_at_ms=1,
+    counterparty_account_id="acct-2",
+)
 
 
 @pytest.fixture
@@ -75,7 +121,8 @@ def _frame(schema_id: int, schema: Any, record: Any) -> bytes:
 
 @pytest.mark.parametrize("data", [b"", b"\x00", b"\x00\x00\x00\x01"])
 def test_shorter_than_the_header_is_undecodable(serde: AvroSerde, data: bytes) -> None:
-    assert _poison(serde.decode_command, data).code == "undecodable"
+    error = _poison(serde.decode_command, data)
+    assert (error.code, error.header) == ("undecodable", None)
 
 
 def test_wrong_magic_byte_is_undecodable(serde: AvroSerde) -> None:
@@ -91,7 +138,8 @@ def test_json_instead_of_avro_is_undecodable(serde: AvroSerde) -> None:
 
 def test_truncated_record_is_undecodable(serde: AvroSerde) -> None:
     data = serde.encode_command(TRANSFER)
-    assert _poison(serde.decode_command, data[:-3]).code == "undecodable"
+    error = _poison(serde.decode_command, data[:-3])
+    assert (error.code, error.header) == ("undecodable", None)  # bytes, not ids: no answer
 
 
 def test_trailing_bytes_are_undecodable(serde: AvroSerde) -> None:
@@ -101,9 +149,11 @@ def test_trailing_bytes_are_undecodable(serde: AvroSerde) -> None:
 
 
 def test_invalid_utf8_in_a_string_is_undecodable(serde: AvroSerde) -> None:
-    data = serde.encode_directory_entry(DIRECTORY_ENTRY)
+    data = serde.encode_command(TRANSFER)
     broken = data.replace(b"acct-1", b"acct\xff1")
-    assert _poison(serde.decode_directory_entry, broken).code == "undecodable"
+    assert broken != data
+    error = _poison(serde.decode_command, broken)
+    assert (error.code, error.header) == ("undecodable", None)
 
 
 def test_out_of_range_union_index_is_undecodable(serde: AvroSerde) -> None:
@@ -125,6 +175,7 @@ def test_unregistered_schema_id(serde: AvroSerde) -> None:
     forged = struct.pack(">bI", 0, 4242) + data[5:]
     error = _poison(serde.decode_command, forged)
     assert (error.code, "4242" in error.detail) == ("unknown_schema_id", True)
+    assert error.header is None
 
 
 def test_unknown_schema_id_of_a_fresh_registry(tmp_path: Path, serde: AvroSerde) -> None:
@@ -163,6 +214,21 @@ def test_command_type_from_a_newer_writer_is_unknown_command(
     error = _poison(serde.decode_command, _frame(schema_id, newer, record))
     assert error.code == "unknown_command"
     assert "paystream.v1.Payout" in error.detail
+    assert error.header == dataclasses.replace(TRANSFER_HEADER, command_type="Payout")
+
+
+def test_unknown_command_without_the_envelope_has_no_header(
+    registry: FileSchemaRegistry, serde: AvroSerde
+) -> None:
+    """A writer whose envelope lacks an id reads as unknown_command, but cannot be answered."""
+    newer = _newer_command_schema()
+    newer["fields"] = [f for f in newer["fields"] if f["name"] != "request_id"]
+    schema_id = registry.register("commands-value", json.dumps(newer))
+    body = {"amount_minor": 5, "currency": "EUR", "beneficiary_iban": "DE00"}
+    record = {**records.command_to_record(TRANSFER), "body": ("paystream.v1.Payout", body)}
+    del record["request_id"]
+    error = _poison(serde.decode_command, _frame(schema_id, newer, record))
+    assert (error.code, error.header) == ("unknown_command", None)
 
 
 def test_known_command_from_the_newer_writer_still_decodes(
@@ -181,7 +247,8 @@ def test_leg_type_from_a_newer_writer_is_unknown_command(
     post = {"type": "record", "name": "PostPending", "namespace": "paystream.v1", "fields": []}
     schema_id = registry.register("legs-value", json.dumps([*newer, post]))
     data = _frame(schema_id, [*newer, post], ("paystream.v1.PostPending", {}))
-    assert _poison(serde.decode_leg, data).code == "unknown_command"
+    error = _poison(serde.decode_leg, data)
+    assert (error.code, error.header) == ("unknown_command", None)  # legs are never answered
 
 
 # --- invalid_field --------------------------------------------------------------------------
@@ -193,16 +260,43 @@ _INVALID_COMMANDS = {
     "system source": dataclasses.replace(TRANSFER, account_id="@transit:3"),
     "system destination": dataclasses.replace(TRANSFER, destination_account_id="@settlement"),
     "lower-case currency": dataclasses.replace(TRANSFER, currency="eur"),
-    "withdrawn currency": Deposit("c", "r", "p", 1, "acct-1", 5, "HRK"),
-    "made-up currency": Withdrawal("c", "r", "p", 1, "acct-1", 5, "XYZ"),
-    "open with bad currency": OpenAccount("c", "r", "p", 1, "acct-1", "EURO"),
+    "withdrawn currency": Deposit("c", "r", "p", 1, "acct-1", amount_minor=5, currency="HRK"),
+    "made-up currency": Withdrawal("c", "r", "p", 1, "acct-1", amount_minor=5, currency="XYZ"),
+    "open with bad currency": OpenAccount("c", "r", "p", 1, "acct-1", currency="EURO"),
     "negative issued_at_ms": dataclasses.replace(TRANSFER, issued_at_ms=-1),
 }
 
 
 @pytest.mark.parametrize("command", _INVALID_COMMANDS.values(), ids=_INVALID_COMMANDS.keys())
 def test_malformed_command_is_invalid_field(serde: AvroSerde, command: Any) -> None:
-    assert _poison(serde.decode_command, serde.encode_command(command)).code == "invalid_field"
+    error = _poison(serde.decode_command, serde.encode_command(command))
+    assert error.code == "invalid_field"
+    assert error.header == records.command_header(command)  # its sender gets an answer
+
+
+def test_invalid_field_carries_the_commands_ids(serde: AvroSerde) -> None:
+    command = dataclasses.replace(TRANSFER, currency="eur")
+    error = _poison(serde.decode_command, serde.encode_command(command))
+    assert error.header == TRANSFER_HEADER
+    assert isinstance(error.__cause__, PoisonMessage)  # the validator's own, chained
+    assert error.detail == error.__cause__.detail
+
+
+def _header_with(field: str, value: str) -> CommandHeader:
+    changes: dict[str, Any] = {field: value}
+    return dataclasses.replace(TRANSFER_HEADER, **changes)
+
+
+def test_header_readability() -> None:
+    """An answer is keyed by command id, partner and account; the request id is only hashed."""
+    assert header_is_readable(TRANSFER_HEADER)
+    longest = "x" * ID_LENGTH_MAX
+    for field in ("command_id", "partner_id", "account_id"):
+        assert header_is_readable(_header_with(field, longest))
+        assert not header_is_readable(_header_with(field, ""))
+        assert not header_is_readable(_header_with(field, longest + "x"))
+    assert header_is_readable(dataclasses.replace(TRANSFER_HEADER, request_id=""))
+    assert header_is_readable(dataclasses.replace(TRANSFER_HEADER, request_id=longest * 4))
 
 
 def test_detail_names_the_field(serde: AvroSerde) -> None:
@@ -223,20 +317,35 @@ def test_amounts_are_the_cores_business(serde: AvroSerde, amount_minor: int) -> 
     assert serde.decode_command(serde.encode_command(command)) == command
 
 
+def _leg_fields(leg: CreditLeg) -> dict[str, Any]:
+    return {f.name: getattr(leg, f.name) for f in dataclasses.fields(leg)}
+
+
 _INVALID_OUTPUTS: dict[str, tuple[str, Any]] = {
     "leg from a system account": ("leg", dataclasses.replace(CREDIT_LEG, source_account_id="@x")),
+    "confirmation to a system account": (
+        "leg",
+        Confirmation(
+            **{**_leg_fields(CREDIT_LEG), "destination_account_id": "@transit:0"},
+        ),
+    ),
     "compensation reason": (
         "leg",
-        Compensation("t", "p", 1, "a", "b", 5, "EUR", "because"),  # type: ignore[arg-type]
+        Compensation(**_leg_fields(CREDIT_LEG), reason="because"),  # type: ignore[arg-type]
     ),
     "one-line entry": ("journal_entry", dataclasses.replace(ENTRY, lines=ENTRY.lines[:1])),
     "line currency": (
         "journal_entry",
-        dataclasses.replace(ENTRY, lines=(ENTRY.lines[0], JournalLine("@t", "XXY", "credit", 5))),
+        dataclasses.replace(
+            ENTRY,
+            lines=(
+                ENTRY.lines[0],
+                JournalLine(account_id="@t", currency="XXY", side="credit", amount_minor=5),
+            ),
+        ),
     ),
     "event code": ("event", dataclasses.replace(EVENT, code="nope")),  # type: ignore[arg-type]
     "event time": ("event", dataclasses.replace(EVENT, issued_at_ms=-5)),
-    "directory currency": ("directory_entry", dataclasses.replace(DIRECTORY_ENTRY, currency="")),
 }
 
 
@@ -265,3 +374,58 @@ def test_dlq_detail_is_bounded() -> None:
     error = PoisonMessage("invalid_field", "é" * (DETAIL_LENGTH_MAX * 2))
     headers = dict(dlq_headers(error, topic="t", partition=0, offset=0))
     assert headers["dlq.detail"].decode() == "é" * DETAIL_LENGTH_MAX
+
+
+def test_wrong_partition_is_a_poison_code() -> None:
+    assert POISON_CODES == (
+        "undecodable",
+        "unknown_schema_id",
+        "unknown_command",
+        "invalid_field",
+        "wrong_partition",
+    )
+
+
+# --- dlq copy ---------------------------------------------------------------------------------
+
+HEADERS = [("dlq.reason", b"undecodable"), ("dlq.offset", b"9")]
+
+
+@pytest.mark.parametrize("size", [0, 1, DLQ_VALUE_BYTES_MAX - 1, DLQ_VALUE_BYTES_MAX])
+def test_a_value_within_the_bound_is_copied_untouched(size: int) -> None:
+    value = bytes(range(256)) * (size // 256) + b"\x07" * (size % 256)
+    assert dlq_copy(b"key", value, HEADERS) == (b"key", value, HEADERS)
+
+
+@pytest.mark.parametrize("size", [DLQ_VALUE_BYTES_MAX + 1, 999_900, 2 * DLQ_VALUE_BYTES_MAX])
+def test_an_oversized_value_keeps_a_bounded_prefix_its_size_and_its_hash(size: int) -> None:
+    value = hashlib.shake_256(str(size).encode()).digest(size)
+    key, copied, headers = dlq_copy(b"key", value, HEADERS)
+    assert key == b"key"
+    assert DLQ_VALUE_BYTES_MAX == 64 * 1024
+    assert copied == value[:DLQ_VALUE_BYTES_MAX]
+    assert headers == [
+        *HEADERS,
+        ("dlq.size", str(size).encode()),
+        ("dlq.sha256", hashlib.sha256(value).hexdigest().encode()),
+    ]
+    assert HEADERS == [("dlq.reason", b"undecodable"), ("dlq.offset", b"9")]  # not mutated
+
+
+@pytest.mark.parametrize("size", [0, 1, DLQ_KEY_BYTES_MAX])
+def test_a_key_within_the_bound_is_copied_untouched(size: int) -> None:
+    key = b"k" * size
+    assert dlq_copy(key, b"v", HEADERS) == (key, b"v", HEADERS)
+
+
+@pytest.mark.parametrize("size", [DLQ_KEY_BYTES_MAX + 1, 999_000])
+def test_an_oversized_key_keeps_a_bounded_prefix_its_size_and_its_hash(size: int) -> None:
+    key = hashlib.shake_256(str(size).encode()).digest(size)
+    assert DLQ_KEY_BYTES_MAX == 1024
+    copied_key, value, headers = dlq_copy(key, b"v", HEADERS)
+    assert copied_key == key[:DLQ_KEY_BYTES_MAX] and value == b"v"
+    assert headers == [
+        *HEADERS,
+        ("dlq.key_size", str(len(key)).encode()),
+        ("dlq.key_sha256", hashlib.sha256(key).hexdigest().encode()),
+    ]

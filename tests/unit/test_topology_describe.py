@@ -16,18 +16,21 @@ from paystream.agents.processor import Batch, BatchProcessor
 from paystream.ledger import (
     Account,
     Compensation,
+    Confirmation,
     CreditLeg,
     DirectoryEntry,
     Event,
     IdempotencyRecord,
     JournalEntry,
     JournalLine,
+    Rules,
 )
 from paystream.settings import Settings
 from paystream.tables import codecs
 from paystream.topology import describe
 from paystream.topology.avro import AvroSerde
-from paystream.topology.dlq import PoisonMessage
+from paystream.topology.dlq import DLQ_VALUE_BYTES_MAX, PoisonMessage
+from paystream.topology.partitioner import partition_for
 from paystream.topology.registry import FileSchemaRegistry
 from paystream.topology.topics import Topics
 from tests.unit.kafka_fakes import FakeMessage
@@ -36,24 +39,42 @@ REPO = Path(__file__).resolve().parents[2]
 PREFIX = "acme"
 SOURCE_PARTITION = 3
 
+LEG_FIELDS: dict[str, Any] = {
+    "transfer_id": "cmd-1",
+    "request_id": "r1",
+    "partner_id": "partner-1",
+    "issued_at_ms": 1,
+    "source_account_id": "acct-s",
+    "destination_account_id": "acct-d",
+    "amount_minor": 500,
+    "currency": "EUR",
+}
 SAMPLES: dict[type, Any] = {
     JournalEntry: JournalEntry(
-        "cmd-1:debit",
-        "cmd-1",
-        "transfer_debit",
-        "partner-1",
-        "acct-s",
-        1_700_000_000_000,
-        (
-            JournalLine("acct-s", "EUR", "debit", 500),
-            JournalLine("@transit:3", "EUR", "credit", 500),
+        entry_id="cmd-1:debit",
+        payment_id="cmd-1",
+        kind="transfer_debit",
+        partner_id="partner-1",
+        account_id="acct-s",
+        issued_at_ms=1_700_000_000_000,
+        lines=(
+            JournalLine(account_id="acct-s", currency="EUR", side="debit", amount_minor=500),
+            JournalLine(account_id="@transit:3", currency="EUR", side="credit", amount_minor=500),
         ),
+        phase="pending",
     ),
-    Event: Event("cmd-1:debited", "cmd-1", "Debited", "Transfer", "partner-1", "acct-s", 1),
-    CreditLeg: CreditLeg("cmd-1", "partner-1", 1, "acct-s", "acct-d", 500, "EUR"),
-    Compensation: Compensation(
-        "cmd-1", "partner-1", 1, "acct-s", "acct-d", 500, "EUR", "account_closed"
+    Event: Event(
+        event_id="cmd-1:debited",
+        payment_id="cmd-1",
+        type="Debited",
+        command_type="Transfer",
+        partner_id="partner-1",
+        account_id="acct-s",
+        issued_at_ms=1,
     ),
+    CreditLeg: CreditLeg(**LEG_FIELDS),
+    Confirmation: Confirmation(**LEG_FIELDS),
+    Compensation: Compensation(**LEG_FIELDS, reason="account_closed"),
     DirectoryEntry: DirectoryEntry("acct-s", "EUR", "partner-1", "open"),
 }
 
@@ -77,12 +98,13 @@ def topics(settings: Settings) -> Topics:
 
 @pytest.fixture
 def processor(tmp_path: Path, topics: Topics) -> BatchProcessor:
-    serde = AvroSerde(FileSchemaRegistry(tmp_path / "registry.json"), topic_names=topics.names())
+    serde = AvroSerde(FileSchemaRegistry(tmp_path / "registry.json"), topics=topics.payloads())
     return BatchProcessor(
         topics=topics,
         serde=serde,
         stores=NoStores(),  # type: ignore[arg-type]
         directory={},
+        rules=Rules(),
     )
 
 
@@ -113,6 +135,26 @@ def test_every_topic_of_topics_is_a_node(settings: Settings, topics: Topics) -> 
     assert topology.topic_names() == {getattr(topics, a) for a in describe.topic_attributes(topics)}
 
 
+def test_every_topic_is_prefix_dot_name(topics: Topics) -> None:
+    """One separator: the tables' topics are named like the rest, under the app's name."""
+    assert {a: getattr(topics, a) for a in describe.topic_attributes(topics)} == {
+        "commands": "acme.commands",
+        "legs": "acme.legs",
+        "ledger": "acme.ledger",
+        "events": "acme.events",
+        "dlq": "acme.dlq",
+        "directory": "acme.ledger.directory",
+        "balances_changelog": "acme.ledger.balances-changelog",
+        "idempotency_changelog": "acme.ledger.idempotency-changelog",
+    }
+    assert topics.payloads() == {
+        "command": "acme.commands",
+        "leg": "acme.legs",
+        "journal_entry": "acme.ledger",
+        "event": "acme.events",
+    }
+
+
 def test_routes_match_batch_processor(processor: BatchProcessor, topics: Topics) -> None:
     assert {route.output for route in describe.ROUTES} == set(SAMPLES)
     for route in describe.ROUTES:
@@ -124,8 +166,21 @@ def test_routes_match_batch_processor(processor: BatchProcessor, topics: Topics)
         assert record.partition == expected, route
 
 
-def test_dead_letters_match_batch_processor(processor: BatchProcessor, topics: Topics) -> None:
-    message = FakeMessage(topics.commands, SOURCE_PARTITION, 7, b"acct-s", b"?")
+def _key_on(partition: int, partitions: int) -> bytes:
+    """An account id whose murmur2 partition is ``partition``."""
+    return next(
+        key
+        for key in (f"acct-{n}".encode() for n in range(10_000))
+        if partition_for(key, partitions) == partition
+    )
+
+
+@pytest.mark.parametrize("placed", [True, False])
+def test_dead_letters_match_batch_processor(
+    processor: BatchProcessor, topics: Topics, placed: bool
+) -> None:
+    key = _key_on(SOURCE_PARTITION if placed else SOURCE_PARTITION + 1, topics.partitions)
+    message = FakeMessage(topics.commands, SOURCE_PARTITION, 7, key, b"?")
     batch = processor.process([message])  # type: ignore[list-item]
     route = describe.DEAD_LETTERS
     assert route.output is PoisonMessage
@@ -135,37 +190,57 @@ def test_dead_letters_match_batch_processor(processor: BatchProcessor, topics: T
     ]
     assert route.partition == describe.MURMUR2
     assert batch.writes == []
+    # No ids could be read, so placed or not the reason is why it did not decode.
+    assert batch.dead_letters == ["undecodable"]
 
 
 def test_changelogs_match_batch_processor(processor: BatchProcessor, topics: Topics) -> None:
-    account = Account("acct-s", "EUR", "partner-1", "open", True)
-    record = IdempotencyRecord("cmd-1", "0" * 64, None)
-    writes: dict[str, tuple[Callable[[Batch], None], bytes]] = {
+    account = Account(
+        account_id="acct-s",
+        currency="EUR",
+        partner_id="partner-1",
+        status="open",
+        debits_must_not_exceed_credits=True,
+    )
+    record = IdempotencyRecord(command_id="cmd-1", body_sha256="0" * 64, code=None, expires_at_ms=9)
+    request = codecs.encode_idempotency_key(("request", "partner-1", "req-1"))
+    writes: dict[str, tuple[Callable[[Batch], object], list[bytes]]] = {
         "balances": (
             lambda batch: processor._write_accounts(SOURCE_PARTITION, {"acct-s": account}, batch),
-            codecs.encode_account_key("acct-s"),
+            [codecs.encode_account_key("acct-s")],
         ),
-        "idempotency": (
+        "idempotency": (  # the record, and its expiry index row
             lambda batch: processor._write_idempotency(
-                SOURCE_PARTITION, {("acct-s", "req-1"): record}, batch
+                SOURCE_PARTITION, {("request", "partner-1", "req-1"): record}, batch
             ),
-            codecs.encode_idempotency_key(("acct-s", "req-1")),
+            [request, codecs.encode_expiry_index_key(9, request)],
         ),
     }
     assert {table.name for table in describe.TABLES} == set(writes) == set(processor.changelogs)
     for table in describe.TABLES:
         batch = Batch()
-        write, key = writes[table.name]
+        write, keys = writes[table.name]
         write(batch)
         changelog = getattr(topics, table.changelog)
         assert processor.changelogs[table.name] == changelog
         assert [(r.topic, r.key, r.partition) for r in batch.records] == [
-            (changelog, key, SOURCE_PARTITION)
+            (changelog, key, SOURCE_PARTITION) for key in keys
         ]
         assert [(w.table, w.partition, w.key) for w in batch.writes] == [
-            (table.name, SOURCE_PARTITION, key)
+            (table.name, SOURCE_PARTITION, key) for key in keys
         ]
-        assert batch.writes[0].value == batch.records[0].value
+        assert [w.value for w in batch.writes] == [r.value for r in batch.records]
+
+
+def test_the_wire_table_names_every_topic(topics: Topics) -> None:
+    assert [attr for attr, _key, _format in describe.WIRES] == list(
+        describe.topic_attributes(topics)
+    )
+    table = describe.wire_table(topics)
+    for attr in describe.topic_attributes(topics):
+        assert f"| `{getattr(topics, attr)}` |" in table
+    assert DLQ_VALUE_BYTES_MAX == 64 * 1024  # as the wire table and "Bad input" say
+    assert "64 KiB" in describe.markdown(describe.build(Settings(topic_prefix=PREFIX)))
 
 
 def test_sources_match_the_worker(topics: Topics) -> None:
@@ -191,6 +266,7 @@ def test_mermaid_has_every_edge(settings: Settings) -> None:
     assert '    agent_ledger[["agent: ledger"]]' in diagram
     assert '    table_balances[("balances")]' in diagram
     assert '    topic_legs -->|"key: target account"| agent_ledger' in diagram
+    assert '    agent_ledger -->|"Confirmation, key: source account"| topic_legs' in diagram
     assert '    agent_ledger -->|"Compensation, key: source account"| topic_legs' in diagram
     assert '    table_directory -.->|"lookup"| agent_ledger' in diagram
     edges = [line for line in diagram.splitlines() if "-->|" in line or "-.->|" in line]
