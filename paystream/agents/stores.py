@@ -12,17 +12,27 @@ it has ended: it waits for them. Otherwise a previous owner's transaction
 that is committed but whose markers are not yet written would be missing
 from the restored state, while its input offsets (fetched with
 ``require_stable``) already count as processed.
+
+That high watermark must be taken after every transaction that carries the
+partition's input offsets has ended, so a gained partition's restore starts
+only once its committed offsets are stable (:func:`wait_for_stable_offsets`).
+Otherwise a zombie (a previous owner past its session timeout, inside its
+transaction timeout) that added a batch's offsets to its transaction before
+its changelog records reached the broker commits that batch after the
+watermark: the new owner starts after the batch with a store that lacks its
+writes (issue 13, "The zombie restore race";
+tests/integration/test_zombie_restore.py).
 """
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from rocksdict import Options, Rdict
 
 from paystream.tables import codecs
@@ -34,10 +44,51 @@ V = TypeVar("V")
 RESTORE_TIMEOUT_S = 120.0
 """How long a restore may go without a record before it gives up."""
 WATERMARK_TIMEOUT_S = 10.0
+STABLE_OFFSETS_TIMEOUT_S = 60.0
+"""How long a gained partition's committed offsets may stay unstable. A
+previous owner's transaction ends within its ``transaction.timeout.ms`` (the
+workers' is 30 s), when its coordinator aborts it; twice that, then give up."""
 
 
 class RestoreError(RuntimeError):
-    """A changelog partition could not be read to its end in time."""
+    """A gained partition could not be restored in time.
+
+    Its committed offsets stayed unstable, or its changelog was not read to its end.
+    """
+
+
+def wait_for_stable_offsets(
+    consumer: Consumer,
+    partitions: Sequence[TopicPartition],
+    *,
+    timeout_s: float = STABLE_OFFSETS_TIMEOUT_S,
+) -> None:
+    """Return once no open transaction holds offsets of ``partitions`` for the group.
+
+    Call it before restoring the stores of partitions this member gains, with
+    the member's own ``isolation.level=read_committed`` consumer: librdkafka
+    fetches its committed offsets with ``require_stable`` and retries
+    ``UNSTABLE_OFFSET_COMMIT`` until ``timeout_s``. A transaction that has
+    added offsets ends by committing (its changelog records are on the broker
+    by then: the producer flushes before it commits) or aborting. Once the
+    group has a new generation, a zombie can add no more offsets (KIP-447).
+    """
+    try:
+        committed = consumer.committed(list(partitions), timeout=timeout_s)
+    except KafkaException as error:
+        if error.args[0].code() != KafkaError._TIMED_OUT:
+            raise
+        raise RestoreError(
+            f"committed offsets of {_names(partitions)} not stable within {timeout_s} s "
+            f"(a previous owner's transaction still open, or no group coordinator): {error}"
+        ) from error
+    failed = [tp for tp in committed if tp.error is not None]
+    if failed:
+        raise RestoreError(f"committed offsets not fetched: {[str(tp) for tp in failed]}")
+
+
+def _names(partitions: Sequence[TopicPartition]) -> list[str]:
+    return sorted(f"{tp.topic}[{tp.partition}]" for tp in partitions)
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from paystream.agents import failfast, metrics
 from paystream.agents.directory import DirectoryFollower
 from paystream.agents.processor import Batch, BatchProcessor, Record, source
-from paystream.agents.stores import Stores
+from paystream.agents.stores import Stores, wait_for_stable_offsets
 from paystream.ledger import INPUTS_PER_BATCH_MAX, Event, JournalEntry, ensure
 from paystream.settings import Settings
 from paystream.topology.avro import AvroSerde
@@ -250,7 +250,11 @@ class LedgerWorker:
         return messages
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._stores.hold(table_partitions(self._topics, partitions))
+        held = table_partitions(self._topics, partitions)
+        # A previous owner's open transaction may yet commit these partitions'
+        # offsets with changelog records: restore only after it has ended.
+        wait_for_stable_offsets(consumer, partitions)
+        self._stores.hold(held)
         consumer.assign(partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
