@@ -27,6 +27,7 @@ tests/integration/test_zombie_restore.py).
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from typing import Any, Generic, TypeVar
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from rocksdict import Options, Rdict
 
+from paystream.agents import metrics
 from paystream.tables import codecs
 from paystream.topology.reader import drain
 
@@ -228,16 +230,20 @@ class Stores:
         self._reader.assign(
             [TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING) for tp in tps]
         )
+        started, records = time.monotonic(), 0
         try:
             for message in drain(self._reader, ends, stall_s=RESTORE_TIMEOUT_S):
                 topic, p, key = message.topic(), message.partition(), message.key()
                 if topic and p is not None and key is not None:
                     _put(owners[(by_topic[topic], p)], key, message.value())
+                    records += 1
         except TimeoutError as error:
             raise RestoreError(f"changelogs not read to their end: {error}") from error
         finally:
             self._reader.unassign()
         self._dbs.update(owners)
+        metrics.RESTORE_SECONDS.observe(time.monotonic() - started)
+        metrics.RESTORED_RECORDS.inc(records)
 
     def _high_watermarks(self, tps: list[TopicPartition]) -> dict[tuple[str, int], int]:
         """Each partition's end including pending transactions (read_uncommitted)."""

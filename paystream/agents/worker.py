@@ -224,7 +224,9 @@ class LedgerWorker:
 
     def run(self) -> None:
         self._producer.init_transactions()
-        self._directory.start()
+        self._directory.start()  # restored to its end before anything is consumed
+        metrics.RESTORE_SECONDS.observe(self._directory.restore_seconds)
+        metrics.RESTORED_RECORDS.inc(self._directory.restored_records)
         self._consumer.subscribe(
             source_topics(self._topics),
             on_assign=self._on_assign,

@@ -2,7 +2,7 @@
 
 confluent-kafka (librdkafka) partitions by CRC32 unless told otherwise; Java
 clients use murmur2. ``murmur2_random`` (here and in the workers) makes one
-account land on one partition whoever produced it (DESIGN.md,
+account land on one partition whoever produced it (docs/architecture.md,
 co-partitioning).
 """
 

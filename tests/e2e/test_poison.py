@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -65,7 +66,9 @@ def test_each_kind_of_poison_goes_to_dlq_and_processing_continues(
             "undecodable": b"\x07not avro at all",
             "unknown_schema_id": b"\x00\x00\x0f\x42\x40" + b"\x02",
             "unknown_command": _newer_command(
-                serde.subject("command"), running.settings.data_dir, deposit
+                serde.subject("command"),
+                running.settings.data_dir,
+                dataclasses.replace(deposit, command_id=cid()),
             ),
             "invalid_field": serde.encode_command(bad_field),
         }
