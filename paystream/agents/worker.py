@@ -18,6 +18,7 @@ fetching, positions and the transactional producer instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import shutil
 import signal
@@ -34,6 +35,7 @@ from paystream.agents import failfast, metrics
 from paystream.agents.directory import DirectoryFollower
 from paystream.agents.processor import Batch, BatchProcessor, Record, source
 from paystream.agents.stores import Stores, wait_for_stable_offsets
+from paystream.agents.watchdog import Watchdog
 from paystream.ledger import INPUTS_PER_BATCH_MAX, Event, JournalEntry, ensure
 from paystream.settings import Settings
 from paystream.topology.avro import AvroSerde
@@ -44,6 +46,10 @@ MESSAGES_PER_BATCH_MAX = 2_000
 """Most messages one batch (one transaction) consumes; within the core's limit."""
 BATCH_WINDOW_S = 0.01
 TRANSACTION_TIMEOUT_S = 30.0
+TRANSACTION_CALL_TIMEOUT_S = TRANSACTION_TIMEOUT_S
+"""Bound given to each transactional call (librdkafka's default is to wait for ever)."""
+BATCH_DEADLINE_S = 4 * TRANSACTION_TIMEOUT_S
+"""A batch's transaction still open after this is stuck: the watchdog ends the worker."""
 COMMIT_RETRIES_MAX = 5
 LOG_LEVELS = ("crit", "error", "warn", "info", "debug")
 WORKER_LOG_LEVEL = "warn"
@@ -109,12 +115,19 @@ class BatchTransactions:
     """One batch, one transaction; the stores change only if it commits."""
 
     def __init__(
-        self, *, producer: Producer, consumer: Consumer, processor: BatchProcessor, stores: Stores
+        self,
+        *,
+        producer: Producer,
+        consumer: Consumer,
+        processor: BatchProcessor,
+        stores: Stores,
+        watchdog: Watchdog | None = None,
     ) -> None:
         self._producer = producer
         self._consumer = consumer
         self._processor = processor
         self._stores = stores
+        self._watchdog = watchdog
         self.aborted = 0
 
     def run(self, messages: Sequence[Message]) -> bool:
@@ -128,12 +141,29 @@ class BatchTransactions:
         """
         started = time.monotonic()
         batch = self._processor.process(messages)
+        guard = (
+            contextlib.nullcontext()
+            if self._watchdog is None
+            else self._watchdog.guard("a batch transaction", timeout_s=BATCH_DEADLINE_S)
+        )
+        with guard:
+            if not self._transact(batch, messages):
+                return False
+        self._stores.apply(batch.writes)
+        _count(batch, messages, self._processor.commands_topic)
+        metrics.BATCH_SECONDS.observe(time.monotonic() - started)
+        return True
+
+    def _transact(self, batch: Batch, messages: Sequence[Message]) -> bool:
+        """Send the batch and its offsets in one transaction; False if it was aborted."""
         self._producer.begin_transaction()
         try:
             for record in batch.records:
                 self._produce(record)
             self._producer.send_offsets_to_transaction(
-                _next_offsets(messages), self._consumer.consumer_group_metadata()
+                _next_offsets(messages),
+                self._consumer.consumer_group_metadata(),
+                TRANSACTION_CALL_TIMEOUT_S,
             )
             self._commit()
         except KafkaException as error:
@@ -142,12 +172,9 @@ class BatchTransactions:
             logger.warning("batch aborted, consuming it again: %s", error.args[0])
             self.aborted += 1
             metrics.BATCHES.labels(outcome="aborted").inc()
-            self._producer.abort_transaction()
+            self._producer.abort_transaction(TRANSACTION_CALL_TIMEOUT_S)
             self._rewind(messages)
             return False
-        self._stores.apply(batch.writes)
-        _count(batch, messages, self._processor.commands_topic)
-        metrics.BATCH_SECONDS.observe(time.monotonic() - started)
         return True
 
     def _produce(self, record: Record) -> None:
@@ -165,7 +192,7 @@ class BatchTransactions:
     def _commit(self) -> None:
         for attempt in range(COMMIT_RETRIES_MAX):
             try:
-                self._producer.commit_transaction()
+                self._producer.commit_transaction(TRANSACTION_CALL_TIMEOUT_S)
                 return
             except KafkaException as error:
                 if not error.args[0].retriable() or attempt == COMMIT_RETRIES_MAX - 1:
@@ -210,11 +237,13 @@ class LedgerWorker:
         )
         self._consumer = Consumer(consumer_config(settings))
         self._producer = Producer(producer_config(settings, name))
+        self._watchdog = Watchdog()
         self._transactions = BatchTransactions(
             producer=self._producer,
             consumer=self._consumer,
             processor=self._processor,
             stores=self._stores,
+            watchdog=self._watchdog,
         )
         self._stopping = False
 
@@ -223,7 +252,8 @@ class LedgerWorker:
         self._stopping = True
 
     def run(self) -> None:
-        self._producer.init_transactions()
+        self._watchdog.start()
+        self._producer.init_transactions(TRANSACTION_CALL_TIMEOUT_S)
         self._directory.start()  # restored to its end before anything is consumed
         metrics.RESTORE_SECONDS.observe(self._directory.restore_seconds)
         metrics.RESTORED_RECORDS.inc(self._directory.restored_records)
@@ -242,6 +272,7 @@ class LedgerWorker:
             self._consumer.close()  # leaves the group: the others take over at once
             self._stores.close()
             self._directory.stop()
+            self._watchdog.stop()
 
     def _consume(self) -> list[Message]:
         messages = self._consumer.consume(MESSAGES_PER_BATCH_MAX, BATCH_WINDOW_S)

@@ -85,16 +85,18 @@ class FakeProducer:
     def produce(self, topic: str, **kwargs: Any) -> None:
         self._calls.log.append(("produce", topic, kwargs))
 
-    def send_offsets_to_transaction(self, offsets: list[TopicPartition], metadata: str) -> None:
+    def send_offsets_to_transaction(
+        self, offsets: list[TopicPartition], metadata: str, timeout: float
+    ) -> None:
         sent = sorted((tp.topic, tp.partition, tp.offset) for tp in offsets)
         self._calls.log.append(("offsets", sent, metadata))
 
-    def commit_transaction(self) -> None:
+    def commit_transaction(self, timeout: float) -> None:
         self._calls.log.append(("commit",))
         if self._commit_errors:
             raise self._commit_errors.pop(0)
 
-    def abort_transaction(self) -> None:
+    def abort_transaction(self, timeout: float) -> None:
         self._calls.log.append(("abort",))
 
 
