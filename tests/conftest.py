@@ -7,6 +7,10 @@ answers, then paystream's own local launcher in a temporary directory (stopped
 when the session ends, also when tests fail). Each session gets its own topic
 prefix, Postgres database and ClickHouse database, so runs never see each
 other's data.
+
+The local broker lives where ``paystream services up`` looks for it
+(``<data_dir>/services/kafka`` on the session's port), so a test can SIGKILL
+it and bring it back with the real CLI (:class:`SessionBroker`).
 """
 
 from __future__ import annotations
@@ -14,8 +18,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import shutil
+import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -23,7 +32,14 @@ import pytest
 
 from paystream.services.kafka import KafkaBroker
 from paystream.services.postgres import EmbeddedPostgres
-from paystream.services.process import ServiceError, free_port, port_open
+from paystream.services.process import (
+    ServiceError,
+    free_port,
+    pid_alive,
+    port_open,
+    read_pid,
+    wait_until,
+)
 from paystream.settings import Settings
 
 SESSION_TAG = f"t{uuid.uuid4().hex[:10]}"
@@ -50,18 +66,19 @@ def _free_port_pair() -> int:
 
 
 @contextlib.contextmanager
-def _kafka(home: Path, docker: bool) -> Iterator[str]:
+def _kafka(data_dir: Path, docker: bool) -> Iterator[tuple[str, KafkaBroker | None]]:
+    """The bootstrap address, and the broker when it is the session's own local one."""
     if url := os.environ.get("PAYSTREAM_KAFKA_BOOTSTRAP"):
-        yield url
+        yield url, None
     elif docker:
         from testcontainers.kafka import KafkaContainer
 
         with KafkaContainer("apache/kafka:4.1.1").with_kraft() as container:
-            yield str(container.get_bootstrap_server())
+            yield str(container.get_bootstrap_server()), None
     else:
-        broker = _start_local_broker(home)
+        broker = _start_local_broker(data_dir)
         try:
-            yield broker.bootstrap
+            yield broker.bootstrap, broker
         finally:
             broker.stop()
 
@@ -69,10 +86,21 @@ def _kafka(home: Path, docker: bool) -> Iterator[str]:
 BROKER_START_TRIES_MAX = 3
 
 
-def _start_local_broker(home: Path) -> KafkaBroker:
-    """Start a broker on free ports; another process may take a port first, so retry."""
+def _managed_broker(data_dir: Path, port: int) -> KafkaBroker:
+    """The broker ``paystream services up`` runs for this data directory and port."""
+    local = Settings(data_dir=data_dir, kafka_port=port, kafka_bootstrap=None)
+    return KafkaBroker(home=local.services_dir / "kafka", port=local.kafka_port)
+
+
+def _start_local_broker(data_dir: Path) -> KafkaBroker:
+    """Start a broker on free ports; another process may take a port first, so retry.
+
+    Every try uses the same home, wiped first: a failed start leaves nothing
+    that a later ``paystream services up`` on the chosen port would trip on.
+    """
     for attempt in range(BROKER_START_TRIES_MAX):
-        broker = KafkaBroker(home=home / f"kafka-{attempt}", port=_free_port_pair())
+        broker = _managed_broker(data_dir, _free_port_pair())
+        shutil.rmtree(broker.home, ignore_errors=True)
         try:
             broker.start()
             return broker
@@ -81,6 +109,71 @@ def _start_local_broker(home: Path) -> KafkaBroker:
             if attempt == BROKER_START_TRIES_MAX - 1:
                 raise
     raise AssertionError("unreachable")
+
+
+CLI_TIMEOUT_S = 300.0
+"""``services up`` waits for health itself (Kafka: 90 s at most); this bounds the whole command."""
+KILL_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class SessionBroker:
+    """The session's local broker, as ``paystream services up`` knows it.
+
+    :meth:`kill` SIGKILLs it; :meth:`up` brings it back by running the real
+    CLI with the environment under which that CLI finds this very broker
+    (same data directory, so the same log dirs, and the same port). Postgres
+    and ClickHouse are passed as URLs, so the CLI leaves them alone.
+    """
+
+    broker: KafkaBroker
+    data_dir: Path
+    postgres_dsn: str
+    clickhouse_url: str
+
+    @property
+    def pid(self) -> int | None:
+        return read_pid(self.broker.pid_file)
+
+    def kill(self) -> int:
+        """SIGKILL the broker and wait until it is gone; returns the pid killed."""
+        pid = self.pid
+        if pid is None:
+            raise ServiceError(f"no broker running (pid file {self.broker.pid_file})")
+        os.kill(pid, signal.SIGKILL)
+        if not wait_until(lambda: not pid_alive(pid), timeout_s=KILL_TIMEOUT_S):
+            raise ServiceError(f"broker {pid} still alive {KILL_TIMEOUT_S}s after SIGKILL")
+        return pid
+
+    def up(self) -> subprocess.CompletedProcess[str]:
+        """``paystream services up``; raises unless it succeeded (it waits for health)."""
+        result = self.cli("services", "up")
+        if result.returncode != 0:
+            raise ServiceError(f"services up failed:\n{result.stdout}{result.stderr}")
+        return result
+
+    def status(self) -> subprocess.CompletedProcess[str]:
+        return self.cli("services", "status")
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "paystream.cli", *args],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=CLI_TIMEOUT_S,
+        )
+
+    def env(self) -> dict[str, str]:
+        """No PAYSTREAM_* of the caller (no KAFKA_BOOTSTRAP, no settings file): only these."""
+        base = {k: v for k, v in os.environ.items() if not k.startswith("PAYSTREAM_")}
+        return base | {
+            "PAYSTREAM_ENVIRONMENT": "test",
+            "PAYSTREAM_DATA_DIR": str(self.data_dir),
+            "PAYSTREAM_KAFKA_PORT": str(self.broker.port),
+            "PAYSTREAM_POSTGRES_DSN": self.postgres_dsn,
+            "PAYSTREAM_CLICKHOUSE_URL": self.clickhouse_url,
+        }
 
 
 @contextlib.contextmanager
@@ -127,10 +220,39 @@ def services_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("services")
 
 
+def _data_dir(services_home: Path) -> Path:
+    return services_home / "data"
+
+
 @pytest.fixture(scope="session")
-def kafka_bootstrap(services_home: Path) -> Iterator[str]:
-    with _kafka(services_home, docker_engine_answers()) as bootstrap:
-        yield bootstrap
+def _kafka_service(services_home: Path) -> Iterator[tuple[str, KafkaBroker | None]]:
+    with _kafka(_data_dir(services_home), docker_engine_answers()) as service:
+        yield service
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(_kafka_service: tuple[str, KafkaBroker | None]) -> str:
+    return _kafka_service[0]
+
+
+@pytest.fixture(scope="session")
+def session_broker(
+    _kafka_service: tuple[str, KafkaBroker | None], settings: Settings
+) -> SessionBroker:
+    """The session's own broker, to kill and bring back; skips on an external or Docker one."""
+    broker = _kafka_service[1]
+    if broker is None:
+        pytest.skip("the session's Kafka is external or in Docker, not paystream's own broker")
+    if settings.postgres_dsn is None or settings.clickhouse_url is None:
+        raise AssertionError("the session's settings name their Postgres and ClickHouse")
+    if _managed_broker(settings.data_dir, broker.port) != broker:
+        raise AssertionError(f"{broker.home} is not where services up looks in {settings.data_dir}")
+    return SessionBroker(
+        broker=broker,
+        data_dir=settings.data_dir,
+        postgres_dsn=settings.postgres_dsn,
+        clickhouse_url=settings.clickhouse_url,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -167,7 +289,7 @@ def settings(
     """Settings pointing at this session's services, as a worker would get them."""
     return Settings(
         environment="test",
-        data_dir=services_home / "data",
+        data_dir=_data_dir(services_home),
         kafka_bootstrap=kafka_bootstrap,
         postgres_dsn=postgres_dsn,
         clickhouse_url=clickhouse_dsn,
