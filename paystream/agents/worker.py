@@ -86,6 +86,11 @@ def producer_config(settings: Settings, name: str) -> dict[str, Any]:
         "transactional.id": f"{app_id_for(settings)}-{name}",
         "transaction.timeout.ms": int(TRANSACTION_TIMEOUT_S * 1000),
         "partitioner": "murmur2_random",  # what Java clients use for keys
+        # librdkafka's default re-bootstrap after its only broker restarts can leave
+        # send_offsets_to_transaction waiting for ever on a decommissioned broker handle
+        # (seen in tests/e2e/test_broker_restart.py; librdkafka #5511). A process that
+        # loses every broker address is restarted instead (watchdog, supervisor).
+        "metadata.recovery.strategy": "none",
         "linger.ms": 2,
         "queue.buffering.max.messages": 1_000_000,
     }
