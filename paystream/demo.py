@@ -51,7 +51,7 @@ def run(settings: Settings) -> int:
     _print_summary(len(load.transfer_ids), elapsed_s, counts, report)
     print("\nevery record's answer, by code (hostile and mistaken records included):")
     for code, n in codes.most_common():
-        print(f"  {code:<22} {n:>6}")
+        print(f"  {code:<30} {n:>6}")
     print("services are still running: `.venv/bin/paystream services down` stops them")
     return 0 if report.balanced and not left else 1
 
