@@ -11,7 +11,7 @@ from paystream.ledger.accounts import (
     system_account,
     transit_account_id,
 )
-from paystream.ledger.core import INPUTS_PER_BATCH_MAX, BatchResult, process_batch
+from paystream.ledger.core import INPUTS_PER_BATCH_MAX, BatchResult, is_own_event, process_batch
 from paystream.ledger.currencies import ISO4217_CODES, is_iso4217
 from paystream.ledger.errors import InvariantViolation, ensure
 from paystream.ledger.idempotency import (
@@ -119,6 +119,7 @@ __all__ = [
     "command_key",
     "ensure",
     "is_iso4217",
+    "is_own_event",
     "is_system_account_id",
     "leg_key",
     "mint_command_id",

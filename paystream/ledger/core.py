@@ -439,6 +439,13 @@ def _answer_step(state: _State, delivery: Delivery, step: str) -> str:
     return f"{step}:{state.partition}.{delivery.offset}"
 
 
+def is_own_event(event: Event) -> bool:
+    """Whether ``event`` is about its payment (``<id>:<step>``), not an answer to a record
+    that repeated or misused its id (``<id>:<step>:<partition>.<offset>``)."""
+    step = event.event_id.removeprefix(f"{event.payment_id}:")
+    return step != event.event_id and ":" not in step
+
+
 def _answer(
     state: _State, delivery: Delivery, command: Command | Malformed, code: RejectionCode
 ) -> Event:

@@ -7,18 +7,11 @@ from collections.abc import Iterable, Mapping
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from paystream.ledger import TERMINAL_EVENT_TYPES, Event
+from paystream.ledger import TERMINAL_EVENT_TYPES, Event, is_own_event
 from paystream.topology.avro import AvroSerde
 
 POLL_TIMEOUT_S = 0.5
 POLL_BATCH_MAX = 1_000
-
-
-def is_canonical(event: Event) -> bool:
-    """Whether ``event`` is about its payment (``<id>:<step>``), not an answer to a repeat of
-    its id (``<id>:<step>:<partition>.<offset>``; see ``paystream.ledger.core``)."""
-    step = event.event_id.removeprefix(f"{event.payment_id}:")
-    return step != event.event_id and ":" not in step
 
 
 class EventWatcher:
@@ -58,7 +51,7 @@ class EventWatcher:
         """The payment's own outcome; else the first answer to a record with its id."""
         answers = self.answers(payment_id)
         for event in answers:
-            if is_canonical(event):
+            if is_own_event(event):
                 return event
         return answers[0] if answers else None
 

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from paystream.audit.verify import LedgerReport
+from paystream.ledger import is_own_event
 from paystream.runner import Platform, running
 from paystream.settings import Settings
-from paystream.topology.watch import is_canonical
 from paystream.workload import Workload
 
 
@@ -43,7 +43,7 @@ def assert_every_record_answered_once(platform: Platform, workload: Workload) ->
         events = platform.watcher.events.get(payment_id, [])
         answers = platform.watcher.answers(payment_id)
         assert len(answers) == records, f"{payment_id}: {records} records, answers {answers}"
-        own = [e.type for e in events if is_canonical(e)]
+        own = [e.type for e in events if is_own_event(e)]
         if "Debited" in own:
             assert own[0] == "Debited" and len(own) == 2, f"{payment_id}: {own}"
             assert own[1] in ("Completed", "Reversed"), f"{payment_id}: {own}"

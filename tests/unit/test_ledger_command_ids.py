@@ -22,6 +22,7 @@ from paystream.ledger import (
     body_sha256,
     command_id_parts,
     command_key,
+    is_own_event,
     mint_command_id,
     process_batch,
 )
@@ -375,3 +376,13 @@ def test_a_too_new_id_is_refused_without_a_claim_and_applies_once_the_clock_catc
     later = world.apply([command], log_time_ms=T0_MS + 1)
     assert events(later)[-1].type == "Completed"
     assert later.idempotency[command_key(command.command_id)].body_sha256 == body_sha256(command)
+
+
+def test_own_events_and_answers_to_repeats_are_told_apart() -> None:
+    """The payment's own events are ``<id>:<step>``; answers to records that could not claim
+    the id carry their log position and never speak for the payment."""
+    first = transfer(1, "src", "dst", 400)
+    result = run([first, first], accounts=[make_account("src", credits_minor=1_000)])
+    own, repeat = events(result)
+    assert (own.type, repeat.type) == ("Debited", "Duplicate")
+    assert is_own_event(own) and not is_own_event(repeat)
