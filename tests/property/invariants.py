@@ -54,7 +54,6 @@ from paystream.ledger import (
     Compensation,
     Confirmation,
     CreditLeg,
-    Delivery,
     Deposit,
     DirectoryEntry,
     Event,
@@ -76,6 +75,7 @@ from paystream.ledger import (
     is_system_account_id,
 )
 from paystream.topology.partitioner import partition_for
+from tests.support.ledger import SingleStep
 
 if TYPE_CHECKING:
     from tests.property.sim import LogSim
@@ -100,18 +100,6 @@ OUTPUTS_OF_APPLIED: dict[tuple[str, str], tuple[type, ...]] = {
     **{(c.__name__, "Completed"): (DirectoryEntry,) for c in ACCOUNT_COMMANDS},
 }
 """The outputs besides its answer that an applied command emits, in order."""
-
-
-@dataclass(frozen=True)
-class SingleStep:
-    """One input applied alone, and the accounts its outputs name before and after it."""
-
-    partition: int
-    delivery: Delivery
-    outputs: tuple[Output, ...]
-    clock_ms: int
-    before: dict[str, Account | None]
-    after: dict[str, Account | None]
 
 
 @dataclass(frozen=True)

@@ -34,15 +34,14 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections import ChainMap, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from paystream.ledger import (
     AMOUNT_MAX_MINOR,
     Account,
-    BatchResult,
     CloseAccount,
     Command,
     Compensation,
@@ -55,7 +54,6 @@ from paystream.ledger import (
     IdempotencyKey,
     IdempotencyRecord,
     Input,
-    JournalEntry,
     Leg,
     Malformed,
     OpenAccount,
@@ -68,8 +66,8 @@ from paystream.ledger import (
     process_batch,
 )
 from paystream.topology.partitioner import partition_for
-from tests.property.invariants import SingleStep, Trace, check_partition
-from tests.support.ledger import OTHER_PARTNER, PARTNER, T0_MS
+from tests.property.invariants import Trace, check_partition
+from tests.support.ledger import OTHER_PARTNER, PARTNER, T0_MS, run_in_singles
 
 Topic = Literal["commands", "legs"]
 TOPICS: tuple[Topic, ...] = ("commands", "legs")
@@ -153,60 +151,6 @@ def _malformed(value: Payload, command_type: str, code: RejectionCode) -> Malfor
 
 
 # --- the core, applied as batches of one ------------------------------------------------------
-
-
-def run_in_singles(
-    deliveries: Sequence[Delivery],
-    *,
-    partition: int,
-    accounts: Mapping[str, Account],
-    idempotency: Mapping[IdempotencyKey, IdempotencyRecord],
-    directory: Mapping[str, DirectoryEntry],
-    clock_ms: int,
-    rules: Rules,
-) -> tuple[BatchResult, list[SingleStep]]:
-    """Apply ``deliveries`` one by one, threading state and clock; the merged result and steps."""
-    changed_accounts: dict[str, Account] = {}
-    changed_records: dict[IdempotencyKey, IdempotencyRecord] = {}
-    # A ChainMap writes to its first map only: the base mappings are read, never changed.
-    account_view = ChainMap(changed_accounts, cast("dict[str, Account]", accounts))
-    record_view = ChainMap(
-        changed_records, cast("dict[IdempotencyKey, IdempotencyRecord]", idempotency)
-    )
-    steps: list[SingleStep] = []
-    for delivery in deliveries:
-        result = process_batch(
-            [delivery],
-            partition=partition,
-            accounts=account_view,
-            idempotency=record_view,
-            directory=directory,
-            clock_ms=clock_ms,
-            rules=rules,
-        )
-        touched = _touched_accounts(result)
-        touched.add(delivery.item.account_id)
-        before = {a: account_view.get(a) for a in touched}
-        changed_accounts.update(result.accounts)
-        changed_records.update(result.idempotency)
-        after = {a: account_view.get(a) for a in touched}
-        steps.append(
-            SingleStep(partition, delivery, result.outputs, result.clock_ms, before, after)
-        )
-        clock_ms = result.clock_ms
-    outputs = tuple(output for step in steps for output in step.outputs)
-    merged = BatchResult(
-        accounts=changed_accounts, idempotency=changed_records, outputs=outputs, clock_ms=clock_ms
-    )
-    return merged, steps
-
-
-def _touched_accounts(result: BatchResult) -> set[str]:
-    touched = {
-        line.account_id for o in result.outputs if isinstance(o, JournalEntry) for line in o.lines
-    }
-    touched.update(o.account_id for o in result.outputs if isinstance(o, DirectoryEntry))
-    return touched
 
 
 # --- the log -----------------------------------------------------------------------------

@@ -48,8 +48,8 @@ from paystream.ledger import (
 )
 from paystream.ledger.accounts import credit, credits_fit, debit, debits_fit
 from tests.property.invariants import check_final, check_partition, check_tables_match_journal
-from tests.property.sim import SIM_RULES, LogSim, SimSettings, run_in_singles, simulate
-from tests.support.ledger import PARTNER, T0_MS, cid, make_account
+from tests.property.sim import SIM_RULES, LogSim, SimSettings, simulate
+from tests.support.ledger import PARTNER, T0_MS, cid, make_account, run_in_singles
 
 COMMAND_COUNT = 400
 SIM = settings(deadline=None, max_examples=40, suppress_health_check=[HealthCheck.too_slow])

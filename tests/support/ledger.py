@@ -7,11 +7,11 @@ and log times from the caller, so a test reads like the records it stands for.
 from __future__ import annotations
 
 import hashlib
-from collections import defaultdict
+from collections import ChainMap, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from paystream.ledger import (
     Account,
@@ -125,6 +125,18 @@ def run(
     )
 
 
+@dataclass(frozen=True)
+class SingleStep:
+    """One input applied alone, and the accounts its outputs name before and after it."""
+
+    partition: int
+    delivery: Delivery
+    outputs: tuple[Output, ...]
+    clock_ms: int
+    before: dict[str, Account | None]
+    after: dict[str, Account | None]
+
+
 def run_in_singles(
     deliveries: Sequence[Delivery],
     *,
@@ -134,37 +146,49 @@ def run_in_singles(
     directory: Mapping[str, DirectoryEntry],
     clock_ms: int,
     rules: Rules = RULES,
-) -> BatchResult:
-    """The same deliveries as batches of one, each over the state the previous one left;
-    the result merged as one batch would report it (changed accounts and records only)."""
-    account_state, record_state = dict(accounts), dict(idempotency)
+) -> tuple[BatchResult, list[SingleStep]]:
+    """Apply ``deliveries`` one by one, threading state and clock; the merged result and steps."""
     changed_accounts: dict[str, Account] = {}
     changed_records: dict[IdempotencyKey, IdempotencyRecord] = {}
-    outputs: list[Output] = []
+    # A ChainMap writes to its first map only: the base mappings are read, never changed.
+    account_view = ChainMap(changed_accounts, cast("dict[str, Account]", accounts))
+    record_view = ChainMap(
+        changed_records, cast("dict[IdempotencyKey, IdempotencyRecord]", idempotency)
+    )
+    steps: list[SingleStep] = []
     for delivery in deliveries:
-        single = process_batch(
+        result = process_batch(
             [delivery],
             partition=partition,
-            accounts=account_state,
-            idempotency=record_state,
+            accounts=account_view,
+            idempotency=record_view,
             directory=directory,
             clock_ms=clock_ms,
             rules=rules,
         )
-        for changes, states in (
-            (single.accounts, (account_state, changed_accounts)),
-            (single.idempotency, (record_state, changed_records)),
-        ):
-            for state in states:
-                state.update(changes)  # type: ignore[arg-type]
-        outputs.extend(single.outputs)
-        clock_ms = single.clock_ms
-    return BatchResult(
-        accounts=changed_accounts,
-        idempotency=changed_records,
-        outputs=tuple(outputs),
-        clock_ms=clock_ms,
+        touched = _touched_accounts(result)
+        touched.add(delivery.item.account_id)
+        before = {a: account_view.get(a) for a in touched}
+        changed_accounts.update(result.accounts)
+        changed_records.update(result.idempotency)
+        after = {a: account_view.get(a) for a in touched}
+        steps.append(
+            SingleStep(partition, delivery, result.outputs, result.clock_ms, before, after)
+        )
+        clock_ms = result.clock_ms
+    outputs = tuple(output for step in steps for output in step.outputs)
+    merged = BatchResult(
+        accounts=changed_accounts, idempotency=changed_records, outputs=outputs, clock_ms=clock_ms
     )
+    return merged, steps
+
+
+def _touched_accounts(result: BatchResult) -> set[str]:
+    touched = {
+        line.account_id for o in result.outputs if isinstance(o, JournalEntry) for line in o.lines
+    }
+    touched.update(o.account_id for o in result.outputs if isinstance(o, DirectoryEntry))
+    return touched
 
 
 # --- commands and legs, by keyword, with minted ids ----------------------------------------

@@ -221,7 +221,7 @@ def test_a_batch_equals_the_same_inputs_one_at_a_time() -> None:
         "rules": RULES,
     }
     whole = process_batch(deliveries, **state)  # type: ignore[arg-type]
-    singles = run_in_singles(deliveries, **state)  # type: ignore[arg-type]
+    singles, _steps = run_in_singles(deliveries, **state)  # type: ignore[arg-type]
     assert whole == singles
     commands = [d for d in deliveries if not isinstance(d.item, CreditLeg | Confirmation)]
     assert len(events(whole)) == len(commands) + 1  # the Confirmation's Completed
