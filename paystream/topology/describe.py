@@ -113,7 +113,8 @@ ROUTES: tuple[RouteDecl, ...] = (
     RouteDecl(DirectoryEntry, "directory", "account", "account_id", SOURCE_PARTITION),
 )
 DEAD_LETTERS = RouteDecl(PoisonMessage, "dlq", "original key", "key", MURMUR2)
-"""Poison input: the original key and value, with ``dlq.*`` headers saying why."""
+"""Poison input: the original key and value (bounded prefixes of oversized ones), with ``dlq.*``
+headers saying why."""
 GLOBAL_STORE = GlobalStoreDecl("directory", "directory", "account", "DirectoryFollower")
 """Every worker follows all partitions of ``directory`` (read_committed)."""
 
