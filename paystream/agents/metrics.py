@@ -30,6 +30,7 @@ from paystream.ledger.errors import ensure
 __all__ = [
     "BATCHES",
     "BATCH_SECONDS",
+    "CHECKPOINT_SECONDS",
     "DIRECTORY_SKIPPED",
     "DLQ_RECORDS",
     "EVENTS",
@@ -37,7 +38,9 @@ __all__ = [
     "INTERNAL_ERRORS",
     "JOURNAL_ENTRIES",
     "RESTORED_RECORDS",
+    "RESTORE_REMAINING",
     "RESTORE_SECONDS",
+    "STORE_OPENS",
     "SUPERVISOR_GAVE_UP",
     "SUPERVISOR_LAST_EXIT_CODE",
     "SUPERVISOR_RESTARTS",
@@ -89,6 +92,24 @@ RESTORE_SECONDS = Histogram(
 RESTORED_RECORDS = Counter(
     "paystream_worker_restored_records_total",
     "Changelog records applied while restoring the state stores.",
+)
+RESTORE_REMAINING = Gauge(
+    "paystream_worker_restore_remaining_offsets",
+    "Changelog offsets a catch-up of gained partitions still has to read (0 when none runs).",
+    multiprocess_mode="livesum",
+)
+STORE_OPENS = Counter(
+    "paystream_worker_store_opens_total",
+    "Partition stores opened, by start: checkpoint (only the changelog's tail is read) or the"
+    " reason the checkpoint was refused and the store wiped and restored in full: missing |"
+    " unreadable | other_partition | other_topic | topic_recreated | ahead_of_changelog |"
+    " behind_log_start | too_old.",
+    ["start"],
+)
+CHECKPOINT_SECONDS = Histogram(
+    "paystream_worker_checkpoint_seconds",
+    "Time to flush a partition's stores and write its checkpoint.",
+    buckets=BATCH_SECONDS_BUCKETS,
 )
 DIRECTORY_SKIPPED = Counter(
     "paystream_worker_directory_skipped_total",

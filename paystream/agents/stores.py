@@ -3,53 +3,67 @@
 A store is a cache of its compacted changelog topic and never runs ahead of
 it: the worker applies a batch's writes only after the Kafka transaction that
 carries the same bytes as changelog records has committed. So an aborted
-batch, a fenced worker or a crash leaves nothing to undo; a partition this
-worker gains is restored from its changelog, read_committed.
+batch, a fenced worker or a crash leaves nothing to undo.
 
-A restore reads read_committed up to the high watermark seen when it starts,
-which a read_committed position only passes once every transaction before
-it has ended: it waits for them. Otherwise a previous owner's transaction
-that is committed but whose markers are not yet written would be missing
-from the restored state, while its input offsets (fetched with
-``require_stable``) already count as processed.
+Stores outlive the process. Each partition's stores sit under
+``<directory>/<partition>/`` with a ``.checkpoint`` (:mod:`.checkpoint`): the
+changelog offset they reflect, written on release (revoke, clean stop) and
+periodically. A partition this worker gains opens its stores and *catches
+up*: it reads its changelogs read_committed from the checkpoint's offset (or
+from the start, after wiping, when there is no usable checkpoint) up to the
+high watermark seen when the catch-up begins. The worker runs the catch-up in
+slices from its poll loop, outside the rebalance callback, with the gained
+partitions paused (:class:`LedgerWorker`).
 
-That high watermark must be taken after every transaction that carries the
-partition's input offsets has ended, so a gained partition's restore starts
-only once its committed offsets are stable (:func:`wait_for_stable_offsets`).
-Otherwise a zombie (a previous owner past its session timeout, inside its
-transaction timeout) that added a batch's offsets to its transaction before
-its changelog records reached the broker commits that batch after the
-watermark: the new owner starts after the batch with a store that lacks its
-writes (issue 13, "The zombie restore race";
-tests/integration/test_zombie_restore.py).
+A read_committed position only passes the high watermark once every
+transaction before it has ended: the catch-up waits for them. And that high
+watermark must be taken after every transaction that carries the partition's
+input offsets has ended, so a catch-up begins only once the partition's
+committed offsets are stable (:func:`offsets_stable`). Otherwise a zombie (a
+previous owner past its session timeout, inside its transaction timeout) that
+added a batch's offsets to its transaction before its changelog records
+reached the broker commits that batch after the watermark: the new owner
+starts after the batch with a store that lacks its writes (issue 13, "The
+zombie restore race"; tests/integration/test_zombie_restore.py).
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from rocksdict import Options, Rdict
 
-from paystream.agents import metrics
+from paystream.agents import checkpoint, metrics
+from paystream.agents.checkpoint import ChangelogPosition, ChangelogState, Checkpoint
+from paystream.ledger.errors import ensure
 from paystream.tables import codecs
-from paystream.topology.reader import drain
 
 K = TypeVar("K")
 V = TypeVar("V")
 
 RESTORE_TIMEOUT_S = 120.0
-"""How long a restore may go without a record before it gives up."""
+"""How long a catch-up may go without a record before it gives up."""
+RESTORE_SLICE_S = 0.5
+"""Longest one catch-up step holds the worker's poll loop (rebalances wait no longer)."""
+RESTORE_CONSUME_MAX = 10_000
+RESTORE_CONSUME_TIMEOUT_S = 0.1
+RESTORE_PROGRESS_LOG_S = 5.0
 WATERMARK_TIMEOUT_S = 10.0
-STABLE_OFFSETS_TIMEOUT_S = 60.0
-"""How long a gained partition's committed offsets may stay unstable. A
-previous owner's transaction ends within its ``transaction.timeout.ms`` (the
-workers' is 30 s), when its coordinator aborts it; twice that, then give up."""
+TOPIC_IDS_TIMEOUT_S = 10.0
+STABLE_CHECK_TIMEOUT_S = RESTORE_SLICE_S
+"""How long one check of a gained partition's committed offsets may wait."""
+
+logger = logging.getLogger("paystream.stores")
+Clock = Callable[[], int]
+TopicIds = Callable[[Sequence[str]], Mapping[str, str]]
+"""Changelog topic names -> their topic ids (a recreated topic has a new one)."""
 
 
 class RestoreError(RuntimeError):
@@ -59,38 +73,58 @@ class RestoreError(RuntimeError):
     """
 
 
-def wait_for_stable_offsets(
+def offsets_stable(
     consumer: Consumer,
     partitions: Sequence[TopicPartition],
     *,
-    timeout_s: float = STABLE_OFFSETS_TIMEOUT_S,
-) -> None:
-    """Return once no open transaction holds offsets of ``partitions`` for the group.
+    timeout_s: float = STABLE_CHECK_TIMEOUT_S,
+) -> bool:
+    """Whether no open transaction holds offsets of ``partitions`` for the group.
 
-    Call it before restoring the stores of partitions this member gains, with
+    Call it before the stores of partitions this member gains catch up, with
     the member's own ``isolation.level=read_committed`` consumer: librdkafka
     fetches its committed offsets with ``require_stable`` and retries
-    ``UNSTABLE_OFFSET_COMMIT`` until ``timeout_s``. A transaction that has
-    added offsets ends by committing (its changelog records are on the broker
-    by then: the producer flushes before it commits) or aborting. Once the
-    group has a new generation, a zombie can add no more offsets (KIP-447).
+    ``UNSTABLE_OFFSET_COMMIT`` until ``timeout_s``; False if they are still
+    unstable then. A transaction that has added offsets ends by committing
+    (its changelog records are on the broker by then: the producer flushes
+    before it commits) or aborting. Once the group has a new generation, a
+    zombie can add no more offsets (KIP-447).
     """
     try:
         committed = consumer.committed(list(partitions), timeout=timeout_s)
     except KafkaException as error:
         if error.args[0].code() != KafkaError._TIMED_OUT:
             raise
-        raise RestoreError(
-            f"committed offsets of {_names(partitions)} not stable within {timeout_s} s "
-            f"(a previous owner's transaction still open, or no group coordinator): {error}"
-        ) from error
+        return False
     failed = [tp for tp in committed if tp.error is not None]
     if failed:
         raise RestoreError(f"committed offsets not fetched: {[str(tp) for tp in failed]}")
+    return True
 
 
-def _names(partitions: Sequence[TopicPartition]) -> list[str]:
-    return sorted(f"{tp.topic}[{tp.partition}]" for tp in partitions)
+def kafka_topic_ids(bootstrap: str) -> TopicIds:
+    """Look topic ids up with an admin client (created on first use)."""
+    from confluent_kafka import TopicCollection
+    from confluent_kafka.admin import AdminClient
+
+    admins: list[Any] = []
+
+    def lookup(names: Sequence[str]) -> dict[str, str]:
+        if not admins:
+            admins.append(AdminClient({"bootstrap.servers": bootstrap}))
+        futures = admins[0].describe_topics(
+            TopicCollection(list(names)), request_timeout=TOPIC_IDS_TIMEOUT_S
+        )
+        return {
+            name: str(future.result(timeout=TOPIC_IDS_TIMEOUT_S).topic_id)
+            for name, future in futures.items()
+        }
+
+    return lookup
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,16 +169,61 @@ class TableView(Mapping[K, V], Generic[K, V]):
         raise TypeError("table views are for lookups; iterate the changelog instead")
 
 
+@dataclass(slots=True)
+class _Held:
+    """The stores of one partition this worker holds."""
+
+    partition: int
+    dbs: dict[str, Rdict]
+    """table -> its store."""
+    positions: dict[str, ChangelogPosition]
+    """table -> the changelog offset its store reflects (every committed record before it)."""
+    ready: bool = False
+    """Caught up with its changelogs: the worker may process the partition."""
+
+
+@dataclass(slots=True)
+class _CatchUp:
+    """Gained partitions reading their changelogs' tails."""
+
+    ends: dict[tuple[str, int], int]
+    """(changelog, partition) -> the high watermark to reach."""
+    pending: set[tuple[str, int]]
+    total: int
+    """Changelog offsets to read in all, for progress."""
+    started_s: float = field(default_factory=time.monotonic)
+    progressed_s: float = field(default_factory=time.monotonic)
+    logged_s: float = field(default_factory=time.monotonic)
+    records: int = 0
+
+
 class Stores:
-    """Every table partition this worker holds, keyed by (table, partition)."""
+    """Every table partition this worker holds, keyed by (table, partition).
+
+    A gained partition (:meth:`gain`) is usable once its catch-up
+    (:meth:`begin_catch_up`, then :meth:`catch_up` until it reports the
+    partition ready) has read its changelogs to their ends; :meth:`hold` does
+    all three, blocking. :meth:`release` checkpoints and closes.
+    """
 
     def __init__(
-        self, *, directory: Path, bootstrap: str, changelogs: Mapping[str, str], client_id: str
+        self,
+        *,
+        directory: Path,
+        bootstrap: str,
+        changelogs: Mapping[str, str],
+        client_id: str,
+        topic_ids: TopicIds | None = None,
+        clock_ms: Clock = wall_clock_ms,
     ) -> None:
         """``changelogs``: table name -> its changelog topic (read, never committed)."""
         self._directory = directory
         self._changelogs = dict(changelogs)
-        self._dbs: dict[tuple[str, int], Rdict] = {}
+        self._tables = {topic: table for table, topic in self._changelogs.items()}
+        self._topic_ids = kafka_topic_ids(bootstrap) if topic_ids is None else topic_ids
+        self._clock_ms = clock_ms
+        self._held: dict[int, _Held] = {}
+        self._catch_up: _CatchUp | None = None
         common = {"bootstrap.servers": bootstrap, "group.id": f"{client_id}.restore"}
         self._reader = Consumer(
             {
@@ -159,24 +238,43 @@ class Stores:
 
     @property
     def partitions(self) -> set[int]:
-        return {partition for _table, partition in self._dbs}
+        return set(self._held)
+
+    @property
+    def caught_up(self) -> bool:
+        return all(held.ready for held in self._held.values())
+
+    def position(self, table: str, partition: int) -> int:
+        """The changelog offset the store reflects: every committed record before it."""
+        return self._held[partition].positions[table].offset
 
     def get(self, table: str, partition: int) -> Callable[[bytes], bytes | None]:
-        """The raw lookup of one table partition."""
-        db = self._dbs[(table, partition)]
-        get: Callable[[bytes], bytes | None] = db.get
+        """The raw lookup of one table partition (caught up)."""
+        held = self._held[partition]
+        ensure(held.ready, f"partition {partition} is used before its stores caught up")
+        get: Callable[[bytes], bytes | None] = held.dbs[table].get
         return get
 
-    def apply(self, writes: Iterable[TableWrite]) -> None:
-        """Apply writes whose changelog records have committed (``value=None`` deletes)."""
+    def apply(
+        self, writes: Iterable[TableWrite], offsets: Mapping[tuple[str, int], int] | None = None
+    ) -> None:
+        """Apply writes whose changelog records have committed (``value=None`` deletes).
+
+        ``offsets``: (table, partition) -> the offset after the last of those
+        records, which the store reflects from now on.
+        """
         for write in writes:
-            _put(self._dbs[(write.table, write.partition)], write.key, write.value)
+            _put(self._held[write.partition].dbs[write.table], write.key, write.value)
+        for (table, partition), offset in (offsets or {}).items():
+            positions = self._held[partition].positions
+            ensure(offset >= positions[table].offset, f"{table}[{partition}] offset went back")
+            positions[table] = _moved(positions[table], offset)
 
     def expired(
         self, table: str, partition: int, clock_ms: int, *, limit: int
     ) -> Iterator[tuple[bytes, int, bytes]]:
         """Up to ``limit`` expiry index rows due by ``clock_ms``: (row, expires_at_ms, key)."""
-        db = self._dbs[(table, partition)]
+        db = self._held[partition].dbs[table]
         for count, row in enumerate(db.keys(from_key=codecs.EXPIRY_INDEX_PREFIX)):
             if (
                 count >= limit
@@ -190,70 +288,218 @@ class Stores:
             yield row, expires_at_ms, key
 
     def hold(self, partitions: set[int]) -> None:
-        """Hold exactly ``partitions``: drop the others, restore the new ones."""
-        for partition in self.partitions - partitions:
-            self.drop(partition)
-        new = sorted(partitions - self.partitions)
-        if new:
-            self._restore(new)
+        """Hold exactly ``partitions``, caught up with their changelogs (blocking)."""
+        self.release(self.partitions - partitions)
+        self.gain(partitions)
+        self.begin_catch_up()
+        while not self.caught_up:
+            self.catch_up(budget_s=RESTORE_SLICE_S)
 
-    def drop(self, partition: int) -> None:
-        for table in self._changelogs:
-            db = self._dbs.pop((table, partition), None)
-            if db is not None:
+    def gain(self, partitions: Iterable[int]) -> None:
+        """Open the stores of ``partitions``: from their checkpoint, or wiped."""
+        new = sorted(set(partitions) - set(self._held))
+        if not new:
+            return
+        self._cancel_catch_up()
+        states = self._changelog_states(new)
+        for partition in new:
+            self._held[partition] = self._open(partition, states[partition])
+
+    def begin_catch_up(self) -> None:
+        """Snapshot the changelogs' ends for every partition not caught up; start reading."""
+        self._cancel_catch_up()
+        starts = {
+            (self._changelogs[table], held.partition): position.offset
+            for held in self._held.values()
+            if not held.ready
+            for table, position in held.positions.items()
+        }
+        ends = self._high_watermarks(list(starts))
+        pending = {tp for tp, start in starts.items() if start < ends[tp]}
+        self._reader.assign([TopicPartition(t, p, starts[(t, p)]) for t, p in pending])
+        total = sum(ends[tp] - starts[tp] for tp in pending)
+        self._catch_up = _CatchUp(ends=ends, pending=pending, total=total)
+        metrics.RESTORE_REMAINING.set(total)
+
+    def catch_up(self, *, budget_s: float) -> set[int]:
+        """Read changelogs for up to ``budget_s``; the partitions that became ready."""
+        run = self._catch_up
+        if run is None:
+            raise RestoreError("catch_up called with no catch-up begun")
+        deadline = time.monotonic() + budget_s
+        while run.pending and time.monotonic() < deadline:
+            self._read(run)
+        ready = self._mark_ready(run)
+        if not run.pending:
+            self._finish(run)
+        return ready
+
+    def checkpoint(self) -> None:
+        """Flush every held store and record the changelog offset it reflects."""
+        for held in self._held.values():
+            self._checkpoint(held)
+
+    def release(self, partitions: Iterable[int]) -> None:
+        """Checkpoint and close the stores of ``partitions`` (kept on disk for a later gain)."""
+        gone = sorted(set(partitions) & set(self._held))
+        if gone:
+            self._cancel_catch_up()
+        for partition in gone:
+            held = self._held.pop(partition)
+            self._checkpoint(held)
+            for db in held.dbs.values():
                 db.close()
-            shutil.rmtree(self._path(table, partition), ignore_errors=True)
 
-    def drop_all(self) -> None:
-        for partition in sorted(self.partitions):
-            self.drop(partition)
+    def release_all(self) -> None:
+        self.release(self.partitions)
 
     def close(self) -> None:
-        self.drop_all()
+        self.release_all()
         self._reader.close()
         self._watermarks.close()
 
-    def _path(self, table: str, partition: int) -> Path:
-        return self._directory / f"{table}-{partition}"
+    def _base(self, partition: int) -> Path:
+        return self._directory / str(partition)
 
-    def _restore(self, partitions: list[int]) -> None:
-        owners: dict[tuple[str, int], Rdict] = {}
-        for table in self._changelogs:
-            for partition in partitions:
-                path = self._path(table, partition)
-                shutil.rmtree(path, ignore_errors=True)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                owners[(table, partition)] = Rdict(str(path), Options(raw_mode=True))
-        by_topic = {topic: table for table, topic in self._changelogs.items()}
-        tps = [TopicPartition(topic, p) for topic in by_topic for p in partitions]
-        ends = self._high_watermarks(tps)
-        self._reader.assign(
-            [TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING) for tp in tps]
+    def _changelog_states(self, partitions: list[int]) -> dict[int, dict[str, ChangelogState]]:
+        ids = self._topic_ids(list(self._changelogs.values()))
+        states: dict[int, dict[str, ChangelogState]] = {}
+        for partition in partitions:
+            states[partition] = {}
+            for table, topic in self._changelogs.items():
+                low, high = self._watermarks.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=WATERMARK_TIMEOUT_S, cached=False
+                )
+                states[partition][table] = ChangelogState(
+                    topic=topic, topic_id=ids[topic], log_start_offset=low, end_offset=high
+                )
+        return states
+
+    def _open(self, partition: int, states: Mapping[str, ChangelogState]) -> _Held:
+        base = self._base(partition)
+        base.mkdir(parents=True, exist_ok=True)
+        found = checkpoint.read(base / checkpoint.CHECKPOINT_FILE)
+        refused = (
+            found
+            if isinstance(found, str)
+            else checkpoint.refusal(
+                found, partition=partition, changelogs=states, now_ms=self._clock_ms()
+            )
         )
-        started, records = time.monotonic(), 0
-        try:
-            for message in drain(self._reader, ends, stall_s=RESTORE_TIMEOUT_S):
-                topic, p, key = message.topic(), message.partition(), message.key()
-                if topic and p is not None and key is not None:
-                    _put(owners[(by_topic[topic], p)], key, message.value())
-                    records += 1
-        except TimeoutError as error:
-            raise RestoreError(f"changelogs not read to their end: {error}") from error
-        finally:
-            self._reader.unassign()
-        self._dbs.update(owners)
-        metrics.RESTORE_SECONDS.observe(time.monotonic() - started)
-        metrics.RESTORED_RECORDS.inc(records)
+        if refused is None and isinstance(found, Checkpoint):
+            positions = dict(found.positions)
+        else:
+            logger.info("partition %d: restoring in full (checkpoint %s)", partition, refused)
+            checkpoint.remove(base / checkpoint.CHECKPOINT_FILE)
+            for table in self._changelogs:
+                shutil.rmtree(base / table, ignore_errors=True)
+            positions = {
+                table: ChangelogPosition(
+                    topic=state.topic, topic_id=state.topic_id, offset=state.log_start_offset
+                )
+                for table, state in states.items()
+            }
+        metrics.STORE_OPENS.labels(start=refused or "checkpoint").inc()
+        dbs = {
+            table: Rdict(str(base / table), Options(raw_mode=True)) for table in self._changelogs
+        }
+        return _Held(partition=partition, dbs=dbs, positions=positions)
 
-    def _high_watermarks(self, tps: list[TopicPartition]) -> dict[tuple[str, int], int]:
+    def _read(self, run: _CatchUp) -> None:
+        """One consume of the changelogs; applies records, moves positions, checks for a stall."""
+        for message in self._reader.consume(RESTORE_CONSUME_MAX, RESTORE_CONSUME_TIMEOUT_S):
+            if self._apply_restored(message):
+                run.records += 1
+                run.progressed_s = time.monotonic()
+        for tp in self._reader.position([TopicPartition(t, p) for t, p in run.pending]):
+            if tp.offset < 0:
+                continue
+            positions = self._held[tp.partition].positions
+            table = self._tables[tp.topic]
+            if tp.offset > positions[table].offset:
+                positions[table] = _moved(positions[table], tp.offset)
+            if tp.offset >= run.ends[(tp.topic, tp.partition)]:
+                run.pending.discard((tp.topic, tp.partition))
+        now = time.monotonic()
+        if run.pending and now - run.progressed_s > RESTORE_TIMEOUT_S:
+            raise RestoreError(f"changelogs {sorted(run.pending)} not read to their end")
+        if now - run.logged_s > RESTORE_PROGRESS_LOG_S:
+            run.logged_s = now
+            self._progress(run)
+
+    def _apply_restored(self, message: Message) -> bool:
+        error = message.error()
+        if error is not None:
+            if error.code() == KafkaError._PARTITION_EOF:
+                return False
+            raise KafkaException(error)
+        topic, partition, key = message.topic(), message.partition(), message.key()
+        if topic is None or partition is None or key is None:
+            return False
+        _put(self._held[partition].dbs[self._tables[topic]], key, message.value())
+        return True
+
+    def _progress(self, run: _CatchUp) -> None:
+        """Report how far the catch-up is (a gauge, and a log line every few seconds)."""
+        left = 0
+        for held in self._held.values():
+            for table, position in held.positions.items():
+                end = run.ends.get((self._changelogs[table], held.partition), position.offset)
+                left += max(end - position.offset, 0)
+        metrics.RESTORE_REMAINING.set(left)
+        done = run.total - left
+        logger.warning(
+            "restoring stores: %d of %d changelog offsets read (%.0f%%), %d records, %.1f s",
+            done,
+            run.total,
+            100.0 * done / max(run.total, 1),
+            run.records,
+            time.monotonic() - run.started_s,
+        )
+
+    def _mark_ready(self, run: _CatchUp) -> set[int]:
+        waiting = {partition for _topic, partition in run.pending}
+        ready = {p for p, held in self._held.items() if not held.ready and p not in waiting}
+        for partition in ready:
+            self._held[partition].ready = True
+        return ready
+
+    def _finish(self, run: _CatchUp) -> None:
+        self._reader.unassign()
+        self._catch_up = None
+        metrics.RESTORE_REMAINING.set(0)
+        metrics.RESTORE_SECONDS.observe(time.monotonic() - run.started_s)
+        metrics.RESTORED_RECORDS.inc(run.records)
+
+    def _cancel_catch_up(self) -> None:
+        if self._catch_up is not None:
+            self._reader.unassign()
+            self._catch_up = None
+            metrics.RESTORE_REMAINING.set(0)
+
+    def _checkpoint(self, held: _Held) -> None:
+        started = time.monotonic()
+        for db in held.dbs.values():
+            db.flush(wait=True)  # memtables to SST files: the state is on disk before the file
+        record = Checkpoint(
+            partition=held.partition, written_at_ms=self._clock_ms(), positions=held.positions
+        )
+        checkpoint.write(self._base(held.partition) / checkpoint.CHECKPOINT_FILE, record)
+        metrics.CHECKPOINT_SECONDS.observe(time.monotonic() - started)
+
+    def _high_watermarks(self, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
         """Each partition's end including pending transactions (read_uncommitted)."""
         ends: dict[tuple[str, int], int] = {}
-        for tp in tps:
+        for topic, partition in tps:
             _low, high = self._watermarks.get_watermark_offsets(
-                tp, timeout=WATERMARK_TIMEOUT_S, cached=False
+                TopicPartition(topic, partition), timeout=WATERMARK_TIMEOUT_S, cached=False
             )
-            ends[(tp.topic, tp.partition)] = high
+            ends[(topic, partition)] = high
         return ends
+
+
+def _moved(position: ChangelogPosition, offset: int) -> ChangelogPosition:
+    return ChangelogPosition(topic=position.topic, topic_id=position.topic_id, offset=offset)
 
 
 def _put(db: Rdict, key: bytes, value: bytes | None) -> None:

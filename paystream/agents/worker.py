@@ -20,11 +20,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import shutil
 import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -34,7 +34,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from paystream.agents import failfast, metrics
 from paystream.agents.directory import DirectoryFollower
 from paystream.agents.processor import Batch, BatchProcessor, Record, source
-from paystream.agents.stores import Stores, wait_for_stable_offsets
+from paystream.agents.stores import RESTORE_SLICE_S, RestoreError, Stores, offsets_stable
 from paystream.agents.watchdog import Watchdog
 from paystream.ledger import INPUTS_PER_BATCH_MAX, Event, JournalEntry, ensure
 from paystream.settings import Settings
@@ -46,11 +46,22 @@ MESSAGES_PER_BATCH_MAX = 2_000
 """Most messages one batch (one transaction) consumes; within the core's limit."""
 BATCH_WINDOW_S = 0.01
 TRANSACTION_TIMEOUT_S = 30.0
+"""The coordinator aborts a transaction open this long: a worker killed mid-batch holds its
+partitions' committed offsets unstable (and so their new owner's catch-up) for up to this."""
 TRANSACTION_CALL_TIMEOUT_S = TRANSACTION_TIMEOUT_S
 """Bound given to each transactional call (librdkafka's default is to wait for ever)."""
 BATCH_DEADLINE_S = 4 * TRANSACTION_TIMEOUT_S
 """A batch's transaction still open after this is stuck: the watchdog ends the worker."""
 COMMIT_RETRIES_MAX = 5
+POLL_INTERVAL_MAX_S = 2 * TRANSACTION_TIMEOUT_S
+"""``max.poll.interval.ms``: the loop consumes between batches (a batch ends within the
+transaction timeout, or aborts) and between catch-up slices of RESTORE_SLICE_S."""
+STABLE_OFFSETS_TIMEOUT_S = 2 * TRANSACTION_TIMEOUT_S
+"""How long a gained partition's committed offsets may stay unstable: a previous owner's
+transaction ends within its transaction timeout, when its coordinator aborts it."""
+CHECKPOINT_INTERVAL_S = 10.0
+"""Stores are checkpointed this often while running: a SIGKILL costs a catch-up over the
+changelog records written since (a clean stop or a revoke checkpoints at once)."""
 LOG_LEVELS = ("crit", "error", "warn", "info", "debug")
 WORKER_LOG_LEVEL = "warn"
 
@@ -75,6 +86,7 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
         "partition.assignment.strategy": "range",
         "session.timeout.ms": 10_000,
         "heartbeat.interval.ms": 1_000,
+        "max.poll.interval.ms": int(POLL_INTERVAL_MAX_S * 1000),
     }
 
 
@@ -133,6 +145,7 @@ class BatchTransactions:
         self._processor = processor
         self._stores = stores
         self._watchdog = watchdog
+        self._tables = {topic: table for table, topic in processor.changelogs.items()}
         self.aborted = 0
 
     def run(self, messages: Sequence[Message]) -> bool:
@@ -152,19 +165,26 @@ class BatchTransactions:
             else self._watchdog.guard("a batch transaction", timeout_s=BATCH_DEADLINE_S)
         )
         with guard:
-            if not self._transact(batch, messages):
-                return False
-        self._stores.apply(batch.writes)
+            offsets = self._transact(batch, messages)
+        if offsets is None:
+            return False
+        self._stores.apply(batch.writes, offsets)
         _count(batch, messages, self._processor.commands_topic)
         metrics.BATCH_SECONDS.observe(time.monotonic() - started)
         return True
 
-    def _transact(self, batch: Batch, messages: Sequence[Message]) -> bool:
-        """Send the batch and its offsets in one transaction; False if it was aborted."""
+    def _transact(
+        self, batch: Batch, messages: Sequence[Message]
+    ) -> dict[tuple[str, int], int] | None:
+        """Send the batch and its offsets in one transaction; None if it was aborted.
+
+        Else (table, partition) -> the changelog offset after the batch's last
+        record on it: what the store reflects once the batch's writes are applied.
+        """
+        delivered: dict[tuple[str, int], int] = {}
         self._producer.begin_transaction()
         try:
-            for record in batch.records:
-                self._produce(record)
+            self._send(batch.records, delivered)
             self._producer.send_offsets_to_transaction(
                 _next_offsets(messages),
                 self._consumer.consumer_group_metadata(),
@@ -179,15 +199,52 @@ class BatchTransactions:
             metrics.BATCHES.labels(outcome="aborted").inc()
             self._producer.abort_transaction(TRANSACTION_CALL_TIMEOUT_S)
             self._rewind(messages)
-            return False
-        return True
+            return None
+        return self._changelog_offsets(batch.records, delivered)
 
-    def _produce(self, record: Record) -> None:
+    def _send(self, records: Sequence[Record], delivered: dict[tuple[str, int], int]) -> None:
+        """Produce ``records``; the last one on each changelog partition reports its offset."""
+
+        def on_delivery(error: KafkaError | None, message: Message) -> None:
+            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            if error is None and topic is not None and partition is not None and offset is not None:
+                delivered[(topic, partition)] = offset
+
+        last = {
+            (record.topic, record.partition): index
+            for index, record in enumerate(records)
+            if record.topic in self._tables
+        }
+        reported = set(last.values())
+        for index, record in enumerate(records):
+            self._produce(record, on_delivery if index in reported else None)
+
+    def _changelog_offsets(
+        self, records: Sequence[Record], delivered: dict[tuple[str, int], int]
+    ) -> dict[tuple[str, int], int]:
+        """After a commit: (table, partition) -> the offset after its last record."""
+        expected = {(r.topic, r.partition) for r in records if r.topic in self._tables}
+        if not expected <= delivered.keys():
+            self._producer.poll(0)  # the commit flushed: every report is queued or served
+        if not expected <= delivered.keys():
+            self._producer.flush(TRANSACTION_CALL_TIMEOUT_S)
+        ensure(expected <= delivered.keys(), "committed changelog records with no delivery report")
+        return {
+            (self._tables[topic], partition): delivered[(topic, partition)] + 1
+            for topic, partition in expected
+            if partition is not None
+        }
+
+    def _produce(
+        self, record: Record, on_delivery: Callable[[KafkaError | None, Message], None] | None
+    ) -> None:
         kwargs: dict[str, Any] = {"key": record.key, "value": record.value}
         if record.headers is not None:
             kwargs["headers"] = record.headers
         if record.partition is not None:
             kwargs["partition"] = record.partition
+        if on_delivery is not None:
+            kwargs["on_delivery"] = on_delivery
         try:
             self._producer.produce(record.topic, **kwargs)
         except BufferError:  # the local queue is full: let deliveries drain, then retry
@@ -213,7 +270,25 @@ class BatchTransactions:
                     raise
 
 
+@dataclass(slots=True)
+class _Gained:
+    """An assignment whose stores are catching up; its partitions stay paused until then."""
+
+    sources: list[TopicPartition]
+    deadline_s: float = field(default_factory=lambda: time.monotonic() + STABLE_OFFSETS_TIMEOUT_S)
+    stable: bool = False
+    """Its committed offsets are stable: the catch-up has begun."""
+
+
 class LedgerWorker:
+    """One consumer-group member: catch-up of gained stores, then one transaction per batch.
+
+    Rebalance callbacks only assign (paused) and release: the stores of gained
+    partitions catch up in slices from the poll loop, so the member keeps
+    polling, rejoins a rebalance at once, and processes the partitions it
+    already has meanwhile.
+    """
+
     def __init__(self, settings: Settings, *, name: str) -> None:
         self._topics = Topics.from_settings(settings)
         ensure_topics(settings.bootstrap, self._topics)
@@ -251,6 +326,8 @@ class LedgerWorker:
             watchdog=self._watchdog,
         )
         self._stopping = False
+        self._gained: _Gained | None = None
+        self._checkpointed_s = time.monotonic()
 
     def stop(self) -> None:
         """Finish the batch in hand, then leave the group (from a signal handler)."""
@@ -270,14 +347,42 @@ class LedgerWorker:
         )
         try:
             while not self._stopping:
-                messages = self._consume()
-                if messages:
-                    self._transactions.run(messages)
+                self._step()
         finally:
-            self._consumer.close()  # leaves the group: the others take over at once
+            self._consumer.close()  # revokes (checkpoints) and leaves the group: others take over
             self._stores.close()
             self._directory.stop()
             self._watchdog.stop()
+
+    def _step(self) -> None:
+        """One turn of the loop: a catch-up slice, a batch, a checkpoint when due."""
+        if self._gained is not None:
+            self._catch_up(self._gained)
+        messages = self._consume()
+        if messages:
+            self._transactions.run(messages)
+        if time.monotonic() - self._checkpointed_s > CHECKPOINT_INTERVAL_S:
+            self._stores.checkpoint()
+            self._checkpointed_s = time.monotonic()
+
+    def _catch_up(self, gained: _Gained) -> None:
+        """Wait for stable offsets, then read the stores' changelogs, one slice at a time."""
+        if not gained.stable:
+            if not offsets_stable(self._consumer, gained.sources):
+                if time.monotonic() > gained.deadline_s:
+                    raise RestoreError(
+                        f"committed offsets of {sorted(map(str, gained.sources))} not stable"
+                        f" within {STABLE_OFFSETS_TIMEOUT_S} s (a previous owner's transaction"
+                        " still open, or no group coordinator)"
+                    )
+                return
+            gained.stable = True
+            self._stores.begin_catch_up()
+        ready = self._stores.catch_up(budget_s=RESTORE_SLICE_S)
+        if ready:
+            self._consumer.resume([tp for tp in gained.sources if tp.partition in ready])
+        if self._stores.caught_up:
+            self._gained = None
 
     def _consume(self) -> list[Message]:
         messages = self._consumer.consume(MESSAGES_PER_BATCH_MAX, BATCH_WINDOW_S)
@@ -288,21 +393,28 @@ class LedgerWorker:
         return messages
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Paused until their stores caught up (LedgerWorker._catch_up), which begins
+        # only once no previous owner's transaction can still commit their offsets.
         held = table_partitions(self._topics, partitions)
-        # A previous owner's open transaction may yet commit these partitions'
-        # offsets with changelog records: restore only after it has ended.
-        wait_for_stable_offsets(consumer, partitions)
-        self._stores.hold(held)
         consumer.assign(partitions)
+        consumer.pause(partitions)
+        self._stores.gain(held)
+        self._gained = _Gained(sources=list(partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # No transaction is open here (batches commit before the next consume);
-        # stores are kept until the next assignment says which ones go.
-        consumer.unassign()
+        # No transaction is open here (batches commit before the next consume). The
+        # stores are checkpointed and closed; kept on disk, a later gain reads the tail.
+        self._release(consumer)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Others may have processed these partitions meanwhile.
-        self._stores.drop_all()
+        # Others may have processed these partitions meanwhile: the stores are not
+        # ahead of their changelogs (written only after commits), so a checkpoint of
+        # them is still exact, and a later gain catches up with the others' writes.
+        self._release(consumer)
+
+    def _release(self, consumer: Consumer) -> None:
+        self._gained = None
+        self._stores.release_all()
         consumer.unassign()
 
 
@@ -341,13 +453,6 @@ def _first_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
     return [TopicPartition(t, p, first) for (t, p), (first, _) in _offset_ranges(messages).items()]
 
 
-def clear_local_state(settings: Settings, name: str) -> None:
-    """Local stores are caches of the changelogs: every start restores from Kafka."""
-    directory = worker_dir(settings, name)
-    shutil.rmtree(directory, ignore_errors=True)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-
-
 def _on_signal(stop: Callable[[], None]) -> Callable[[int, FrameType | None], None]:
     def handler(_signum: int, _frame: FrameType | None) -> None:
         stop()
@@ -363,7 +468,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = {"crit": "CRITICAL", "warn": "WARNING"}.get(args.log_level, args.log_level.upper())
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
-    clear_local_state(settings, args.name)
     worker = LedgerWorker(settings, name=args.name)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _on_signal(worker.stop))

@@ -12,6 +12,18 @@ from paystream.topology.avro import PayloadKind
 TOPIC_CREATE_TIMEOUT_S = 30.0
 APP_NAME = "ledger"
 
+CHANGELOG_SEGMENT_BYTES = 64 * 1024 * 1024
+"""The active segment is never compacted: 64 MiB (Kafka's default is 1 GiB) bounds the
+uncompacted tail a restore may read."""
+CHANGELOG_SEGMENT_MS = 3600 * 1000
+"""Roll the active segment at least hourly, so a quiet partition's log gets compacted too."""
+CHANGELOG_DIRTY_RATIO_MIN = "0.2"
+"""Compact once a fifth of the log is superseded records: the log stays under 1.25x the
+live keys plus the active segment (Kafka's default 0.5 lets it reach 2x)."""
+CHANGELOG_DELETE_RETENTION_MS = 24 * 3600 * 1000
+"""How long a tombstone outlives compaction. A store checkpoint older than half of this
+is refused (paystream.agents.checkpoint), so a tail restore never misses a deletion."""
+
 
 @dataclass(frozen=True, slots=True)
 class Topics:
@@ -58,7 +70,13 @@ class Topics:
         set it.
         """
         forever = {"retention.ms": "-1", "cleanup.policy": "delete"}
-        compact = {"cleanup.policy": "compact"}
+        compact = {
+            "cleanup.policy": "compact",
+            "segment.bytes": str(CHANGELOG_SEGMENT_BYTES),
+            "segment.ms": str(CHANGELOG_SEGMENT_MS),
+            "min.cleanable.dirty.ratio": CHANGELOG_DIRTY_RATIO_MIN,
+            "delete.retention.ms": str(CHANGELOG_DELETE_RETENTION_MS),
+        }
         inputs = {**forever, "message.timestamp.type": "LogAppendTime"}
         return {
             self.commands: inputs,

@@ -3,7 +3,8 @@
 Issue 13, section 1, on the real broker: a zombie (a worker past its session
 timeout, inside its transaction timeout) has sent batch T's offsets with
 ``send_offsets_to_transaction`` but its changelog record is not on the broker
-yet. The new owner's ``LedgerWorker._on_assign`` runs meanwhile; then the
+yet. The new owner's ``LedgerWorker._on_assign`` and the catch-up of its
+stores run meanwhile; then the
 zombie's record arrives and T commits. The new owner starts after T's offsets
 (fetched with ``require_stable``), so its store must hold T's write.
 """
@@ -11,6 +12,7 @@ zombie's record arrives and T commits. The new owner starts after T's offsets
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,10 +20,10 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from paystream.agents.stores import RestoreError, wait_for_stable_offsets
+from paystream.agents.stores import RestoreError, offsets_stable
 from paystream.agents.worker import LedgerWorker, consumer_config
 from paystream.settings import Settings
-from paystream.topology.topics import Topics, app_id_for, ensure_topics
+from paystream.topology.topics import Topics, app_id_for
 
 pytestmark = pytest.mark.integration
 
@@ -30,6 +32,18 @@ ACCOUNT = b"acct-1"
 HOLD_S = 5.0
 """How long the zombie keeps batch T open while the new owner takes the partition."""
 TIMEOUT_S = 60.0
+CATCH_UP_STEPS_MAX = 1_000
+
+
+def _take_over(worker: LedgerWorker, consumer: Consumer, sources: list[TopicPartition]) -> None:
+    """What the worker's loop does when it gains ``sources``: assign, then catch up."""
+    worker._on_assign(consumer, sources)
+    for _ in range(CATCH_UP_STEPS_MAX):
+        gained = worker._gained
+        if gained is None:
+            return
+        worker._catch_up(gained)
+    raise AssertionError(f"not caught up after {CATCH_UP_STEPS_MAX} steps")
 
 
 @pytest.fixture
@@ -104,7 +118,7 @@ def test_a_new_owner_restores_a_zombie_batch_whose_offsets_it_starts_after(
 
         def take_over() -> None:
             try:
-                new_owner._on_assign(owner_consumer, _sources(topics))
+                _take_over(new_owner, owner_consumer, _sources(topics))
             except BaseException as error:  # reported by the test thread
                 failures.append(error)
 
@@ -137,14 +151,22 @@ def test_offsets_that_stay_unstable_stop_the_take_over_with_an_error(
     race_settings: Settings, zombie: Producer
 ) -> None:
     topics = Topics.from_settings(race_settings)
-    ensure_topics(race_settings.bootstrap, topics)
-    consumer = Consumer(consumer_config(race_settings))
+    worker = LedgerWorker(race_settings, name="w2")  # creates the topics
+    consumer = worker._consumer
     try:
         consumer.committed(_sources(topics), timeout=TIMEOUT_S)  # finds the coordinator
         _batch_begins(zombie, consumer, topics, next_offset=1)
+        assert not offsets_stable(consumer, _sources(topics), timeout_s=2.0)
+        worker._on_assign(consumer, _sources(topics))
+        gained = worker._gained
+        assert gained is not None
+        gained.deadline_s = time.monotonic() + 2.0
         with pytest.raises(RestoreError, match="not stable within"):
-            wait_for_stable_offsets(consumer, _sources(topics), timeout_s=2.0)
+            for _ in range(CATCH_UP_STEPS_MAX):
+                worker._catch_up(gained)
         zombie.abort_transaction(TIMEOUT_S)
-        wait_for_stable_offsets(consumer, _sources(topics), timeout_s=TIMEOUT_S)
+        assert offsets_stable(consumer, _sources(topics), timeout_s=TIMEOUT_S)
     finally:
         consumer.close()
+        worker._stores.close()
+        worker._directory.stop()

@@ -99,6 +99,7 @@ class Harness:
                 IDEMPOTENCY: self.topics.idempotency_changelog,
             },
             client_id="test",
+            topic_ids=lambda names: {name: "fake-id" for name in names},
         )
         stores.hold({P})
         return stores

@@ -74,16 +74,37 @@ class Calls:
         self.log: list[tuple[Any, ...]] = []
 
 
+FIRST_OFFSET = 100
+"""The offset the fake broker gives the first record of each partition."""
+
+
 class FakeProducer:
+    """Records calls; delivery reports (offsets from FIRST_OFFSET) are served by ``poll``."""
+
     def __init__(self, calls: Calls, commit_errors: list[KafkaException]) -> None:
         self._calls = calls
         self._commit_errors = commit_errors
+        self._next: dict[tuple[str, int], int] = {}
+        self._reports: list[tuple[Any, FakeMessage]] = []
 
     def begin_transaction(self) -> None:
         self._calls.log.append(("begin",))
 
     def produce(self, topic: str, **kwargs: Any) -> None:
+        on_delivery = kwargs.pop("on_delivery", None)
         self._calls.log.append(("produce", topic, kwargs))
+        partition = kwargs.get("partition", 0)
+        offset = self._next.get((topic, partition), FIRST_OFFSET)
+        self._next[(topic, partition)] = offset + 1
+        if on_delivery is not None:
+            message = FakeMessage(topic, partition, offset, kwargs["key"], kwargs["value"])
+            self._reports.append((on_delivery, message))
+
+    def poll(self, timeout: float) -> int:
+        reports, self._reports = self._reports, []
+        for on_delivery, message in reports:
+            on_delivery(None, message)
+        return len(reports)
 
     def send_offsets_to_transaction(
         self, offsets: list[TopicPartition], metadata: str, timeout: float
@@ -115,12 +136,16 @@ class FakeStores:
     def __init__(self, calls: Calls) -> None:
         self._calls = calls
 
-    def apply(self, writes: list[TableWrite]) -> None:
-        self._calls.log.append(("apply", list(writes)))
+    def apply(self, writes: list[TableWrite], offsets: dict[tuple[str, int], int]) -> None:
+        self._calls.log.append(("apply", list(writes), offsets))
 
 
 class FakeProcessor:
     commands_topic = COMMANDS
+    changelogs = {  # noqa: RUF012 (a stand-in for the processor's attribute)
+        "balances": "p.ledger.balances-changelog",
+        "idempotency": "p.ledger.idempotency-changelog",
+    }
 
     def process(self, messages: Any) -> Batch:
         return BATCH
@@ -157,7 +182,8 @@ def test_a_committed_batch_sends_everything_then_its_offsets_then_applies_its_wr
         ),
         ("offsets", NEXT_OFFSETS, "generation-7"),
         ("commit",),
-        ("apply", BATCH.writes),
+        # each store now reflects its changelog up to the batch's last record on it
+        ("apply", BATCH.writes, {("balances", 3): 101, ("idempotency", 3): 101}),
     ]
 
 
