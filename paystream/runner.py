@@ -108,9 +108,17 @@ class Platform:
 
 @contextlib.contextmanager
 def running(
-    settings: Settings, *, workers: int, log_dir: Path, log_level: str = "warn"
+    settings: Settings,
+    *,
+    workers: int,
+    log_dir: Path,
+    log_level: str = "warn",
+    supervised: bool = False,
 ) -> Iterator[Platform]:
-    """Topics created, ``workers`` worker processes started; all stopped on exit."""
+    """Topics created, ``workers`` worker processes started; all stopped on exit.
+
+    ``supervised``: each worker runs under ``paystream worker`` (see WorkerGroup).
+    """
     if settings.kafka_bootstrap is None:
         raise ValueError("running() needs settings.kafka_bootstrap")
     bootstrap = settings.kafka_bootstrap
@@ -139,6 +147,7 @@ def running(
         log_dir=log_dir,
         prefix="worker",
         metrics_dir=prepare_metrics_dir(settings.data_dir / "metrics" / "workers"),
+        supervised=supervised,
     )
     try:
         with group:

@@ -86,12 +86,15 @@ BATCH_SECONDS = Histogram(
 )
 RESTORE_SECONDS = Histogram(
     "paystream_worker_restore_seconds",
-    "Time to restore the state stores from their changelogs.",
+    "Time to restore state from changelogs, by stores: directory (the global table, read in"
+    " full at start) | tables (the catch-up of gained partitions' balances and idempotency).",
+    ["stores"],
     buckets=RESTORE_SECONDS_BUCKETS,
 )
 RESTORED_RECORDS = Counter(
     "paystream_worker_restored_records_total",
-    "Changelog records applied while restoring the state stores.",
+    "Changelog records applied while restoring, by store: directory | balances | idempotency.",
+    ["store"],
 )
 RESTORE_REMAINING = Gauge(
     "paystream_worker_restore_remaining_offsets",

@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,7 +195,8 @@ class _CatchUp:
     started_s: float = field(default_factory=time.monotonic)
     progressed_s: float = field(default_factory=time.monotonic)
     logged_s: float = field(default_factory=time.monotonic)
-    records: int = 0
+    records: Counter[str] = field(default_factory=Counter)
+    """Records applied, per table."""
 
 
 class Stores:
@@ -408,8 +410,9 @@ class Stores:
     def _read(self, run: _CatchUp) -> None:
         """One consume of the changelogs; applies records, moves positions, checks for a stall."""
         for message in self._reader.consume(RESTORE_CONSUME_MAX, RESTORE_CONSUME_TIMEOUT_S):
-            if self._apply_restored(message):
-                run.records += 1
+            table = self._apply_restored(message)
+            if table is not None:
+                run.records[table] += 1
                 run.progressed_s = time.monotonic()
         for tp in self._reader.position([TopicPartition(t, p) for t, p in run.pending]):
             if tp.offset < 0:
@@ -427,17 +430,19 @@ class Stores:
             run.logged_s = now
             self._progress(run)
 
-    def _apply_restored(self, message: Message) -> bool:
+    def _apply_restored(self, message: Message) -> str | None:
+        """Apply one changelog record; the table it went to (None: not a record)."""
         error = message.error()
         if error is not None:
             if error.code() == KafkaError._PARTITION_EOF:
-                return False
+                return None
             raise KafkaException(error)
         topic, partition, key = message.topic(), message.partition(), message.key()
         if topic is None or partition is None or key is None:
-            return False
-        _put(self._held[partition].dbs[self._tables[topic]], key, message.value())
-        return True
+            return None
+        table = self._tables[topic]
+        _put(self._held[partition].dbs[table], key, message.value())
+        return table
 
     def _progress(self, run: _CatchUp) -> None:
         """Report how far the catch-up is (a gauge, and a log line every few seconds)."""
@@ -453,7 +458,7 @@ class Stores:
             done,
             run.total,
             100.0 * done / max(run.total, 1),
-            run.records,
+            run.records.total(),
             time.monotonic() - run.started_s,
         )
 
@@ -468,8 +473,9 @@ class Stores:
         self._reader.unassign()
         self._catch_up = None
         metrics.RESTORE_REMAINING.set(0)
-        metrics.RESTORE_SECONDS.observe(time.monotonic() - run.started_s)
-        metrics.RESTORED_RECORDS.inc(run.records)
+        metrics.RESTORE_SECONDS.labels(stores="tables").observe(time.monotonic() - run.started_s)
+        for table, records in run.records.items():
+            metrics.RESTORED_RECORDS.labels(store=table).inc(records)
 
     def _cancel_catch_up(self) -> None:
         if self._catch_up is not None:

@@ -337,12 +337,19 @@ def _restart_until_stopped(
     return 0
 
 
+def supervisor_command(name: str) -> tuple[str, ...]:
+    """``paystream worker --name <name>``: a supervisor that runs and restarts one worker."""
+    return (sys.executable, "-m", "paystream.cli", "worker", "--name", name, "--metrics-port", "0")
+
+
 class WorkerGroup:
     """Several workers in one consumer group (demo, tests, benchmarks).
 
     With ``metrics_dir`` (see ``prepare_metrics_dir``) every worker exports its
     metrics to that one multiprocess directory; read them with
-    ``paystream.agents.metrics.collect_text``.
+    ``paystream.agents.metrics.collect_text``. With ``supervised`` each process
+    is ``paystream worker`` (a supervisor and its worker child, exporting to
+    ``<data dir>/metrics/<name>``) instead of a bare worker.
     """
 
     def __init__(
@@ -353,16 +360,19 @@ class WorkerGroup:
         log_dir: Path,
         prefix: str,
         metrics_dir: Path | None = None,
+        supervised: bool = False,
     ) -> None:
         self.metrics_dir = metrics_dir
+        names = [f"{prefix}-{i + 1}" for i in range(count)]
         self.workers = [
             WorkerProcess(
-                f"{prefix}-{i + 1}",
+                name,
                 env,
-                log_dir / f"{prefix}-{i + 1}.log",
-                metrics_dir=metrics_dir,
+                log_dir / (f"{name}.supervisor.log" if supervised else f"{name}.log"),
+                metrics_dir=None if supervised else metrics_dir,
+                command=supervisor_command(name) if supervised else None,
             )
-            for i in range(count)
+            for name in names
         ]
 
     def __enter__(self) -> WorkerGroup:

@@ -337,8 +337,8 @@ class LedgerWorker:
         self._watchdog.start()
         self._producer.init_transactions(TRANSACTION_CALL_TIMEOUT_S)
         self._directory.start()  # restored to its end before anything is consumed
-        metrics.RESTORE_SECONDS.observe(self._directory.restore_seconds)
-        metrics.RESTORED_RECORDS.inc(self._directory.restored_records)
+        metrics.RESTORE_SECONDS.labels(stores="directory").observe(self._directory.restore_seconds)
+        metrics.RESTORED_RECORDS.labels(store="directory").inc(self._directory.restored_records)
         self._consumer.subscribe(
             source_topics(self._topics),
             on_assign=self._on_assign,

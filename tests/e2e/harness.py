@@ -15,7 +15,9 @@ from paystream.workload import Workload
 
 
 @contextlib.contextmanager
-def platform(base: Settings, tmp_path: Path, *, workers: int) -> Iterator[Platform]:
+def platform(
+    base: Settings, tmp_path: Path, *, workers: int, supervised: bool = False
+) -> Iterator[Platform]:
     """Own topic prefix and data directory per test; worker logs at info for failures."""
     settings = base.model_copy(
         update={
@@ -23,7 +25,13 @@ def platform(base: Settings, tmp_path: Path, *, workers: int) -> Iterator[Platfo
             "data_dir": tmp_path / "data",
         }
     )
-    with running(settings, workers=workers, log_dir=tmp_path / "logs", log_level="info") as p:
+    with running(
+        settings,
+        workers=workers,
+        log_dir=tmp_path / "logs",
+        log_level="info",
+        supervised=supervised,
+    ) as p:
         yield p
 
 

@@ -51,13 +51,13 @@ def _sample(name: str, **labels: str) -> float:
 
 def _hold(stores: Stores) -> tuple[int, str]:
     """Hold PARTITION; the records it restored and how its store was opened."""
-    restored = _sample("paystream_worker_restored_records_total")
+    restored = _sample("paystream_worker_restored_records_total", store=TABLE)
     opens = {r: _sample("paystream_worker_store_opens_total", start=r) for r in _starts()}
     stores.hold({PARTITION})
     (start,) = [
         r for r in _starts() if _sample("paystream_worker_store_opens_total", start=r) > opens[r]
     ]
-    return int(_sample("paystream_worker_restored_records_total") - restored), start
+    return int(_sample("paystream_worker_restored_records_total", store=TABLE) - restored), start
 
 
 def _starts() -> tuple[str, ...]:

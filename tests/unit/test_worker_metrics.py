@@ -29,8 +29,8 @@ metrics.EVENTS.labels(type="TransferRejected", code="insufficient_funds").inc()
 metrics.JOURNAL_ENTRIES.inc(2)
 metrics.DLQ_RECORDS.labels(reason="undecodable").inc()
 metrics.BATCH_SECONDS.observe(0.02)
-metrics.RESTORE_SECONDS.observe(1.5)
-metrics.RESTORED_RECORDS.inc(100)
+metrics.RESTORE_SECONDS.labels(stores="tables").observe(1.5)
+metrics.RESTORED_RECORDS.labels(store="balances").inc(100)
 metrics.DIRECTORY_SKIPPED.labels(reason="stale").inc()
 metrics.INTERNAL_ERRORS.labels(kind="invariant").inc()
 """
@@ -77,8 +77,8 @@ EXPECTED = {
     "paystream_worker_batch_seconds_count": 2.0,
     'paystream_worker_batch_seconds_bucket{le="0.025"}': 2.0,
     'paystream_worker_batch_seconds_bucket{le="0.01"}': 0.0,
-    "paystream_worker_restore_seconds_sum": 3.0,
-    "paystream_worker_restored_records_total": 200.0,
+    'paystream_worker_restore_seconds_sum{stores="tables"}': 3.0,
+    'paystream_worker_restored_records_total{store="balances"}': 200.0,
     'paystream_worker_directory_skipped_total{reason="stale"}': 2.0,
     'paystream_worker_internal_errors_total{kind="invariant"}': 2.0,
 }
