@@ -133,6 +133,8 @@ def running(
         "PAYSTREAM_TOPIC_PREFIX": settings.topic_prefix,
         "PAYSTREAM_DATA_DIR": str(settings.data_dir),
         "PAYSTREAM_PARTITIONS": str(settings.partitions),
+        "PAYSTREAM_TRANSACTION_TIMEOUT_S": str(settings.transaction_timeout_s),
+        "PAYSTREAM_IDEMPOTENCY_RETENTION_S": str(settings.idempotency_retention_s),
         "PAYSTREAM_WORKER_LOG_LEVEL": log_level,
     }
     if settings.schema_registry_url:

@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     partitions: int = Field(default=8, ge=1, le=PARTITIONS_MAX)
     idempotency_retention_s: int = Field(default=7 * 24 * 3600, ge=60, le=RETENTION_MAX_S)
     """How long request ids and command ids are remembered, in log time (Stripe keeps 24 h)."""
+    transaction_timeout_s: float = Field(default=10.0, ge=1.0, le=900.0)
+    """Kafka's ``transaction.timeout.ms`` for the workers: a batch's transaction lasts
+    milliseconds; a worker killed mid-batch and not restarted delays its partitions' new
+    owner by up to this (plus the broker's abort-check interval). Kafka's default is 60 s."""
 
     @field_validator("data_dir")
     @classmethod

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -30,13 +29,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from paystream.services.kafka import KafkaBroker
+from paystream.services.kafka import KafkaBroker, start_on_free_ports
 from paystream.services.postgres import EmbeddedPostgres
 from paystream.services.process import (
     ServiceError,
-    free_port,
     pid_alive,
-    port_open,
     read_pid,
     wait_until,
 )
@@ -54,15 +51,6 @@ def docker_engine_answers() -> bool:
         return bool(client.ping())
     except Exception:  # no engine, no socket, no permission: all mean "no"
         return False
-
-
-def _free_port_pair() -> int:
-    """A port p with p+1 free too (the broker's controller listens on p+1)."""
-    for _ in range(50):
-        port = free_port()
-        if port < 65535 and not port_open("127.0.0.1", port + 1):
-            return port
-    raise RuntimeError("no free pair of ports")
 
 
 @contextlib.contextmanager
@@ -83,9 +71,6 @@ def _kafka(data_dir: Path, docker: bool) -> Iterator[tuple[str, KafkaBroker | No
             broker.stop()
 
 
-BROKER_START_TRIES_MAX = 3
-
-
 def _managed_broker(data_dir: Path, port: int) -> KafkaBroker:
     """The broker ``paystream services up`` runs for this data directory and port."""
     local = Settings(data_dir=data_dir, kafka_port=port, kafka_bootstrap=None)
@@ -93,22 +78,9 @@ def _managed_broker(data_dir: Path, port: int) -> KafkaBroker:
 
 
 def _start_local_broker(data_dir: Path) -> KafkaBroker:
-    """Start a broker on free ports; another process may take a port first, so retry.
-
-    Every try uses the same home, wiped first: a failed start leaves nothing
-    that a later ``paystream services up`` on the chosen port would trip on.
-    """
-    for attempt in range(BROKER_START_TRIES_MAX):
-        broker = _managed_broker(data_dir, _free_port_pair())
-        shutil.rmtree(broker.home, ignore_errors=True)
-        try:
-            broker.start()
-            return broker
-        except ServiceError:
-            broker.stop()
-            if attempt == BROKER_START_TRIES_MAX - 1:
-                raise
-    raise AssertionError("unreachable")
+    """A broker where ``paystream services up`` keeps it for ``data_dir``, on free ports."""
+    home = Settings(data_dir=data_dir, kafka_bootstrap=None).services_dir / "kafka"
+    return start_on_free_ports(home)
 
 
 CLI_TIMEOUT_S = 300.0

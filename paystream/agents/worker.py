@@ -24,7 +24,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -45,20 +45,8 @@ from paystream.topology.topics import Topics, app_id_for, ensure_topics
 MESSAGES_PER_BATCH_MAX = 2_000
 """Most messages one batch (one transaction) consumes; within the core's limit."""
 BATCH_WINDOW_S = 0.01
-TRANSACTION_TIMEOUT_S = 30.0
-"""The coordinator aborts a transaction open this long: a worker killed mid-batch holds its
-partitions' committed offsets unstable (and so their new owner's catch-up) for up to this."""
-TRANSACTION_CALL_TIMEOUT_S = TRANSACTION_TIMEOUT_S
-"""Bound given to each transactional call (librdkafka's default is to wait for ever)."""
-BATCH_DEADLINE_S = 4 * TRANSACTION_TIMEOUT_S
-"""A batch's transaction still open after this is stuck: the watchdog ends the worker."""
 COMMIT_RETRIES_MAX = 5
-POLL_INTERVAL_MAX_S = 2 * TRANSACTION_TIMEOUT_S
-"""``max.poll.interval.ms``: the loop consumes between batches (a batch ends within the
-transaction timeout, or aborts) and between catch-up slices of RESTORE_SLICE_S."""
-STABLE_OFFSETS_TIMEOUT_S = 2 * TRANSACTION_TIMEOUT_S
-"""How long a gained partition's committed offsets may stay unstable: a previous owner's
-transaction ends within its transaction timeout, when its coordinator aborts it."""
+SESSION_TIMEOUT_S = 10.0
 CHECKPOINT_INTERVAL_S = 10.0
 """Stores are checkpointed this often while running: a SIGKILL costs a catch-up over the
 changelog records written since (a clean stop or a revoke checkpoints at once)."""
@@ -69,14 +57,58 @@ logger = logging.getLogger("paystream.worker")
 ensure(MESSAGES_PER_BATCH_MAX <= INPUTS_PER_BATCH_MAX, "worker batches exceed the core's limit")
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Timeouts:
+    """Every bound of the batch loop, from ``PAYSTREAM_TRANSACTION_TIMEOUT_S``.
+
+    The coordinator aborts a transaction open for ``transaction_s``: a worker
+    killed mid-batch (and not restarted, which would fence it at once) holds
+    its partitions' committed offsets unstable, and so their new owner's
+    catch-up, until then (docs/benchmarks.md, "Failover").
+    """
+
+    transaction_s: float
+
+    @property
+    def call_s(self) -> float:
+        """Bound given to each transactional call (librdkafka's default is to wait for ever)."""
+        return self.transaction_s
+
+    @property
+    def batch_deadline_s(self) -> float:
+        """A batch's transaction still open after this is stuck: the watchdog ends the worker."""
+        return 4 * self.transaction_s
+
+    @property
+    def stable_offsets_s(self) -> float:
+        """How long a gained partition's committed offsets may stay unstable."""
+        return 2 * self.transaction_s
+
+    @property
+    def poll_interval_max_s(self) -> float:
+        """``max.poll.interval.ms``: the loop consumes between batches (each ends within the
+        transaction timeout, or aborts) and between catch-up slices of RESTORE_SLICE_S."""
+        return max(2 * self.transaction_s, 2 * SESSION_TIMEOUT_S)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Timeouts:
+        return cls(transaction_s=settings.transaction_timeout_s)
+
+
+def member_id_for(settings: Settings, name: str) -> str:
+    """The client id of worker ``name``'s group member (and its transactional id)."""
+    return f"{app_id_for(settings)}-{name}"
+
+
 def worker_dir(settings: Settings, name: str) -> Path:
     return settings.data_dir / "workers" / name
 
 
-def consumer_config(settings: Settings) -> dict[str, Any]:
+def consumer_config(settings: Settings, name: str) -> dict[str, Any]:
     return {
         "bootstrap.servers": settings.bootstrap,
         "group.id": app_id_for(settings),
+        "client.id": member_id_for(settings, name),  # names the member in group descriptions
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "isolation.level": "read_committed",  # also: offsets fetched with require_stable
@@ -84,9 +116,9 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
         # range gives every member the same partition numbers of both topics:
         # commands-p and legs-p share the table partition p (co-partitioning).
         "partition.assignment.strategy": "range",
-        "session.timeout.ms": 10_000,
+        "session.timeout.ms": int(SESSION_TIMEOUT_S * 1000),
         "heartbeat.interval.ms": 1_000,
-        "max.poll.interval.ms": int(POLL_INTERVAL_MAX_S * 1000),
+        "max.poll.interval.ms": int(Timeouts.from_settings(settings).poll_interval_max_s * 1000),
     }
 
 
@@ -95,8 +127,8 @@ def producer_config(settings: Settings, name: str) -> dict[str, Any]:
         "bootstrap.servers": settings.bootstrap,
         # One id per worker name: a restarted worker fences its previous life
         # and aborts the transaction it left open.
-        "transactional.id": f"{app_id_for(settings)}-{name}",
-        "transaction.timeout.ms": int(TRANSACTION_TIMEOUT_S * 1000),
+        "transactional.id": member_id_for(settings, name),
+        "transaction.timeout.ms": int(settings.transaction_timeout_s * 1000),
         "partitioner": "murmur2_random",  # what Java clients use for keys
         # librdkafka's default re-bootstrap after its only broker restarts can leave
         # send_offsets_to_transaction waiting for ever on a decommissioned broker handle
@@ -139,8 +171,10 @@ class BatchTransactions:
         processor: BatchProcessor,
         stores: Stores,
         watchdog: Watchdog | None = None,
+        timeouts: Timeouts,
     ) -> None:
         self._producer = producer
+        self._timeouts = timeouts
         self._consumer = consumer
         self._processor = processor
         self._stores = stores
@@ -162,7 +196,9 @@ class BatchTransactions:
         guard = (
             contextlib.nullcontext()
             if self._watchdog is None
-            else self._watchdog.guard("a batch transaction", timeout_s=BATCH_DEADLINE_S)
+            else self._watchdog.guard(
+                "a batch transaction", timeout_s=self._timeouts.batch_deadline_s
+            )
         )
         with guard:
             offsets = self._transact(batch, messages)
@@ -188,7 +224,7 @@ class BatchTransactions:
             self._producer.send_offsets_to_transaction(
                 _next_offsets(messages),
                 self._consumer.consumer_group_metadata(),
-                TRANSACTION_CALL_TIMEOUT_S,
+                self._timeouts.call_s,
             )
             self._commit()
         except KafkaException as error:
@@ -197,7 +233,7 @@ class BatchTransactions:
             logger.warning("batch aborted, consuming it again: %s", error.args[0])
             self.aborted += 1
             metrics.BATCHES.labels(outcome="aborted").inc()
-            self._producer.abort_transaction(TRANSACTION_CALL_TIMEOUT_S)
+            self._producer.abort_transaction(self._timeouts.call_s)
             self._rewind(messages)
             return None
         return self._changelog_offsets(batch.records, delivered)
@@ -227,7 +263,7 @@ class BatchTransactions:
         if not expected <= delivered.keys():
             self._producer.poll(0)  # the commit flushed: every report is queued or served
         if not expected <= delivered.keys():
-            self._producer.flush(TRANSACTION_CALL_TIMEOUT_S)
+            self._producer.flush(self._timeouts.call_s)
         ensure(expected <= delivered.keys(), "committed changelog records with no delivery report")
         return {
             (self._tables[topic], partition): delivered[(topic, partition)] + 1
@@ -254,7 +290,7 @@ class BatchTransactions:
     def _commit(self) -> None:
         for attempt in range(COMMIT_RETRIES_MAX):
             try:
-                self._producer.commit_transaction(TRANSACTION_CALL_TIMEOUT_S)
+                self._producer.commit_transaction(self._timeouts.call_s)
                 return
             except KafkaException as error:
                 if not error.args[0].retriable() or attempt == COMMIT_RETRIES_MAX - 1:
@@ -275,7 +311,8 @@ class _Gained:
     """An assignment whose stores are catching up; its partitions stay paused until then."""
 
     sources: list[TopicPartition]
-    deadline_s: float = field(default_factory=lambda: time.monotonic() + STABLE_OFFSETS_TIMEOUT_S)
+    deadline_s: float
+    """Monotonic time by which its committed offsets must be stable."""
     stable: bool = False
     """Its committed offsets are stable: the catch-up has begun."""
 
@@ -291,6 +328,7 @@ class LedgerWorker:
 
     def __init__(self, settings: Settings, *, name: str) -> None:
         self._topics = Topics.from_settings(settings)
+        self._timeouts = Timeouts.from_settings(settings)
         ensure_topics(settings.bootstrap, self._topics)
         serde = AvroSerde(
             registry_from_url(settings.schema_registry_url, settings.data_dir),
@@ -315,7 +353,7 @@ class LedgerWorker:
             directory=self._directory,
             rules=settings.rules,
         )
-        self._consumer = Consumer(consumer_config(settings))
+        self._consumer = Consumer(consumer_config(settings, name))
         self._producer = Producer(producer_config(settings, name))
         self._watchdog = Watchdog()
         self._transactions = BatchTransactions(
@@ -324,6 +362,7 @@ class LedgerWorker:
             processor=self._processor,
             stores=self._stores,
             watchdog=self._watchdog,
+            timeouts=self._timeouts,
         )
         self._stopping = False
         self._gained: _Gained | None = None
@@ -335,7 +374,7 @@ class LedgerWorker:
 
     def run(self) -> None:
         self._watchdog.start()
-        self._producer.init_transactions(TRANSACTION_CALL_TIMEOUT_S)
+        self._producer.init_transactions(self._timeouts.call_s)
         self._directory.start()  # restored to its end before anything is consumed
         metrics.RESTORE_SECONDS.labels(stores="directory").observe(self._directory.restore_seconds)
         metrics.RESTORED_RECORDS.labels(store="directory").inc(self._directory.restored_records)
@@ -372,7 +411,8 @@ class LedgerWorker:
                 if time.monotonic() > gained.deadline_s:
                     raise RestoreError(
                         f"committed offsets of {sorted(map(str, gained.sources))} not stable"
-                        f" within {STABLE_OFFSETS_TIMEOUT_S} s (a previous owner's transaction"
+                        f" within {self._timeouts.stable_offsets_s} s (a previous owner's"
+                        " transaction"
                         " still open, or no group coordinator)"
                     )
                 return
@@ -399,7 +439,10 @@ class LedgerWorker:
         consumer.assign(partitions)
         consumer.pause(partitions)
         self._stores.gain(held)
-        self._gained = _Gained(sources=list(partitions))
+        self._gained = _Gained(
+            sources=list(partitions),
+            deadline_s=time.monotonic() + self._timeouts.stable_offsets_s,
+        )
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # No transaction is open here (batches commit before the next consume). The

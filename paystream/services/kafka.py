@@ -17,6 +17,7 @@ from pathlib import Path
 
 from paystream.services.process import (
     ServiceError,
+    free_port,
     port_open,
     read_pid,
     spawn_detached,
@@ -27,6 +28,9 @@ from paystream.services.process import (
 from paystream.services.status import ServiceStatus
 
 JAVA_MAJOR_MIN = 17
+TRANSACTION_ABORT_CHECK_MS = 1_000
+PORT_PAIR_TRIES_MAX = 50
+BROKER_START_TRIES_MAX = 3
 START_TIMEOUT_S = 90.0
 MAVEN_TIMEOUT_S = 600.0
 METADATA_TIMEOUT_S = 5.0
@@ -198,6 +202,12 @@ class KafkaBroker:
             "share.coordinator.state.topic.replication.factor": "1",
             "share.coordinator.state.topic.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",
+            # Check for timed-out transactions every second (Kafka's default: 10 s): a
+            # worker killed mid-batch and not restarted holds its partitions' new owner
+            # up to transaction.timeout.ms plus this (docs/benchmarks.md, "Failover").
+            "transaction.abort.timed.out.transaction.cleanup.interval.ms": str(
+                TRANSACTION_ABORT_CHECK_MS
+            ),
             "auto.create.topics.enable": "true",
             "log.retention.hours": "-1",
         }
@@ -223,6 +233,34 @@ class KafkaBroker:
         )  # fmt: skip
         if result.returncode != 0:
             raise ServiceError(f"formatting Kafka storage failed:\n{result.stdout}{result.stderr}")
+
+
+def free_port_pair() -> int:
+    """A free port p with p+1 free too (the broker's controller listens on p+1)."""
+    for _ in range(PORT_PAIR_TRIES_MAX):
+        port = free_port()
+        if port < 65535 and not port_open("127.0.0.1", port + 1):
+            return port
+    raise ServiceError("no free pair of ports")
+
+
+def start_on_free_ports(home: Path) -> KafkaBroker:
+    """Start a broker in ``home`` (wiped first) on free ports of 127.0.0.1.
+
+    Another process may take a port between the check and the start, so a
+    failed start is retried on new ports; a failed try leaves nothing behind.
+    """
+    for attempt in range(BROKER_START_TRIES_MAX):
+        broker = KafkaBroker(home=home, port=free_port_pair())
+        shutil.rmtree(broker.home, ignore_errors=True)
+        try:
+            broker.start()
+            return broker
+        except ServiceError:
+            broker.stop()
+            if attempt == BROKER_START_TRIES_MAX - 1:
+                raise
+    raise ServiceError("unreachable: every try returns or raises")
 
 
 def metadata_ok(bootstrap: str) -> bool:

@@ -10,7 +10,7 @@ A worker inside ``send_offsets_to_transaction`` when the broker dies usually
 never returns from it: librdkafka re-bootstraps when its only broker goes
 away, decommissions that broker's handle, and the group-coordinator request
 waits on the dead handle whatever timeout it was given (librdkafka #5511,
-#5456). The worker's watchdog ends it after ``BATCH_DEADLINE_S`` and it is
+#5456). The worker's watchdog ends it after its batch deadline and it is
 restarted, so recovery is bounded by that deadline plus a restart.
 """
 
@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from paystream import workload
-from paystream.agents.worker import BATCH_DEADLINE_S
+from paystream.agents.worker import Timeouts
 from paystream.runner import Platform
 from paystream.settings import Settings
 from tests.conftest import SessionBroker
@@ -49,7 +49,7 @@ PUBLISHER_JOIN_TIMEOUT_S = 120.0
 """6 s of traffic plus the publisher's own 60 s flush bound, with room to spare."""
 RESTART_MARGIN_S = 120.0
 """A restarted worker's start, restore and rebalance, and the rest of the traffic."""
-RECOVERY_TIMEOUT_S = BATCH_DEADLINE_S + RESTART_MARGIN_S
+RECOVERY_TIMEOUT_S = Timeouts.from_settings(Settings()).batch_deadline_s + RESTART_MARGIN_S
 """Publisher done to every answer in: a stuck worker's watchdog, then its restart."""
 
 

@@ -1,7 +1,11 @@
-"""Crash tests: SIGKILL workers at random moments, or stall one until its group gives up on it.
+"""Crash tests: SIGKILL workers (mixed with clean restarts) at random moments, or stall one
+until its group gives up on it.
 
 Either way nothing may be lost or doubled: every transfer ends once, the
-read_committed ledger holds each journal id once and balances.
+read_committed ledger holds each journal id once and balances. Workers keep
+their stores across lives: a clean stop checkpoints them, and a SIGKILLed
+worker restarts from its last periodic checkpoint, so the restarts exercise
+tail restores as well as full ones.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from paystream import workload
+from paystream.agents import metrics
 from paystream.agents.supervisor import WorkerProcess
 from paystream.runner import TRAFFIC_TIMEOUT_S, Platform
 from paystream.settings import Settings
@@ -30,6 +35,7 @@ KILL_MIX = workload.Mix(accounts=500, transfers=20_000)
 KILL_ROUNDS_MIN = 12
 WORKERS = 3
 ALL_WORKERS_PERCENT = 25
+CLEAN_STOP_PERCENT = 30
 PAUSE_MIX = workload.Mix(accounts=300, transfers=8_000)
 PAUSES = 3
 PAUSE_S = 13.0  # longer than the workers' session timeout (10 s): the group moves on
@@ -38,23 +44,42 @@ TRAFFIC_PER_S = 1_000
 
 
 def test_sigkill_workers_at_random_moments(settings: Settings, tmp_path: Path) -> None:
+    """SIGKILL one or every worker, or stop one cleanly (SIGTERM), then restart them."""
     rng = random.Random(4242)
 
-    kills = 0
+    kills = stops = 0
 
     def kill(running: Platform) -> None:
-        nonlocal kills
+        nonlocal kills, stops
         _sleep_polling(running, rng.uniform(0.2, 2.0))
         workers = running.workers.workers
-        every = rng.randrange(100) < ALL_WORKERS_PERCENT
-        for worker in workers if every else [rng.choice(workers)]:
-            worker.kill()
-            kills += 1
+        if rng.randrange(100) < CLEAN_STOP_PERCENT:
+            rng.choice(workers).stop()  # a rolling restart: finish the batch, checkpoint, leave
+            stops += 1
+        else:
+            every = rng.randrange(100) < ALL_WORKERS_PERCENT
+            for worker in workers if every else [rng.choice(workers)]:
+                worker.kill()
+                kills += 1
         _sleep_polling(running, rng.uniform(0.0, 1.0))
         running.workers.restart_dead()  # what the supervisor does
 
     rounds = _run_with_chaos(settings, tmp_path, KILL_MIX, kill, minimum=KILL_ROUNDS_MIN)
-    print(f"{kills} SIGKILLs in {rounds} rounds")
+    opens = _store_opens(tmp_path)
+    print(f"{kills} SIGKILLs and {stops} clean stops in {rounds} rounds; store opens {opens}")
+    assert stops > 0
+    assert opens.get("checkpoint", 0) > 0, "no restart used a checkpoint"
+
+
+def _store_opens(tmp_path: Path) -> dict[str, float]:
+    """How the workers' partition stores were opened: from a checkpoint, or why not."""
+    text = metrics.collect_text(tmp_path / "data" / "metrics" / "workers")
+    prefix = 'paystream_worker_store_opens_total{start="'
+    return {
+        line[len(prefix) :].split('"')[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(prefix)
+    }
 
 
 def test_a_stalled_worker_is_fenced_and_its_work_redone(settings: Settings, tmp_path: Path) -> None:

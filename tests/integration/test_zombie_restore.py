@@ -103,7 +103,7 @@ def test_a_new_owner_restores_a_zombie_batch_whose_offsets_it_starts_after(
     topics = Topics.from_settings(race_settings)
     new_owner = LedgerWorker(race_settings, name="w2")  # creates the topics
     owner_consumer = new_owner._consumer  # the worker's own read_committed group member
-    zombie_consumer = Consumer(consumer_config(race_settings))  # same group, for its metadata
+    zombie_consumer = Consumer(consumer_config(race_settings, "w1"))  # same group, for its metadata
     try:
         # The zombie's consumer fetches its offsets, as on an assignment. This also
         # finds the group's coordinator: on a broker just started, the producer's own

@@ -15,7 +15,12 @@ from prometheus_client import REGISTRY
 
 from paystream.agents.processor import Batch, Record
 from paystream.agents.stores import TableWrite
-from paystream.agents.worker import BatchTransactions, CoPartitioningError, table_partitions
+from paystream.agents.worker import (
+    BatchTransactions,
+    CoPartitioningError,
+    Timeouts,
+    table_partitions,
+)
 from paystream.ledger import Event, JournalEntry, JournalLine
 from paystream.settings import Settings
 from paystream.topology.topics import Topics
@@ -157,6 +162,7 @@ def transactions(calls: Calls, *commit_errors: KafkaException) -> BatchTransacti
         consumer=FakeConsumer(calls),  # type: ignore[arg-type]
         processor=FakeProcessor(),  # type: ignore[arg-type]
         stores=FakeStores(calls),  # type: ignore[arg-type]
+        timeouts=Timeouts(transaction_s=10.0),
     )
 
 
