@@ -25,12 +25,12 @@ a checkpoint older than that could miss a deletion, so it is refused past
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
+from paystream.durable import remove_durably, write_atomically
 from paystream.topology.topics import CHANGELOG_DELETE_RETENTION_MS
 
 CHECKPOINT_FILE = ".checkpoint"
@@ -161,25 +161,10 @@ def read(path: Path) -> Checkpoint | Literal["missing", "unreadable"]:
 
 
 def write(path: Path, checkpoint: Checkpoint) -> None:
-    """Replace ``path`` atomically and durably (temporary file, fsync, rename, fsync dir)."""
-    temporary = path.with_name(path.name + ".tmp")
-    with temporary.open("wb") as file:
-        file.write(encode(checkpoint))
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
-    _fsync_directory(path.parent)
+    """Replace ``path`` atomically and durably."""
+    write_atomically(path, encode(checkpoint))
 
 
 def remove(path: Path) -> None:
     """Forget a checkpoint (before its store is wiped: never a checkpoint over a wiped store)."""
-    path.unlink(missing_ok=True)
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    remove_durably(path)

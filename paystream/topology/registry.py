@@ -12,13 +12,14 @@ import contextlib
 import fcntl
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final, Protocol
 
 from fastavro import parse_schema
 from fastavro.schema import to_parsing_canonical_form
+
+from paystream.durable import write_atomically
 
 __all__ = [
     "FILE_REGISTRY_NAME",
@@ -134,18 +135,7 @@ class FileSchemaRegistry:
         return state
 
     def _write_state(self, state: Mapping[str, Any]) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=self._path.name, suffix=".tmp", dir=self._path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                json.dump(state, out, indent=1, sort_keys=True)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, self._path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(self._path.parent)
+        write_atomically(self._path, json.dumps(state, indent=1, sort_keys=True).encode("utf-8"))
 
     def _remember(self, state: Mapping[str, Any]) -> None:
         form_by_id: dict[int, str] = {}
@@ -175,14 +165,6 @@ def _register_in_state(
         versions.append(schema_id)
         changed = True
     return schema_id, changed
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class ConfluentSchemaRegistry:

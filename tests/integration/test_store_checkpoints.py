@@ -73,20 +73,31 @@ def _keys(prefix: str, count: int) -> list[bytes]:
     return [f"{prefix}{i}".encode() for i in range(count)]
 
 
+def _held_once(bootstrap: str, topic: str, directory: Path, *, records: int, value: bytes) -> int:
+    """A changelog of ``records`` keys, restored into ``directory`` and released cleanly.
+
+    Returns how many records that first restore read.
+    """
+    create_topic(bootstrap, topic, partitions=1)
+    _write(bootstrap, topic, {key: value for key in _keys("k", records)})
+    stores = _stores(bootstrap, topic, directory)
+    restored, start = _hold(stores)
+    stores.close()  # a clean stop: checkpointed
+    assert start == "missing"
+    return restored
+
+
 def test_a_clean_release_then_a_gain_reads_only_the_tail(
     kafka_bootstrap: str, unique_topic: str, tmp_path: Path
 ) -> None:
-    create_topic(kafka_bootstrap, unique_topic, partitions=1)
-    _write(kafka_bootstrap, unique_topic, {key: b"v1" for key in _keys("k", 500)})
-    stores = _stores(kafka_bootstrap, unique_topic, tmp_path / "kept")
-    assert _hold(stores) == (500, "missing")
-    stores.close()  # a clean stop: checkpointed
+    kept = tmp_path / "kept"
+    assert _held_once(kafka_bootstrap, unique_topic, kept, records=500, value=b"v1") == 500
     tail: dict[bytes, bytes | None] = {key: b"v2" for key in _keys("k", 10)}
     tail |= {key: None for key in _keys("k", 15)[10:]}  # tombstones
     tail |= {key: b"new" for key in _keys("n", 5)}
     _write(kafka_bootstrap, unique_topic, tail)
 
-    again = _stores(kafka_bootstrap, unique_topic, tmp_path / "kept")
+    again = _stores(kafka_bootstrap, unique_topic, kept)
     fresh = _stores(kafka_bootstrap, unique_topic, tmp_path / "fresh")
     try:
         assert _hold(again) == (20, "checkpoint")
@@ -109,11 +120,7 @@ def test_a_clean_release_then_a_gain_reads_only_the_tail(
 def test_a_store_without_a_checkpoint_is_wiped_and_restored_in_full(
     kafka_bootstrap: str, unique_topic: str, tmp_path: Path
 ) -> None:
-    create_topic(kafka_bootstrap, unique_topic, partitions=1)
-    _write(kafka_bootstrap, unique_topic, {key: b"v" for key in _keys("k", 50)})
-    stores = _stores(kafka_bootstrap, unique_topic, tmp_path)
-    _hold(stores)
-    stores.close()
+    _held_once(kafka_bootstrap, unique_topic, tmp_path, records=50, value=b"v")
     # What a crash before the first checkpoint leaves: a store, no checkpoint,
     # and (say) a row that no committed changelog record explains.
     (tmp_path / str(PARTITION) / checkpoint.CHECKPOINT_FILE).unlink()
@@ -146,11 +153,7 @@ def _recreate(bootstrap: str, topic: str) -> None:
 def test_a_checkpoint_of_a_recreated_changelog_is_refused_and_the_store_rebuilt(
     kafka_bootstrap: str, unique_topic: str, tmp_path: Path
 ) -> None:
-    create_topic(kafka_bootstrap, unique_topic, partitions=1)
-    _write(kafka_bootstrap, unique_topic, {key: b"old" for key in _keys("k", 50)})
-    stores = _stores(kafka_bootstrap, unique_topic, tmp_path)
-    _hold(stores)
-    stores.close()  # checkpoint at offset 50
+    _held_once(kafka_bootstrap, unique_topic, tmp_path, records=50, value=b"old")
     _recreate(kafka_bootstrap, unique_topic)
     _write(kafka_bootstrap, unique_topic, {key: b"new" for key in _keys("k", 5)})
 
@@ -170,11 +173,7 @@ def test_a_checkpoint_of_a_recreated_changelog_is_refused_and_the_store_rebuilt(
 def test_a_checkpoint_ahead_of_its_changelog_is_refused(
     kafka_bootstrap: str, unique_topic: str, tmp_path: Path
 ) -> None:
-    create_topic(kafka_bootstrap, unique_topic, partitions=1)
-    _write(kafka_bootstrap, unique_topic, {key: b"v" for key in _keys("k", 30)})
-    stores = _stores(kafka_bootstrap, unique_topic, tmp_path)
-    _hold(stores)
-    stores.close()
+    _held_once(kafka_bootstrap, unique_topic, tmp_path, records=30, value=b"v")
     path = tmp_path / str(PARTITION) / checkpoint.CHECKPOINT_FILE
     saved = checkpoint.read(path)
     assert isinstance(saved, checkpoint.Checkpoint)
