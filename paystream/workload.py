@@ -180,9 +180,14 @@ class _Traffic:
         partner_id: str | None = None,
     ) -> Transfer:  # fmt: skip
         return Transfer(
-            self.ids.mint(source), request_id, partner_id or self.partner_id, self.ids.now_ms,
+            self.ids.mint(source), self._request(request_id), partner_id or self.partner_id,
+            self.ids.now_ms,
             source, destination, amount, self.currency,
         )  # fmt: skip
+
+    def _request(self, name: str) -> str:
+        """A request id of this run's own: runs on the same topics must not collide."""
+        return f"{self.run_id}-{name}"
 
     def _again(self, original: Transfer, extra_minor: int) -> Transfer:
         """The same request id again: an exact duplicate, or a conflict if the amount differs."""
@@ -196,7 +201,7 @@ class _Traffic:
         if kind == 0:  # the very same record again: a Duplicate answer, no second effect
             return original
         if kind == 1:  # its command id with another request: command_id_reused
-            return replace(original, request_id=f"reuse-{i}")
+            return replace(original, request_id=self._request(f"reuse-{i}"))
         if kind == 2:  # an id minted for another partition: command_id_invalid
             other = (partition_for(source.encode(), self.mix.partitions) + 1) % self.mix.partitions
             t = self._transfer(source, destination, 1, f"alien-{i}")
