@@ -47,6 +47,8 @@ MESSAGES_PER_BATCH_MAX = 2_000
 BATCH_WINDOW_S = 0.01
 COMMIT_RETRIES_MAX = 5
 SESSION_TIMEOUT_S = 10.0
+ABORT_CHECK_INTERVAL_MAX_S = 10.0
+"""Kafka's default ``transaction.abort.timed.out.transaction.cleanup.interval.ms``."""
 CHECKPOINT_INTERVAL_S = 10.0
 """Stores are checkpointed this often while running: a SIGKILL costs a catch-up over the
 changelog records written since (a clean stop or a revoke checkpoints at once)."""
@@ -81,8 +83,10 @@ class Timeouts:
 
     @property
     def stable_offsets_s(self) -> float:
-        """How long a gained partition's committed offsets may stay unstable."""
-        return 2 * self.transaction_s
+        """How long a gained partition's committed offsets may stay unstable: a previous
+        owner's transaction is aborted at most the transaction timeout after it began, at
+        the coordinator's next check for timed-out transactions (every 10 s by default)."""
+        return 2 * self.transaction_s + ABORT_CHECK_INTERVAL_MAX_S
 
     @property
     def poll_interval_max_s(self) -> float:
