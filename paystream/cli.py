@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +14,7 @@ from paystream.settings import Settings
 from paystream.topology import describe
 
 METRICS_PORT_DEFAULT = 9464
+SINK_METRICS_PORT_DEFAULT = 9465
 PORT_MAX = 65535
 WORKER_NAME_LENGTH_MAX = 64
 WORKER_NAME_PATTERN = re.compile(rf"[A-Za-z0-9_-][A-Za-z0-9._-]{{0,{WORKER_NAME_LENGTH_MAX - 1}}}")
@@ -88,6 +90,38 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
             server.stop()
 
 
+def _sink(args: argparse.Namespace, settings: Settings) -> int:
+    from paystream.agents.supervisor import export_metrics_to
+
+    # Before anything imports prometheus_client: it picks multiprocess mode at import.
+    export_metrics_to(settings.data_dir / "metrics" / args.name)
+    from paystream.agents import metrics
+    from paystream.audit.sink import PostgresSink
+
+    sink = PostgresSink(settings, dsn=services.postgres_dsn(settings), name=args.name)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda _signum, _frame: sink.stop())
+    server = metrics.serve(args.metrics_port, host=args.metrics_host) if args.metrics_port else None
+    if server is not None:
+        print(f"sink {args.name}: metrics on http://{args.metrics_host}:{server.port}/metrics")
+    try:
+        sink.run()
+    finally:
+        if server is not None:
+            server.stop()
+    return 0
+
+
+def _db(_args: argparse.Namespace, settings: Settings) -> int:
+    from paystream.audit.migrate import migrate
+
+    applied = migrate(services.postgres_dsn(settings))
+    for migration in applied:
+        print(f"applied {migration.version:04d}_{migration.name}")
+    print("the audit store is up to date" if not applied else f"{len(applied)} applied")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="paystream", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -114,6 +148,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--metrics-host", default="127.0.0.1", help="address /metrics listens on")
     worker.set_defaults(handler=_worker)
+    sink = commands.add_parser("sink", help="load what the ledger recorded into a database")
+    sink_kinds = sink.add_subparsers(dest="kind", required=True)
+    postgres = sink_kinds.add_parser(
+        "postgres", help="the audit store and read models, exactly once"
+    )
+    postgres.add_argument("--name", type=_worker_name, default="sink-1", help="unique per copy")
+    postgres.add_argument(
+        "--metrics-port", type=_port, default=SINK_METRICS_PORT_DEFAULT,
+        help="serve Prometheus /metrics on this port (0: do not serve)",
+    )  # fmt: skip
+    postgres.add_argument("--metrics-host", default="127.0.0.1", help="address /metrics listens on")
+    postgres.set_defaults(handler=_sink)
+    db = commands.add_parser("db", help="the audit store's schema")
+    db_actions = db.add_subparsers(dest="action", required=True)
+    db_actions.add_parser("migrate", help="apply the migrations not applied yet (forward only)")
+    db.set_defaults(handler=_db)
     topo = commands.add_parser("topology", help="the agent graph, like Kafka Streams' describe()")
     topo_actions = topo.add_subparsers(dest="action", required=True)
     desc = topo_actions.add_parser(

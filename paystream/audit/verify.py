@@ -13,14 +13,13 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from paystream.audit.projection import ZERO, Totals, add, entry_deltas
 from paystream.ledger import Account, JournalEntry, is_system_account_id
 from paystream.tables import codecs
 from paystream.topology.avro import AvroSerde
 from paystream.topology.reader import read_to_end
 from paystream.topology.topics import Topics
 
-Totals = list[int]
-"""posted debits, posted credits, pending debits, pending credits"""
 _POSTED_DEBITS, _POSTED_CREDITS, _PENDING_DEBITS, _PENDING_CREDITS = range(4)
 
 
@@ -70,7 +69,7 @@ def read_accounts(bootstrap: str, topics: Topics) -> dict[str, Account]:
 
 @dataclass
 class _Projection:
-    totals: dict[str, Totals] = field(default_factory=lambda: defaultdict(lambda: [0, 0, 0, 0]))
+    totals: dict[str, Totals] = field(default_factory=lambda: defaultdict(lambda: ZERO))
     currency_of: dict[str, str] = field(default_factory=dict)
     unbalanced: list[str] = field(default_factory=list)
     unmatched: list[str] = field(default_factory=list)
@@ -81,22 +80,12 @@ class _Projection:
         for line in entry.lines:
             debit = line.side == "debit"
             net[line.currency] += line.amount_minor if debit else -line.amount_minor
-            self.currency_of[line.account_id] = line.currency
-            self._post(entry, line.account_id, debit, line.amount_minor)
         if any(net.values()):
             self.unbalanced.append(entry.entry_id)
+        for account_id, delta in entry_deltas(entry).items():
+            self.currency_of[account_id] = delta.currency
+            self.totals[account_id] = add(self.totals[account_id], delta.totals)
         self._track(entry)
-
-    def _post(self, entry: JournalEntry, account_id: str, debit: bool, amount: int) -> None:
-        totals = self.totals[account_id]
-        posted = _POSTED_DEBITS if debit else _POSTED_CREDITS
-        pending = _PENDING_DEBITS if debit else _PENDING_CREDITS
-        if entry.phase in ("posted", "post"):
-            totals[posted] += amount
-        if entry.phase == "pending":
-            totals[pending] += amount
-        elif entry.phase in ("post", "void"):
-            totals[pending] -= amount
 
     def _track(self, entry: JournalEntry) -> None:
         if entry.phase == "pending":
@@ -156,13 +145,13 @@ def _once(entries: Iterable[JournalEntry]) -> Iterable[JournalEntry]:
 def _mismatches(projected: dict[str, Totals], accounts: dict[str, Account]) -> list[str]:
     problems = []
     for account_id, account in sorted(accounts.items()):
-        table = [
+        table = (
             account.posted_debits_minor,
             account.posted_credits_minor,
             account.pending_debits_minor,
             account.pending_credits_minor,
-        ]
-        ledger = projected.get(account_id, [0, 0, 0, 0])
+        )
+        ledger = projected.get(account_id, ZERO)
         if ledger != table:
             problems.append(f"{account_id}: ledger {ledger}, table {table}")
     for account_id in sorted(set(projected) - set(accounts)):

@@ -57,6 +57,11 @@ def up(settings: Settings) -> Endpoints:
     return Endpoints(bootstrap, postgres_dsn, settings.clickhouse_dsn)
 
 
+def postgres_dsn(settings: Settings) -> str:
+    """The Postgres to use: the configured one, or the embedded server ``up`` started."""
+    return settings.postgres_dsn or _postgres(settings).dsn()
+
+
 def down(settings: Settings) -> None:
     """Stop exactly what ``up`` started (external services are left alone)."""
     if settings.kafka_bootstrap is None:

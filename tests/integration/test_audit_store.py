@@ -1,0 +1,130 @@
+"""The audit store on real Postgres: migrations, one transaction per batch, idempotent facts,
+fenced positions, a hash chain, and a sink role that cannot change what was recorded."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from paystream.audit import migrate as migrate_module
+from paystream.audit import records, store
+from paystream.audit.migrate import Migration, MigrationError, migrate
+from paystream.audit.records import Origin
+from paystream.audit.store import Batch, ChainHead, Fenced
+from paystream.ledger import DirectoryEntry, Event, JournalEntry
+from tests.support.ledger import deposit, entries, events, open_account, run
+
+pytestmark = pytest.mark.integration
+
+CONSUMER = "test-sink"
+LEDGER = ("p.ledger", 0)
+EVENTS = ("p.events", 0)
+
+
+@pytest.fixture
+def dsn(postgres_server_dsn: str) -> Iterator[str]:
+    """A database of this test's own, migrated."""
+    name = f"audit_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(postgres_server_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = psycopg.conninfo.make_conninfo(postgres_server_dsn, dbname=name)
+    migrate(url)
+    yield url
+
+
+def facts() -> tuple[list[JournalEntry], list[Event]]:
+    """An account opened and funded twice, through the real core."""
+    result = run([open_account(1), deposit(2, amount_minor=500), deposit(3, amount_minor=70)])
+    return entries(result), events(result)
+
+
+def batch(journal: list[JournalEntry], answers: list[Event], *, first: int = 0) -> Batch:
+    return Batch(
+        entries=[(e, Origin("ledger", 0, first + i)) for i, e in enumerate(journal)],
+        events=[(e, Origin("events", 0, first + i)) for i, e in enumerate(answers)],
+        directory=[DirectoryEntry("acc-1", "EUR", "p1", "open")],
+    )
+
+
+def sink_connection(dsn: str) -> psycopg.Connection[tuple[object, ...]]:
+    conn = psycopg.connect(dsn, autocommit=True)
+    conn.execute(f"SET ROLE {store.SINK_ROLE}")
+    return conn
+
+
+def write(
+    conn: store.Connection, b: Batch, started: tuple[int, int] | None, heads: dict[str, ChainHead]
+) -> dict[str, int]:
+    """Write ``b`` from stored positions ``started`` (ledger, events; None: none stored)."""
+    ends = {LEDGER: len(b.entries), EVENTS: len(b.events)}
+    starts = (
+        {LEDGER: None, EVENTS: None} if started is None else dict(zip(ends, started, strict=True))
+    )
+    return store.write(
+        conn, b, consumer=CONSUMER, started_at=starts, next_offsets=ends, heads=heads
+    )
+
+
+def test_migrations_apply_once_and_an_edited_one_is_refused(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert migrate(dsn) == []  # already applied by the fixture
+    assert migrate_module.applied_version(dsn) == len(migrate_module.available())
+    edited = [
+        Migration(m.version, m.name, m.sql + "\n-- edited") for m in migrate_module.available()
+    ]
+    monkeypatch.setattr(migrate_module, "available", lambda: edited)
+    with pytest.raises(MigrationError, match="add a new migration instead"):
+        migrate(dsn)
+
+
+def test_a_batch_is_written_once_with_its_positions_and_a_valid_chain(dsn: str) -> None:
+    journal, answers = facts()
+    conn = sink_connection(dsn)
+    heads = store.chain_heads(conn, ["ledger:0", "events:0"])
+    counts = write(conn, batch(journal, answers), None, heads)
+    assert counts["journal_entries"] == len(journal) == 2
+    assert counts["payment_events"] == len(answers) == 3
+    with pytest.raises(Fenced):  # the same batch again, from a position that has moved on
+        write(conn, batch(journal, answers), None, dict(heads))
+    again = write(conn, batch(journal, answers), (2, 3), dict(heads))  # redelivered: nothing new
+    assert (again["journal_entries"], again["payment_events"], again["audit_log"]) == (0, 0, 0)
+
+    rows = conn.execute(
+        "SELECT posted_credits_minor, status, partner_id, version FROM accounts"
+        " WHERE account_id = 'acc-1'"
+    ).fetchone()
+    assert rows == (570, "open", "p1", 3)  # two lines + one directory row
+    positions = store.stored_positions(conn, CONSUMER, [LEDGER, EVENTS])
+    assert positions == {LEDGER: 2, EVENTS: 3}
+    statuses = conn.execute("SELECT status FROM payments ORDER BY payment_id").fetchall()
+    assert [s for (s,) in statuses] == ["Completed", "Completed", "Completed"]
+    chain = conn.execute(
+        "SELECT seq, body, prev_hash, hash FROM audit_log WHERE chain = 'ledger:0' ORDER BY seq"
+    ).fetchall()
+    prev = records.GENESIS_HASH
+    for _seq, body, prev_hash, digest in chain:
+        assert bytes(prev_hash) == prev
+        assert bytes(digest) == records.chain_hash(prev, body)
+        prev = bytes(digest)
+    assert [seq for seq, *_ in chain] == [1, 2]
+
+
+def test_the_sink_role_cannot_change_a_recorded_fact(dsn: str) -> None:
+    journal, answers = facts()
+    conn = sink_connection(dsn)
+    write(conn, batch(journal, answers), None, store.chain_heads(conn, ["ledger:0", "events:0"]))
+    for statement in (
+        "UPDATE audit_log SET body = 'x'",
+        "DELETE FROM audit_log",
+        "UPDATE ledger_lines SET amount_minor = 1",
+        "DELETE FROM journal_entries",
+    ):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(statement)
+    owner = psycopg.connect(dsn, autocommit=True)  # even the owner: the trigger refuses
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
+        owner.execute("UPDATE audit_log SET body = 'x'")
