@@ -14,12 +14,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from paystream.agents.supervisor import WorkerGroup, prepare_metrics_dir
+from paystream import services
+from paystream.agents.supervisor import (
+    WorkerGroup,
+    prepare_metrics_dir,
+    sink_command,
+    supervisor_command,
+)
+from paystream.audit.store import row_counts
 from paystream.audit.verify import LedgerReport, verify
 from paystream.services.process import tail
 from paystream.settings import Settings
 from paystream.topology.avro import AvroSerde
 from paystream.topology.publisher import CommandPublisher
+from paystream.topology.reader import read_to_end
 from paystream.topology.registry import registry_from_url
 from paystream.topology.topics import (
     Topics,
@@ -35,6 +43,8 @@ TRAFFIC_TIMEOUT_S = 600.0
 PUBLISH_TICK_S = 0.1
 LOG_TAIL_LINES = 15
 SUPERVISE_TICK_S = 2.0
+SINK_TIMEOUT_S = 300.0
+SINK_POLL_S = 0.5
 
 
 @dataclass
@@ -46,6 +56,8 @@ class Platform:
     publisher: CommandPublisher
     watcher: EventWatcher
     workers: WorkerGroup
+    sinks: WorkerGroup
+    postgres_dsn: str | None
 
     def run_setup(self, workload: Workload) -> set[str]:
         """Publish the setup and wait for it; returns the command ids still open."""
@@ -77,7 +89,32 @@ class Platform:
             pending = {p: expected[p] for p in left}
             left = self.watcher.wait_answers(pending, timeout_s=SUPERVISE_TICK_S)
             self.workers.restart_dead()
+            self.sinks.restart_dead()
         return left
+
+    def wait_audit_store(self, *, timeout_s: float = SINK_TIMEOUT_S) -> dict[str, int]:
+        """Wait until Postgres holds every record of ``ledger``, ``events`` and ``dlq``.
+
+        Restarts a sink that died meanwhile; returns the row counts (of every table).
+        """
+        if self.postgres_dsn is None:
+            raise ValueError("no Postgres sink runs here")
+        expected = {
+            table: sum(1 for _ in read_to_end(self.bootstrap, topic))
+            for table, topic in (
+                ("journal_entries", self.topics.ledger),
+                ("payment_events", self.topics.events),
+                ("dlq_records", self.topics.dlq),
+            )
+        }
+        deadline = time.monotonic() + timeout_s
+        while True:
+            counts = row_counts(self.postgres_dsn)
+            caught_up = all(counts[table] == n for table, n in expected.items())
+            if caught_up or time.monotonic() > deadline:
+                return counts
+            self.sinks.restart_dead()
+            time.sleep(SINK_POLL_S)
 
     def outcomes(self, workload: Workload) -> Counter[str]:
         """Each transfer payment's outcome ("missing" when there is none yet)."""
@@ -114,10 +151,13 @@ def running(
     log_dir: Path,
     log_level: str = "warn",
     supervised: bool = False,
+    sinks: int = 0,
 ) -> Iterator[Platform]:
     """Topics created, ``workers`` worker processes started; all stopped on exit.
 
     ``supervised``: each worker runs under ``paystream worker`` (see WorkerGroup).
+    ``sinks``: copies of ``paystream sink postgres`` (settings' Postgres, or the
+    embedded one ``services up`` started).
     """
     if settings.kafka_bootstrap is None:
         raise ValueError("running() needs settings.kafka_bootstrap")
@@ -149,13 +189,24 @@ def running(
         log_dir=log_dir,
         prefix="worker",
         metrics_dir=prepare_metrics_dir(settings.data_dir / "metrics" / "workers"),
-        supervised=supervised,
+        command=supervisor_command if supervised else None,
+    )
+    postgres_dsn = services.postgres_dsn(settings) if sinks else None
+    sink_group = WorkerGroup(
+        count=sinks,
+        env={**env, "PAYSTREAM_POSTGRES_DSN": postgres_dsn or ""},
+        log_dir=log_dir,
+        prefix="sink",
+        command=sink_command,
     )
     try:
-        with group:
+        with group, sink_group:
             group_id = app_id_for(settings)
             if not wait_group_stable(bootstrap, group_id=group_id, members=workers):
                 raise RuntimeError(f"workers did not form a stable group {group_id}")
-            yield Platform(settings, bootstrap, topics, serde, publisher, watcher, group)
+            yield Platform(
+                settings, bootstrap, topics, serde, publisher, watcher, group, sink_group,
+                postgres_dsn,
+            )  # fmt: skip
     finally:
         watcher.close()

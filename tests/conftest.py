@@ -239,6 +239,12 @@ def postgres_dsn(postgres_server_dsn: str) -> str:
     return _database_dsn(postgres_server_dsn, f"paystream_{SESSION_TAG}")
 
 
+@pytest.fixture
+def audit_dsn(postgres_server_dsn: str) -> str:
+    """A database of this test's own: an audit store holds one run's ledger."""
+    return _database_dsn(postgres_server_dsn, f"audit_{uuid.uuid4().hex[:10]}")
+
+
 @pytest.fixture(scope="session")
 def clickhouse_dsn(services_home: Path) -> Iterator[str]:
     with _clickhouse(services_home, docker_engine_answers()) as dsn:

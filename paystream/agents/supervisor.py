@@ -342,14 +342,21 @@ def supervisor_command(name: str) -> tuple[str, ...]:
     return (sys.executable, "-m", "paystream.cli", "worker", "--name", name, "--metrics-port", "0")
 
 
+def sink_command(name: str) -> tuple[str, ...]:
+    """``paystream sink postgres --name <name>``: one copy of the Postgres sink."""
+    cli = (sys.executable, "-m", "paystream.cli")
+    return (*cli, "sink", "postgres", "--name", name, "--metrics-port", "0")
+
+
 class WorkerGroup:
     """Several workers in one consumer group (demo, tests, benchmarks).
 
     With ``metrics_dir`` (see ``prepare_metrics_dir``) every worker exports its
     metrics to that one multiprocess directory; read them with
-    ``paystream.agents.metrics.collect_text``. With ``supervised`` each process
-    is ``paystream worker`` (a supervisor and its worker child, exporting to
-    ``<data dir>/metrics/<name>``) instead of a bare worker.
+    ``paystream.agents.metrics.collect_text``. ``command`` gives each process's
+    command line by name instead of a bare worker's: :func:`supervisor_command`
+    (``paystream worker``: a supervisor and its worker child) or
+    :func:`sink_command`; those export to ``<data dir>/metrics/<name>``.
     """
 
     def __init__(
@@ -360,7 +367,7 @@ class WorkerGroup:
         log_dir: Path,
         prefix: str,
         metrics_dir: Path | None = None,
-        supervised: bool = False,
+        command: Callable[[str], tuple[str, ...]] | None = None,
     ) -> None:
         self.metrics_dir = metrics_dir
         names = [f"{prefix}-{i + 1}" for i in range(count)]
@@ -368,9 +375,9 @@ class WorkerGroup:
             WorkerProcess(
                 name,
                 env,
-                log_dir / (f"{name}.supervisor.log" if supervised else f"{name}.log"),
-                metrics_dir=None if supervised else metrics_dir,
-                command=supervisor_command(name) if supervised else None,
+                log_dir / (f"{name}.log" if command is None else f"{name}.out.log"),
+                metrics_dir=metrics_dir if command is None else None,
+                command=None if command is None else command(name),
             )
             for name in names
         ]

@@ -50,6 +50,9 @@ LAG_REPORT_S = 2.0
 CONNECT_TIMEOUT_S = 5
 POLL_INTERVAL_MAX_MS = 300_000
 
+RETRIABLE = (psycopg.OperationalError, psycopg.errors.TransactionRollback)
+"""Postgres unreachable, restarting, or a serialization conflict: worth retrying."""
+
 logger = logging.getLogger("paystream.sink")
 Kind = Literal["ledger", "events", "dlq", "directory"]
 T = TypeVar("T")
@@ -207,9 +210,11 @@ class PostgresSink:
             metrics.SINK_RETRIES.labels(reason="fenced").inc()
             self._pending = None  # the partitions' new owner writes it; a rebalance is coming
             return
-        except psycopg.Error as error:
+        except RETRIABLE as error:
             self._postgres_failed(pending, error)
             return
+        except psycopg.Error as error:  # a constraint refused a row: a bug, never retried
+            raise InvariantViolation(f"Postgres refused a batch: {error}") from error
         self._written(pending, counts, time.monotonic() - started)
 
     def _written(self, pending: _Pending, counts: dict[str, int], seconds: float) -> None:

@@ -21,10 +21,18 @@ import psycopg
 from paystream.audit import records
 from paystream.audit.projection import AccountDelta, entry_deltas, merge
 from paystream.audit.records import AuditRow, Origin
-from paystream.ledger import DirectoryEntry, Event, JournalEntry, is_own_event
+from paystream.ledger import (
+    DirectoryEntry,
+    Event,
+    JournalEntry,
+    is_own_event,
+    is_system_account_id,
+)
+from paystream.ledger.accounts import SYSTEM_PARTNER_ID
 from paystream.ledger.errors import InvariantViolation
 
 SINK_ROLE = "paystream_sink"
+CONNECT_TIMEOUT_S = 5
 STEP_COLUMN = {
     "Debited": "debited_at_ms",
     "Completed": "completed_at_ms",
@@ -75,6 +83,21 @@ def stored_positions(
         (consumer, [t for t, _ in wanted], [p for _, p in wanted]),
     ).fetchall()
     return {(topic, partition): offset for topic, partition, offset in rows}
+
+
+TABLES = (
+    "journal_entries", "ledger_lines", "accounts", "payments", "payment_events", "dlq_records",
+    "audit_log",
+)  # fmt: skip
+
+
+def row_counts(dsn: str) -> dict[str, int]:
+    """Rows per table of the audit store."""
+    with psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT_S) as conn:
+        return {
+            table: int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # type: ignore[index]
+            for table in TABLES
+        }
 
 
 def chain_heads(conn: Connection, chains: Iterable[str]) -> dict[str, ChainHead]:
@@ -193,30 +216,39 @@ def _accounts_from_entries(conn: Connection, entries: list[tuple[JournalEntry, O
         merge(deltas, more)
         for account_id in more:
             position[account_id] = origin
-    rows = [
-        (account_id, d.currency, *d.totals, d.lines, position[account_id].partition,
-         position[account_id].offset)
-        for account_id, d in sorted(deltas.items())
-    ]  # fmt: skip
-    if not rows:
+    ordered = sorted(deltas.items())
+    if not ordered:
         return
     with conn.cursor() as cur:
+        # Rows first, then the deltas: a delta may be negative (a reservation released),
+        # and Postgres checks constraints on the row an INSERT proposes, before ON CONFLICT.
         cur.executemany(
-            "INSERT INTO accounts (account_id, currency, posted_debits_minor,"
-            " posted_credits_minor, pending_debits_minor, pending_credits_minor, version,"
-            " ledger_partition, ledger_offset) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
-            " ON CONFLICT (account_id) DO UPDATE SET"
-            " currency = coalesce(accounts.currency, excluded.currency),"
-            " posted_debits_minor = accounts.posted_debits_minor + excluded.posted_debits_minor,"
-            " posted_credits_minor = accounts.posted_credits_minor + excluded.posted_credits_minor,"
-            " pending_debits_minor = accounts.pending_debits_minor + excluded.pending_debits_minor,"
-            " pending_credits_minor = accounts.pending_credits_minor"
-            " + excluded.pending_credits_minor,"
-            " version = accounts.version + excluded.version,"
-            " ledger_partition = excluded.ledger_partition,"
-            " ledger_offset = excluded.ledger_offset, updated_at = now()",
-            rows,
+            "INSERT INTO accounts (account_id, currency, partner_id, status)"
+            " VALUES (%s, %s, %s, %s) ON CONFLICT (account_id) DO NOTHING",
+            [(account_id, delta.currency, *_owner(account_id)) for account_id, delta in ordered],
         )
+        cur.executemany(
+            "UPDATE accounts SET"
+            " currency = coalesce(currency, %s),"
+            " posted_debits_minor = posted_debits_minor + %s,"
+            " posted_credits_minor = posted_credits_minor + %s,"
+            " pending_debits_minor = pending_debits_minor + %s,"
+            " pending_credits_minor = pending_credits_minor + %s,"
+            " version = version + %s, ledger_partition = %s, ledger_offset = %s,"
+            " updated_at = now() WHERE account_id = %s",
+            [
+                (d.currency, *d.totals, d.lines, position[account_id].partition,
+                 position[account_id].offset, account_id)
+                for account_id, d in ordered
+            ],
+        )  # fmt: skip
+
+
+def _owner(account_id: str) -> tuple[str | None, str | None]:
+    """(partner, status) of an account first seen in the ledger: system shards are the
+    platform's and always open (the core makes them on first use; the directory has only
+    clients' accounts, and fills those in)."""
+    return (SYSTEM_PARTNER_ID, "open") if is_system_account_id(account_id) else (None, None)
 
 
 def _directory(conn: Connection, entries: list[DirectoryEntry], counts: dict[str, int]) -> None:
@@ -239,7 +271,9 @@ def _directory(conn: Connection, entries: list[DirectoryEntry], counts: dict[str
 
 
 def _payments(conn: Connection, events: list[Event]) -> int:
-    """Each payment's latest status (its events arrive in order: one events partition each)."""
+    """Each payment's latest status, from its own events (they arrive in order: one events
+    partition each). Answers to records that repeated or misused an id stay in
+    ``payment_events`` only: they never create or change a payment."""
     if not events:
         return 0
     rows = [_payment_row(event) for event in events]

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-from paystream.audit.verify import LedgerReport
+import psycopg
+
+from paystream.audit.verify import LedgerReport, read_journal
 from paystream.ledger import is_own_event
 from paystream.runner import Platform, running
 from paystream.settings import Settings
@@ -16,7 +19,7 @@ from paystream.workload import Workload
 
 @contextlib.contextmanager
 def platform(
-    base: Settings, tmp_path: Path, *, workers: int, supervised: bool = False
+    base: Settings, tmp_path: Path, *, workers: int, supervised: bool = False, sinks: int = 0
 ) -> Iterator[Platform]:
     """Own topic prefix and data directory per test; worker logs at info for failures."""
     settings = base.model_copy(
@@ -31,6 +34,7 @@ def platform(
         log_dir=tmp_path / "logs",
         log_level="info",
         supervised=supervised,
+        sinks=sinks,
     ) as p:
         yield p
 
@@ -71,3 +75,47 @@ def assert_ledger_exactly_once(platform: Platform) -> LedgerReport:
     duplicated_events = {e: n for e, n in platform.watcher.copies.items() if n > 1}
     assert duplicated_events == {}, list(duplicated_events)[:5]
     return report
+
+
+def assert_audit_store_matches(platform: Platform, report: LedgerReport, load: Workload) -> None:
+    """Postgres holds the ledger topic exactly: entries, line sums, accounts, payment states."""
+    dsn = platform.postgres_dsn
+    assert dsn is not None, "no sink ran"
+    counts = platform.wait_audit_store()
+    journal = read_journal(platform.bootstrap, platform.topics, platform.serde)
+    lines: Counter[tuple[str, str]] = Counter()
+    for entry in journal:
+        for line in entry.lines:
+            lines[(line.currency, line.side)] += line.amount_minor
+    with psycopg.connect(dsn) as conn:
+        stored_lines = {
+            (currency, side): int(total)
+            for currency, side, total in conn.execute(
+                "SELECT currency, side, sum(amount_minor) FROM ledger_lines GROUP BY 1, 2"
+            ).fetchall()
+        }
+        accounts = {
+            row[0]: (*(int(x) for x in row[1:5]), row[5])
+            for row in conn.execute(
+                "SELECT account_id, posted_debits_minor, posted_credits_minor,"
+                " pending_debits_minor, pending_credits_minor, status FROM accounts"
+            ).fetchall()
+        }
+        statuses = dict(conn.execute("SELECT payment_id, status FROM payments").fetchall())
+    assert counts["journal_entries"] == report.entries == len(journal), counts
+    assert counts["ledger_lines"] == sum(len(e.lines) for e in journal), counts
+    assert stored_lines == dict(lines)
+    tables = {
+        a.account_id: (
+            a.posted_debits_minor, a.posted_credits_minor, a.pending_debits_minor,
+            a.pending_credits_minor, a.status,
+        )
+        for a in report.accounts.values()
+    }  # fmt: skip
+    differ = {k: (accounts.get(k), v) for k, v in tables.items() if accounts.get(k) != v}
+    assert differ == {}, list(differ.items())[:5]
+    for payment_id in load.transfer_ids:  # a payment is an id's own outcome, never an answer
+        event = platform.watcher.terminal(payment_id)  # to a record that misused the id
+        assert event is not None, payment_id
+        expected = event.type if is_own_event(event) else None
+        assert statuses.get(payment_id) == expected, (payment_id, statuses.get(payment_id), event)

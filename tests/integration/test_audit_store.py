@@ -3,9 +3,6 @@ fenced positions, a hash chain, and a sink role that cannot change what was reco
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
-
 import psycopg
 import pytest
 
@@ -25,14 +22,10 @@ EVENTS = ("p.events", 0)
 
 
 @pytest.fixture
-def dsn(postgres_server_dsn: str) -> Iterator[str]:
+def dsn(audit_dsn: str) -> str:
     """A database of this test's own, migrated."""
-    name = f"audit_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(postgres_server_dsn, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = psycopg.conninfo.make_conninfo(postgres_server_dsn, dbname=name)
-    migrate(url)
-    yield url
+    migrate(audit_dsn)
+    return audit_dsn
 
 
 def facts() -> tuple[list[JournalEntry], list[Event]]:

@@ -1,0 +1,40 @@
+"""The Postgres audit store after a run with duplicates, conflicts, compensations and hostile
+records: it holds exactly what the ``ledger`` topic holds, and the workers' balances."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from paystream import workload
+from paystream.runner import TRAFFIC_TIMEOUT_S
+from paystream.settings import Settings
+from tests.e2e.harness import (
+    assert_audit_store_matches,
+    assert_every_record_answered_once,
+    assert_ledger_exactly_once,
+    platform,
+    setup_or_fail,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+MIX = workload.Mix(accounts=120, transfers=4_000)
+TRAFFIC_PER_S = 2_000
+
+
+def test_the_audit_store_holds_the_ledger_exactly(
+    settings: Settings, tmp_path: Path, audit_dsn: str
+) -> None:
+    load = workload.build(seed=14, mix=MIX, run_id="audit", now_ms=int(time.time() * 1000))
+    base = settings.model_copy(update={"postgres_dsn": audit_dsn})
+    with platform(base, tmp_path, workers=2, sinks=2) as running:
+        setup_or_fail(running, load)
+        running.publish_paced(load, per_second=TRAFFIC_PER_S).join()
+        left = running.wait_traffic(load, timeout_s=TRAFFIC_TIMEOUT_S)
+        assert not left, f"{len(left)} command ids without their answers{running.logs()}"
+        assert_every_record_answered_once(running, load)
+        report = assert_ledger_exactly_once(running)
+        assert_audit_store_matches(running, report, load)
