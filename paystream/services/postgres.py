@@ -78,8 +78,10 @@ class EmbeddedPostgres:
         self.home.mkdir(parents=True, exist_ok=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR
-            from pgserver.postgres_server import get_server
+            from pgserver.postgres_server import PostgresServer, get_server
 
+            if self.pid() is None:  # pgserver caches a handle per pgdata: stale once stopped
+                PostgresServer._instances.pop(self.pgdata.expanduser().resolve(), None)
             server = get_server(self.pgdata, cleanup_mode=None)
         dsn = str(server.get_uri())
         if server_version(dsn) is None:

@@ -104,6 +104,8 @@ def assert_audit_store_matches(platform: Platform, report: LedgerReport, load: W
         statuses = dict(conn.execute("SELECT payment_id, status FROM payments").fetchall())
     assert counts["journal_entries"] == report.entries == len(journal), counts
     assert counts["ledger_lines"] == sum(len(e.lines) for e in journal), counts
+    facts = counts["journal_entries"] + counts["payment_events"] + counts["dlq_records"]
+    assert counts["audit_log"] == facts, counts  # each fact chained once
     assert stored_lines == dict(lines)
     tables = {
         a.account_id: (
