@@ -122,6 +122,18 @@ def _db(_args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _audit(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    from paystream.audit.audit_verify import ledger_topic_of, verify_store
+
+    report = verify_store(
+        services.postgres_dsn(settings), ledger_topic=ledger_topic_of(settings), progress=sys.stderr
+    )
+    print(json.dumps(report.to_json(), indent=2) if args.json else report.summary())
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="paystream", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -164,6 +176,15 @@ def build_parser() -> argparse.ArgumentParser:
     db_actions = db.add_subparsers(dest="action", required=True)
     db_actions.add_parser("migrate", help="apply the migrations not applied yet (forward only)")
     db.set_defaults(handler=_db)
+    audit = commands.add_parser("audit", help="check the audit store")
+    audit_actions = audit.add_subparsers(dest="action", required=True)
+    audit_verify = audit_actions.add_parser(
+        "verify",
+        help="hash chains, balances and accounts in Postgres, and the ledger topic up to the"
+        " sink's stored positions; exit 1 naming the first bad rows",
+    )
+    audit_verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    audit.set_defaults(handler=_audit)
     topo = commands.add_parser("topology", help="the agent graph, like Kafka Streams' describe()")
     topo_actions = topo.add_subparsers(dest="action", required=True)
     desc = topo_actions.add_parser(

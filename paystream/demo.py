@@ -1,6 +1,6 @@
 """``paystream demo``: the platform on embedded defaults, with a workload.
 
-Starts the services and two workers, opens accounts, funds them, runs a few
+Starts the services, two workers and a Postgres sink, opens accounts, funds them, runs a few
 thousand transfers (with exact duplicates, conflicting duplicates, overdrafts
 and transfers to accounts closed meanwhile), waits for every transfer's
 terminal event, then checks the recorded ledger and prints a summary.
@@ -19,6 +19,7 @@ from paystream.settings import Settings
 
 DEMO_MIX = workload.Mix(accounts=200, transfers=5_000)
 DEMO_WORKERS = 2
+DEMO_SINKS = 1
 
 
 def run(settings: Settings) -> int:
@@ -32,7 +33,7 @@ def run(settings: Settings) -> int:
     )
     log_dir = settings.data_dir / "logs"
     print(f"starting {DEMO_WORKERS} workers (logs in {log_dir}) ...")
-    with running(settings, workers=DEMO_WORKERS, log_dir=log_dir) as platform:
+    with running(settings, workers=DEMO_WORKERS, log_dir=log_dir, sinks=DEMO_SINKS) as platform:
         started = time.monotonic()
         left = platform.run_setup(load)
         if left:
@@ -48,7 +49,11 @@ def run(settings: Settings) -> int:
         counts = platform.outcomes(load)
         codes = platform.rejection_codes(load)
         report = platform.verify()
+        audit_rows = platform.wait_audit_store()
     _print_summary(len(load.transfer_ids), elapsed_s, counts, report)
+    print("\nPostgres audit store (paystream sink postgres), rows per table:")
+    for table, rows in audit_rows.items():
+        print(f"  {table:<16} {rows:>8,}")
     print("\nevery record's answer, by code (hostile and mistaken records included):")
     for code, n in codes.most_common():
         print(f"  {code:<30} {n:>6}")
