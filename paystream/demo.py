@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import replace
 
 from paystream import services, workload
+from paystream.audit.audit_verify import ledger_topic_of, verify_store
 from paystream.audit.verify import LedgerReport
 from paystream.runner import TRAFFIC_TIMEOUT_S, running
 from paystream.settings import Settings
@@ -50,15 +51,19 @@ def run(settings: Settings) -> int:
         codes = platform.rejection_codes(load)
         report = platform.verify()
         audit_rows = platform.wait_audit_store()
+        audit = verify_store(
+            services.postgres_dsn(settings), ledger_topic=ledger_topic_of(settings), progress=None
+        )
     _print_summary(len(load.transfer_ids), elapsed_s, counts, report)
     print("\nPostgres audit store (paystream sink postgres), rows per table:")
     for table, rows in audit_rows.items():
         print(f"  {table:<16} {rows:>8,}")
+    print(f"audit verify: {'ok' if audit.ok else audit.summary()}")
     print("\nevery record's answer, by code (hostile and mistaken records included):")
     for code, n in codes.most_common():
         print(f"  {code:<30} {n:>6}")
     print("services are still running: `.venv/bin/paystream services down` stops them")
-    return 0 if report.balanced and not left else 1
+    return 0 if report.balanced and audit.ok and not left else 1
 
 
 def _print_summary(

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import psycopg
 
+from paystream.audit.audit_verify import ledger_topic_of, verify_store
 from paystream.audit.verify import LedgerReport, read_journal
 from paystream.ledger import is_own_event
 from paystream.runner import Platform, running
@@ -116,6 +117,8 @@ def assert_audit_store_matches(platform: Platform, report: LedgerReport, load: W
     }  # fmt: skip
     differ = {k: (accounts.get(k), v) for k, v in tables.items() if accounts.get(k) != v}
     assert differ == {}, list(differ.items())[:5]
+    audit = verify_store(dsn, ledger_topic=ledger_topic_of(platform.settings), progress=None)
+    assert audit.ok, audit.summary()
     for payment_id in load.transfer_ids:  # a payment is an id's own outcome, never an answer
         event = platform.watcher.terminal(payment_id)  # to a record that misused the id
         assert event is not None, payment_id
