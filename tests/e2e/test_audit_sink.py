@@ -4,11 +4,13 @@ records: it holds exactly what the ``ledger`` topic holds, and the workers' bala
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from paystream import workload
+from paystream.agents import metrics
 from paystream.runner import TRAFFIC_TIMEOUT_S
 from paystream.settings import Settings
 from tests.e2e.harness import (
@@ -38,3 +40,18 @@ def test_the_audit_store_holds_the_ledger_exactly(
         assert_every_record_answered_once(running, load)
         report = assert_ledger_exactly_once(running)
         assert_audit_store_matches(running, report, load)
+        written = _rows_written(running.settings.data_dir / "metrics")
+        assert written["journal_entries"] == report.entries, written  # the sinks' own counts
+        assert written["audit_log"] > 0
+
+
+def _rows_written(metrics_root: Path) -> Counter[str]:
+    """``paystream_sink_rows_total`` by table, summed over the sinks' metrics directories."""
+    prefix = 'paystream_sink_rows_total{table="'
+    rows: Counter[str] = Counter()
+    for directory in metrics_root.glob("sink-*"):
+        for line in metrics.collect_text(directory).splitlines():
+            if line.startswith(prefix):
+                table = line[len(prefix) :].split('"')[0]
+                rows[table] += int(float(line.rsplit(" ", 1)[1]))
+    return rows
