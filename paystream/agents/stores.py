@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
-from rocksdict import Options, Rdict
+from rocksdict import Options, Rdict, WriteBatch
 
 from paystream.agents import checkpoint, metrics
 from paystream.agents.checkpoint import ChangelogPosition, ChangelogState, Checkpoint
@@ -408,12 +408,19 @@ class Stores:
         return _Held(partition=partition, dbs=dbs, positions=positions)
 
     def _read(self, run: _CatchUp) -> None:
-        """One consume of the changelogs; applies records, moves positions, checks for a stall."""
+        """One consume of the changelogs; applies records, moves positions, checks for a stall.
+
+        The records of one consume go to each store as one RocksDB write batch: one
+        write per record was half of a restore's time (py-spy, 22 M records).
+        """
+        batches: dict[tuple[str, int], WriteBatch] = {}
         for message in self._reader.consume(RESTORE_CONSUME_MAX, RESTORE_CONSUME_TIMEOUT_S):
-            table = self._apply_restored(message)
+            table = self._add_restored(message, batches)
             if table is not None:
                 run.records[table] += 1
                 run.progressed_s = time.monotonic()
+        for (table, partition), batch in batches.items():
+            self._held[partition].dbs[table].write(batch)
         for tp in self._reader.position([TopicPartition(t, p) for t, p in run.pending]):
             if tp.offset < 0:
                 continue
@@ -430,8 +437,10 @@ class Stores:
             run.logged_s = now
             self._progress(run)
 
-    def _apply_restored(self, message: Message) -> str | None:
-        """Apply one changelog record; the table it went to (None: not a record)."""
+    def _add_restored(
+        self, message: Message, batches: dict[tuple[str, int], WriteBatch]
+    ) -> str | None:
+        """Add one changelog record to its store's batch; its table (None: not a record)."""
         error = message.error()
         if error is not None:
             if error.code() == KafkaError._PARTITION_EOF:
@@ -441,7 +450,14 @@ class Stores:
         if topic is None or partition is None or key is None:
             return None
         table = self._tables[topic]
-        _put(self._held[partition].dbs[table], key, message.value())
+        batch = batches.get((table, partition))
+        if batch is None:
+            batch = batches[(table, partition)] = WriteBatch(raw_mode=True)
+        value = message.value()
+        if value is None:
+            batch.delete(key)
+        else:
+            batch.put(key, value)
         return table
 
     def _progress(self, run: _CatchUp) -> None:
