@@ -415,21 +415,26 @@ class Stores:
         """
         batches: dict[tuple[str, int], WriteBatch] = {}
         for message in self._reader.consume(RESTORE_CONSUME_MAX, RESTORE_CONSUME_TIMEOUT_S):
-            table = self._add_restored(message, batches)
+            table = self._add_restored(message, run, batches)
             if table is not None:
                 run.records[table] += 1
                 run.progressed_s = time.monotonic()
         for (table, partition), batch in batches.items():
             self._held[partition].dbs[table].write(batch)
+        done = []
         for tp in self._reader.position([TopicPartition(t, p) for t, p in run.pending]):
             if tp.offset < 0:
                 continue
             positions = self._held[tp.partition].positions
             table = self._tables[tp.topic]
+            end = run.ends[(tp.topic, tp.partition)]
             if tp.offset > positions[table].offset:
-                positions[table] = _moved(positions[table], tp.offset)
-            if tp.offset >= run.ends[(tp.topic, tp.partition)]:
+                positions[table] = _moved(positions[table], min(tp.offset, end))
+            if tp.offset >= end:
                 run.pending.discard((tp.topic, tp.partition))
+                done.append(TopicPartition(tp.topic, tp.partition))
+        if done:  # caught up: from now on only the worker's batches write these stores
+            self._reader.pause(done)
         now = time.monotonic()
         if run.pending and now - run.progressed_s > RESTORE_TIMEOUT_S:
             raise RestoreError(f"changelogs {sorted(run.pending)} not read to their end")
@@ -438,16 +443,25 @@ class Stores:
             self._progress(run)
 
     def _add_restored(
-        self, message: Message, batches: dict[tuple[str, int], WriteBatch]
+        self, message: Message, run: _CatchUp, batches: dict[tuple[str, int], WriteBatch]
     ) -> str | None:
-        """Add one changelog record to its store's batch; its table (None: not a record)."""
+        """Add one changelog record to its store's batch; its table (None: not applied).
+
+        Only records before the end snapshot of a changelog partition still catching up
+        are applied: a partition that has caught up may be processing batches already,
+        and its store is theirs alone (an older record written over a batch's newer
+        one was seen in bench/restore.py; tests/integration/test_store_checkpoints.py).
+        """
         error = message.error()
         if error is not None:
             if error.code() == KafkaError._PARTITION_EOF:
                 return None
             raise KafkaException(error)
         topic, partition, key = message.topic(), message.partition(), message.key()
-        if topic is None or partition is None or key is None:
+        offset = message.offset()
+        if topic is None or partition is None or key is None or offset is None:
+            return None
+        if (topic, partition) not in run.pending or offset >= run.ends[(topic, partition)]:
             return None
         table = self._tables[topic]
         batch = batches.get((table, partition))

@@ -87,6 +87,10 @@ class FakeConsumer:
     def unassign(self) -> None:
         self._positions.clear()
 
+    def pause(self, tps: list[TopicPartition]) -> None:
+        for tp in tps:
+            self._positions.pop((tp.topic, tp.partition), None)
+
     def consume(self, num_messages: int, timeout: float) -> list[FakeMessage]:
         messages: list[FakeMessage] = []
         for (topic, partition), position in self._positions.items():
@@ -101,7 +105,9 @@ class FakeConsumer:
 
     def position(self, tps: list[TopicPartition]) -> list[TopicPartition]:
         return [
-            TopicPartition(tp.topic, tp.partition, self._positions[(tp.topic, tp.partition)])
+            TopicPartition(
+                tp.topic, tp.partition, self._positions.get((tp.topic, tp.partition), -1)
+            )
             for tp in tps
         ]
 
