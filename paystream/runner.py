@@ -139,7 +139,7 @@ class Platform:
         """The end of every worker's log, for error messages."""
         return "".join(
             f"\n--- {w.name} (alive={w.alive}):\n{tail(w.log_file, lines=LOG_TAIL_LINES)}"
-            for w in self.workers.workers
+            for w in [*self.workers.workers, *self.sinks.workers]
         )
 
 

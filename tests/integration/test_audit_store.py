@@ -121,3 +121,12 @@ def test_the_sink_role_cannot_change_a_recorded_fact(dsn: str) -> None:
     owner = psycopg.connect(dsn, autocommit=True)  # even the owner: the trigger refuses
     with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
         owner.execute("UPDATE audit_log SET body = 'x'")
+
+
+def test_sinks_starting_together_migrate_once(audit_dsn: str) -> None:
+    """Two sinks raced on creating schema_migrations and one died (seen in CI)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        applied = list(pool.map(lambda _: migrate(audit_dsn), range(4)))
+    assert sorted(len(a) for a in applied) == [0, 0, 0, len(migrate_module.available())]
