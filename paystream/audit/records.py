@@ -116,6 +116,53 @@ def event_audit(fields: Sequence[Any]) -> AuditRow:
     return AuditRow(origin.chain, "event", named["event_id"], canonical(named))
 
 
+# --- payments -------------------------------------------------------------------------
+
+STEP_COLUMN = {
+    "Debited": "debited_at_ms",
+    "Completed": "completed_at_ms",
+    "Reversed": "reversed_at_ms",
+    "Rejected": "rejected_at_ms",
+}
+PAYMENT_COLUMNS = (
+    "payment_id", "command_type", "partner_id", "account_id", "counterparty_account_id",
+    "amount_minor", "currency", "status", "code", "created_at_ms", *STEP_COLUMN.values(),
+    "updated_at_ms", "last_event_id",
+)  # fmt: skip
+PAYMENT_LATEST = ("status", "code", "updated_at_ms", "last_event_id")
+"""Columns a later event of the payment sets."""
+PAYMENT_FIRST_KNOWN = ("counterparty_account_id", "amount_minor", "currency", *STEP_COLUMN.values())
+"""Columns a later event fills in only if no earlier one did; the rest stay as first seen."""
+_LATEST = frozenset(PAYMENT_COLUMNS.index(c) for c in PAYMENT_LATEST)
+_FIRST_KNOWN = frozenset(PAYMENT_COLUMNS.index(c) for c in PAYMENT_FIRST_KNOWN)
+
+
+def payment_row(event: Event) -> tuple[Any, ...]:
+    """The ``payments`` row one of a payment's own events says."""
+    steps = [
+        event.issued_at_ms if STEP_COLUMN.get(event.type) == column else None
+        for column in STEP_COLUMN.values()
+    ]
+    return (
+        event.payment_id, event.command_type, event.partner_id, event.account_id,
+        event.counterparty_account_id, event.amount_minor, event.currency, event.type, event.code,
+        event.issued_at_ms, *steps, event.issued_at_ms, event.event_id,
+    )  # fmt: skip
+
+
+def payment_then(before: Sequence[Any], later: Sequence[Any]) -> tuple[Any, ...]:
+    """A payment's row after a later event's row (the sink's upsert does the same in SQL)."""
+    return tuple(
+        _column_then(i, was, now) for i, (was, now) in enumerate(zip(before, later, strict=True))
+    )
+
+
+def _column_then(index: int, was: Any, now: Any) -> Any:
+    if index in _LATEST or (index in _FIRST_KNOWN and was is None):
+        return now
+    return was
+
+
 # --- dead letters ---------------------------------------------------------------------
 
 

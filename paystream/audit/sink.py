@@ -39,8 +39,11 @@ from paystream.topology.topics import Topics, ensure_topics
 
 RECORDS_PER_BATCH_MAX = 5_000
 BATCH_WINDOW_S = 0.2
-"""A batch is written once it has RECORDS_PER_BATCH_MAX records or is this old."""
 CONSUME_TIMEOUT_S = 0.05
+"""A batch is written as soon as a fetch comes back short (the sink has read all there is
+for now: a record waits at most CONSUME_TIMEOUT_S to be picked up), or it has
+RECORDS_PER_BATCH_MAX records, or it is BATCH_WINDOW_S old. Behind, batches grow by
+themselves (more arrives while one is written), and a bigger batch costs less per row."""
 RETRY_INITIAL_S = 0.2
 RETRY_MAX_S = 10.0
 """Backoff of a failed write: doubled per failure, capped, full jitter."""
@@ -158,9 +161,12 @@ class PostgresSink:
         deadline = time.monotonic() + BATCH_WINDOW_S
         while pending.batch.size < RECORDS_PER_BATCH_MAX and time.monotonic() < deadline:
             wanted = RECORDS_PER_BATCH_MAX - pending.batch.size
-            for message in self._consumer.consume(wanted, CONSUME_TIMEOUT_S):
+            messages = self._consumer.consume(wanted, CONSUME_TIMEOUT_S)
+            for message in messages:
                 self._add(pending, message)
-            if self._pending is None and not self._assigned.started_at:
+            if len(messages) < wanted and pending.next_offsets:
+                break  # caught up: write now
+            if not self._assigned.started_at:
                 break
         return pending if pending.next_offsets else None
 

@@ -12,9 +12,9 @@ meanwhile is refused (:class:`Fenced`) and rolls everything back.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 
@@ -33,15 +33,18 @@ from paystream.ledger.errors import InvariantViolation
 
 SINK_ROLE = "paystream_sink"
 CONNECT_TIMEOUT_S = 5
-STEP_COLUMN = {
-    "Debited": "debited_at_ms",
-    "Completed": "completed_at_ms",
-    "Reversed": "reversed_at_ms",
-    "Rejected": "rejected_at_ms",
-}
 Position = tuple[str, int]
 """(topic, partition)"""
 Connection = psycopg.Connection[tuple[Any, ...]]
+Cursor = psycopg.Cursor[tuple[Any, ...]]
+T = TypeVar("T")
+ACCOUNT_DELTA_COLUMNS = (
+    "account_id", "currency", "partner_id", "status", "posted_debits_minor",
+    "posted_credits_minor", "pending_debits_minor", "pending_credits_minor", "version",
+    "ledger_partition", "ledger_offset",
+)  # fmt: skip
+"""What a batch's new entries add to each account (``version``: how many lines)."""
+DIRECTORY_COLUMNS = ("account_id", "currency", "partner_id", "status")
 
 
 class Fenced(RuntimeError):
@@ -140,75 +143,114 @@ def write(
 def _facts(conn: Connection, batch: Batch) -> tuple[dict[str, int], list[AuditRow]]:
     counts: dict[str, int] = defaultdict(int)
     audit: list[AuditRow] = []
-    new_entries = _insert_new(
-        conn, "journal_entries", records.ENTRY_COLUMNS,
-        [records.entry_row(e, o) for e, o in batch.entries],
-    )  # fmt: skip
-    entries = [(e, o) for e, o in batch.entries if e.entry_id in new_entries]
-    lines = [line for entry, _ in entries for line in records.line_rows(entry)]
-    _insert(conn, "ledger_lines", records.LINE_COLUMNS, lines)
-    _accounts_from_entries(conn, entries)
-    for entry, origin in entries:
-        audit.append(
-            records.entry_audit(records.entry_row(entry, origin), records.line_rows(entry))
-        )
-    counts.update(journal_entries=len(entries), ledger_lines=len(lines))
-    event_rows = {e.event_id: records.event_row(e, o) for e, o in batch.events}
-    new_events = _insert_new(
-        conn, "payment_events", records.EVENT_COLUMNS, list(event_rows.values())
-    )
-    events = [(e, o) for e, o in batch.events if e.event_id in new_events]
-    counts["payments"] = _payments(conn, [e for e, _ in events if is_own_event(e)])
-    audit += [records.event_audit(event_rows[e.event_id]) for e, _ in events]
-    counts["payment_events"] = len(events)
-    dead_rows = [row for row, _ in batch.dead_letters]
-    new_dead = _insert_new(conn, "dlq_records", records.DLQ_COLUMNS, dead_rows, key_columns=2)
-    audit += [records.dlq_audit(row) for row in dead_rows if (row[0], row[1]) in new_dead]
-    counts["dlq_records"] = len(new_dead)
+    with conn.cursor() as cur:
+        _create_stages(cur)
+        entry_rows = {e.entry_id: records.entry_row(e, o) for e, o in batch.entries}
+        new_entries = _insert_new(cur, "stage_entries", entry_rows.values())
+        entries = _first_of_each(batch.entries, new_entries, lambda e: e.entry_id)
+        lines: list[tuple[Any, ...]] = []
+        for entry, _ in entries:
+            entry_lines = records.line_rows(entry)
+            lines += entry_lines
+            audit.append(records.entry_audit(entry_rows[entry.entry_id], entry_lines))
+        _copy(cur, "ledger_lines", records.LINE_COLUMNS, lines)
+        _accounts_from_entries(cur, entries)
+        counts.update(journal_entries=len(entries), ledger_lines=len(lines))
+        event_rows = {e.event_id: records.event_row(e, o) for e, o in batch.events}
+        new_events = _insert_new(cur, "stage_events", event_rows.values())
+        events = [e for e, _ in _first_of_each(batch.events, new_events, lambda e: e.event_id)]
+        counts["payments"] = _payments(cur, [e for e in events if is_own_event(e)])
+        audit += [records.event_audit(event_rows[e.event_id]) for e in events]
+        counts["payment_events"] = len(events)
+        dead_rows = {(row[0], row[1]): row for row, _ in batch.dead_letters}
+        new_dead = _insert_new(cur, "stage_dead_letters", dead_rows.values())
+        audit += [records.dlq_audit(row) for key, row in dead_rows.items() if key in new_dead]
+        counts["dlq_records"] = len(new_dead)
     return counts, audit
 
 
-def _insert(
-    conn: Connection, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]]
-) -> None:
-    if not rows:
-        return
-    sql = (
-        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})"
-        " ON CONFLICT DO NOTHING"
+def _first_of_each(
+    items: list[tuple[T, Origin]], new: set[Any], key: Callable[[T], Any]
+) -> list[tuple[T, Origin]]:
+    """The ``items`` whose key was new, in log order, each once (a log holds each id once;
+    should one repeat, its first record is the one written)."""
+    kept = []
+    for item, origin in items:
+        if key(item) in new:
+            new.discard(key(item))
+            kept.append((item, origin))
+    return kept
+
+
+# --- COPY, staged -------------------------------------------------------------------------
+# executemany costs 13-25 µs of client CPU and 21-71 µs of Postgres CPU per row; COPY
+# 1-3 and 12-24 (docs/benchmarks.md). Facts whose insert must say which rows were new
+# (RETURNING) and upserts are COPYed into a temporary table first and moved with one
+# INSERT ... SELECT. Plain inserts (lines of new entries, audit rows) are COPYed in place.
+
+STAGES: dict[str, tuple[str, Sequence[str]]] = {
+    "stage_entries": ("journal_entries", records.ENTRY_COLUMNS),
+    "stage_events": ("payment_events", records.EVENT_COLUMNS),
+    "stage_dead_letters": ("dlq_records", records.DLQ_COLUMNS),
+    "stage_payments": ("payments", records.PAYMENT_COLUMNS),
+    "stage_account_deltas": ("accounts", ACCOUNT_DELTA_COLUMNS),
+    "stage_directory": ("accounts", DIRECTORY_COLUMNS),
+}
+"""Temporary table -> (the table it feeds, its columns). Emptied at every commit."""
+KEYS = {"stage_entries": 1, "stage_events": 1, "stage_dead_letters": 2}
+"""How many leading columns are the key, for the stages of ``_insert_new``."""
+
+
+def _create_stages(cur: Cursor) -> None:
+    """This session's staging tables (no constraints: the real table checks each row).
+
+    Made in the batch's transaction each time (a no-op once they exist), so a batch
+    rolled back before they were ever committed does not leave the session without them.
+    """
+    cur.execute(
+        "; ".join(
+            f"CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS"
+            f" SELECT {', '.join(columns)} FROM {table} WITH NO DATA"
+            for stage, (table, columns) in STAGES.items()
+        )
     )
-    with conn.cursor() as cur:
-        cur.executemany(sql, rows)
 
 
-def _insert_new(
-    conn: Connection,
-    table: str,
-    columns: Sequence[str],
-    rows: list[tuple[Any, ...]],
-    *,
-    key_columns: int = 1,
-) -> set[Any]:
-    """Insert ``rows`` that are not there yet; the keys (first ``key_columns``) of the new ones."""
-    if not rows:
+def _copy(cur: Cursor, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> int:
+    """COPY ``rows`` into ``table``; how many."""
+    count = 0
+    with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
+            count += 1
+    return count
+
+
+def _stage(cur: Cursor, stage: str, rows: Iterable[Sequence[Any]]) -> tuple[str, str] | None:
+    """COPY ``rows`` into ``stage``; (its table, its column list), or None if there were none."""
+    table, columns = STAGES[stage]
+    if _copy(cur, stage, columns, rows) == 0:
+        return None
+    return table, ", ".join(columns)
+
+
+def _insert_new(cur: Cursor, stage: str, rows: Iterable[Sequence[Any]]) -> set[Any]:
+    """Insert the ``rows`` that are not there yet; the keys of the new ones."""
+    staged = _stage(cur, stage, rows)
+    if staged is None:
         return set()
-    keys = ", ".join(columns[:key_columns])
-    sql = (
-        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})"
+    table, columns = staged
+    key_columns = KEYS[stage]
+    keys = ", ".join(STAGES[stage][1][:key_columns])
+    cur.execute(
+        f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {stage}"
         f" ON CONFLICT DO NOTHING RETURNING {keys}"
     )
-    new: set[Any] = set()
-    with conn.cursor() as cur:
-        cur.executemany(sql, rows, returning=True)
-        for _ in cur.results():
-            row = cur.fetchone()
-            if row is not None:
-                new.add(row[0] if key_columns == 1 else tuple(row))
-    return new
+    return {row[0] if key_columns == 1 else tuple(row) for row in cur.fetchall()}
 
 
-def _accounts_from_entries(conn: Connection, entries: list[tuple[JournalEntry, Origin]]) -> None:
-    """Add the new entries' lines to the balance projection, accounts in a fixed order."""
+def _accounts_from_entries(cur: Cursor, entries: list[tuple[JournalEntry, Origin]]) -> None:
+    """Add the new entries' lines to the balance projection."""
     deltas: dict[str, AccountDelta] = {}
     position: dict[str, Origin] = {}
     for entry, origin in entries:
@@ -216,32 +258,37 @@ def _accounts_from_entries(conn: Connection, entries: list[tuple[JournalEntry, O
         merge(deltas, more)
         for account_id in more:
             position[account_id] = origin
-    ordered = sorted(deltas.items())
-    if not ordered:
+    rows = [
+        (account_id, d.currency, *_owner(account_id), *d.totals, d.lines,
+         position[account_id].partition, position[account_id].offset)
+        for account_id, d in deltas.items()
+    ]  # fmt: skip
+    if _stage(cur, "stage_account_deltas", rows) is None:
         return
-    with conn.cursor() as cur:
-        # Rows first, then the deltas: a delta may be negative (a reservation released),
-        # and Postgres checks constraints on the row an INSERT proposes, before ON CONFLICT.
-        cur.executemany(
-            "INSERT INTO accounts (account_id, currency, partner_id, status)"
-            " VALUES (%s, %s, %s, %s) ON CONFLICT (account_id) DO NOTHING",
-            [(account_id, delta.currency, *_owner(account_id)) for account_id, delta in ordered],
-        )
-        cur.executemany(
-            "UPDATE accounts SET"
-            " currency = coalesce(currency, %s),"
-            " posted_debits_minor = posted_debits_minor + %s,"
-            " posted_credits_minor = posted_credits_minor + %s,"
-            " pending_debits_minor = pending_debits_minor + %s,"
-            " pending_credits_minor = pending_credits_minor + %s,"
-            " version = version + %s, ledger_partition = %s, ledger_offset = %s,"
-            " updated_at = now() WHERE account_id = %s",
-            [
-                (d.currency, *d.totals, d.lines, position[account_id].partition,
-                 position[account_id].offset, account_id)
-                for account_id, d in ordered
-            ],
-        )  # fmt: skip
+    # Rows first, then the deltas: a delta may be negative (a reservation released), and
+    # Postgres checks constraints on the row an INSERT proposes, before ON CONFLICT. Rows
+    # are created and locked in account order, so two sinks never wait for each other in
+    # a circle.
+    cur.execute(
+        "INSERT INTO accounts (account_id, currency, partner_id, status)"
+        " SELECT account_id, currency, partner_id, status FROM stage_account_deltas"
+        " ORDER BY account_id ON CONFLICT (account_id) DO NOTHING"
+    )
+    cur.execute(
+        "SELECT FROM accounts WHERE account_id IN (SELECT account_id FROM stage_account_deltas)"
+        " ORDER BY account_id FOR UPDATE"
+    )
+    cur.execute(
+        "UPDATE accounts a SET"
+        " currency = coalesce(a.currency, d.currency),"
+        " posted_debits_minor = a.posted_debits_minor + d.posted_debits_minor,"
+        " posted_credits_minor = a.posted_credits_minor + d.posted_credits_minor,"
+        " pending_debits_minor = a.pending_debits_minor + d.pending_debits_minor,"
+        " pending_credits_minor = a.pending_credits_minor + d.pending_credits_minor,"
+        " version = a.version + d.version, ledger_partition = d.ledger_partition,"
+        " ledger_offset = d.ledger_offset, updated_at = now()"
+        " FROM stage_account_deltas d WHERE a.account_id = d.account_id"
+    )
 
 
 def _owner(account_id: str) -> tuple[str | None, str | None]:
@@ -254,61 +301,46 @@ def _owner(account_id: str) -> tuple[str | None, str | None]:
 def _directory(conn: Connection, entries: list[DirectoryEntry], counts: dict[str, int]) -> None:
     """Status, owner and currency of accounts, from the workers' directory (ordered per account)."""
     latest = {entry.account_id: entry for entry in entries}
-    rows = [(e.account_id, e.currency, e.partner_id, e.status) for _, e in sorted(latest.items())]
-    if not rows:
-        return
+    rows = [(e.account_id, e.currency, e.partner_id, e.status) for e in latest.values()]
     with conn.cursor() as cur:
-        cur.executemany(
+        if _stage(cur, "stage_directory", rows) is None:
+            return
+        cur.execute(
             "INSERT INTO accounts (account_id, currency, partner_id, status, version)"
-            " VALUES (%s, %s, %s, %s, 1) ON CONFLICT (account_id) DO UPDATE SET"
+            " SELECT account_id, currency, partner_id, status, 1 FROM stage_directory"
+            " ORDER BY account_id ON CONFLICT (account_id) DO UPDATE SET"
             " currency = excluded.currency, partner_id = excluded.partner_id,"
             " status = excluded.status, version = accounts.version + 1, updated_at = now()"
             " WHERE (accounts.currency, accounts.partner_id, accounts.status)"
-            " IS DISTINCT FROM (excluded.currency, excluded.partner_id, excluded.status)",
-            rows,
+            " IS DISTINCT FROM (excluded.currency, excluded.partner_id, excluded.status)"
         )
     counts["accounts"] += len(rows)
 
 
-def _payments(conn: Connection, events: list[Event]) -> int:
+def _payments(cur: Cursor, events: list[Event]) -> int:
     """Each payment's latest status, from its own events (they arrive in order: one events
     partition each). Answers to records that repeated or misused an id stay in
     ``payment_events`` only: they never create or change a payment."""
-    if not events:
+    folded: dict[str, tuple[Any, ...]] = {}
+    for event in events:
+        row = records.payment_row(event)
+        before = folded.get(event.payment_id)
+        folded[event.payment_id] = row if before is None else records.payment_then(before, row)
+    if _stage(cur, "stage_payments", folded.values()) is None:
         return 0
-    rows = [_payment_row(event) for event in events]
-    steps = ", ".join(
-        f"{column} = coalesce(payments.{column}, excluded.{column})"
-        for column in STEP_COLUMN.values()
+    columns = ", ".join(records.PAYMENT_COLUMNS)
+    cur.execute(
+        f"INSERT INTO payments ({columns}) SELECT {columns} FROM stage_payments"
+        f" ORDER BY payment_id ON CONFLICT (payment_id) DO UPDATE SET {_PAYMENT_UPDATE}"
     )
-    with conn.cursor() as cur:
-        cur.executemany(
-            "INSERT INTO payments (payment_id, command_type, partner_id, account_id,"
-            " counterparty_account_id, amount_minor, currency, status, code, created_at_ms,"
-            " debited_at_ms, completed_at_ms, reversed_at_ms, rejected_at_ms, updated_at_ms,"
-            " last_event_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
-            " %s, %s) ON CONFLICT (payment_id) DO UPDATE SET status = excluded.status,"
-            " code = excluded.code, updated_at_ms = excluded.updated_at_ms,"
-            " last_event_id = excluded.last_event_id,"
-            " counterparty_account_id = coalesce(payments.counterparty_account_id,"
-            " excluded.counterparty_account_id),"
-            " amount_minor = coalesce(payments.amount_minor, excluded.amount_minor),"
-            " currency = coalesce(payments.currency, excluded.currency), " + steps,
-            rows,
-        )
-    return len(rows)
+    return len(folded)
 
 
-def _payment_row(event: Event) -> tuple[Any, ...]:
-    steps = [
-        event.issued_at_ms if STEP_COLUMN.get(event.type) == column else None
-        for column in STEP_COLUMN.values()
-    ]
-    return (
-        event.payment_id, event.command_type, event.partner_id, event.account_id,
-        event.counterparty_account_id, event.amount_minor, event.currency, event.type, event.code,
-        event.issued_at_ms, *steps, event.issued_at_ms, event.event_id,
-    )  # fmt: skip
+_PAYMENT_UPDATE = ", ".join(
+    [f"{c} = excluded.{c}" for c in records.PAYMENT_LATEST]
+    + [f"{c} = coalesce(payments.{c}, excluded.{c})" for c in records.PAYMENT_FIRST_KNOWN]
+)
+"""``records.payment_then`` in SQL: a payment row meeting a later event of its payment."""
 
 
 def _append_audit(
@@ -324,14 +356,12 @@ def _append_audit(
         digest = records.chain_hash(head.hash, row.body)
         rows.append((row.chain, head.seq + 1, row.kind, row.ref, row.body, head.hash, digest))
         new_heads[row.chain] = ChainHead(head.seq + 1, digest)
-    if rows:
-        with conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO audit_log (chain, seq, kind, ref, body, prev_hash, hash)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                rows,
-            )
+    with conn.cursor() as cur:
+        _copy(cur, "audit_log", AUDIT_COLUMNS, rows)
     return new_heads
+
+
+AUDIT_COLUMNS = ("chain", "seq", "kind", "ref", "body", "prev_hash", "hash")
 
 
 def _move_positions(

@@ -11,8 +11,8 @@ from paystream.audit import records, store
 from paystream.audit.migrate import Migration, MigrationError, migrate
 from paystream.audit.records import Origin
 from paystream.audit.store import Batch, ChainHead, Fenced
-from paystream.ledger import DirectoryEntry, Event, JournalEntry
-from tests.support.ledger import deposit, entries, events, open_account, run
+from paystream.ledger import DirectoryEntry, Event, JournalEntry, is_own_event
+from tests.support.ledger import Cluster, deposit, entries, events, open_account, run, transfer
 
 pytestmark = pytest.mark.integration
 
@@ -104,6 +104,53 @@ def test_a_batch_is_written_once_with_its_positions_and_a_valid_chain(dsn: str) 
         assert bytes(digest) == records.chain_hash(prev, body)
         prev = bytes(digest)
     assert [seq for seq, *_ in chain] == [1, 2]
+
+
+def saga_facts() -> tuple[list[JournalEntry], list[Event]]:
+    """A completed and a reversed transfer through the real core (each payment has several
+    events: Debited, then Completed or Reversed)."""
+    cluster = Cluster()
+    cluster.apply([open_account(1, "src"), deposit(2, "src", 1000)], partition=0)
+    cluster.apply([open_account(3, "dst", partition=1)], partition=1)
+    for n, destination in ((4, "dst"), (5, "nobody")):
+        cluster.saga(transfer(n, "src", destination, 100))
+    return cluster.entries(), cluster.events()
+
+
+def test_a_payment_read_in_one_batch_equals_one_event_per_batch(audit_dsn: str) -> None:
+    """The sink folds a payment's events of one batch into one row: the same row as writing
+    each event in a batch of its own (the upsert, one at a time)."""
+    journal, answers = saga_facts()
+    assert len(answers) > len({e.payment_id for e in answers})  # several events per payment
+    migrate(audit_dsn)
+    payments = "SELECT * FROM payments ORDER BY payment_id"
+    conn = sink_connection(audit_dsn)
+    heads = store.chain_heads(conn, ["ledger:0", "events:0"])
+    write(conn, batch(journal, answers), None, heads)
+    in_one = [row[:-1] for row in conn.execute(payments).fetchall()]  # recorded_at differs
+    conn.execute("RESET ROLE")
+    conn.execute("TRUNCATE payments")
+    conn.execute(f"SET ROLE {store.SINK_ROLE}")
+    event_rows = [e for e in answers if is_own_event(e)]
+    for event in event_rows:
+        with conn.transaction():
+            store._create_stages(conn.cursor())
+            store._payments(conn.cursor(), [event])
+    one_by_one = [row[:-1] for row in conn.execute(payments).fetchall()]
+    assert in_one == one_by_one
+    assert {row[7] for row in in_one} >= {"Completed", "Reversed"}
+
+
+def test_a_fenced_first_batch_leaves_the_connection_usable(dsn: str) -> None:
+    """The staging tables are made in the batch's transaction: one rolled back on a fresh
+    connection takes them with it, and the next batch makes them again."""
+    journal, answers = facts()
+    conn = sink_connection(dsn)
+    heads = store.chain_heads(conn, ["ledger:0", "events:0"])
+    with pytest.raises(Fenced):
+        write(conn, batch(journal, answers), (0, 0), dict(heads))  # nothing stored at 0
+    counts = write(conn, batch(journal, answers), None, heads)
+    assert counts["journal_entries"] == 2
 
 
 def test_the_sink_role_cannot_change_a_recorded_fact(dsn: str) -> None:
