@@ -75,8 +75,7 @@ from psycopg import IsolationLevel
 
 from paystream import workload
 from paystream.agents.metrics import collect_text
-from paystream.audit.migrate import migrate
-from paystream.audit.records import ENTRY_COLUMNS, canonical, chain_hash
+from paystream.audit import db
 from paystream.runner import Platform, running
 from paystream.services.kafka import start_on_free_ports
 from paystream.services.postgres import EmbeddedPostgres
@@ -111,7 +110,6 @@ CLOCK_FETCH_WAIT_MS = 500
 WINDOW_S = 5.0
 """Latency percentiles are also given per window of this many seconds of traffic."""
 
-CONNECT_TIMEOUT_S = 5
 MIGRATE_TIMEOUT_S = 120.0
 ANSWER_TIMEOUT_S = 900.0
 STORE_TIMEOUT_S = 900.0
@@ -163,7 +161,7 @@ def broker_pid(work_dir: Path) -> int | None:
 
 def fresh_database(server_dsn: str, name: str) -> str:
     """Create database ``name`` (as tests/conftest.py does) and return a DSN that selects it."""
-    with psycopg.connect(server_dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
+    with db.connect(server_dsn, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     return psycopg.conninfo.make_conninfo(server_dsn, dbname=name)
 
@@ -189,7 +187,7 @@ def wait_migrated(dsn: str) -> None:
     """Until the sinks' migration created the tables (they migrate on start)."""
     deadline = time.monotonic() + MIGRATE_TIMEOUT_S
     while time.monotonic() < deadline:
-        with psycopg.connect(dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
+        with db.connect(dsn, autocommit=True) as conn:
             row = conn.execute("SELECT to_regclass('sink_offsets') IS NOT NULL").fetchone()
         if row and row[0]:
             return
@@ -369,7 +367,7 @@ class VisibilityPoller:
 
     def _run(self) -> None:
         try:
-            with psycopg.connect(self._dsn, connect_timeout=CONNECT_TIMEOUT_S) as conn:
+            with db.connect(self._dsn, autocommit=False) as conn:
                 conn.isolation_level = IsolationLevel.REPEATABLE_READ
                 conn.read_only = True
                 previous_ms: float | None = None
@@ -562,7 +560,7 @@ def completed_transfers(platform: Platform, load: Workload) -> set[str]:
 def wait_visible(dsn: str, payment_ids: set[str]) -> None:
     """Until Postgres shows every one of ``payment_ids`` Completed and posted."""
     deadline = time.monotonic() + VISIBLE_TIMEOUT_S
-    with psycopg.connect(dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
+    with db.connect(dsn, autocommit=True) as conn:
         while time.monotonic() < deadline:
             row = conn.execute(VISIBLE_COUNT_SQL, (list(payment_ids),)).fetchone()
             if row is not None and row[0] == len(payment_ids):
@@ -734,7 +732,7 @@ class Usage:
 
 def table_writes(dsn: str) -> dict[str, int]:
     """Inserted plus updated tuples per table, by Postgres' own statistics."""
-    with psycopg.connect(dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
+    with db.connect(dsn, autocommit=True) as conn:
         rows = conn.execute(
             "SELECT relname, n_tup_ins + n_tup_upd FROM pg_stat_user_tables"
         ).fetchall()
@@ -742,7 +740,7 @@ def table_writes(dsn: str) -> dict[str, int]:
 
 
 def fact_counts(dsn: str) -> dict[str, int]:
-    with psycopg.connect(dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
+    with db.connect(dsn, autocommit=True) as conn:
         return {
             table: int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # type: ignore[index]
             for table in FACT_TABLES
@@ -982,7 +980,7 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
         ("entry_audit (", "event_audit (", "dlq_audit (", "canonical ("),
     ),
     ("commit (fsync wait)", ("transaction.py",)),
-    ("SQL executemany/execute (psycopg + server)", ("psycopg/",)),
+    ("SQL: COPY and statements (psycopg + server)", ("psycopg/",)),
     ("row tuples, filters, account deltas", ("records.py", "projection.py", "audit/store.py")),
     ("Avro decode + validation", ("decode_journal_entry (", "decode_event (")),
     ("dead letters, directory", ("dlq_row (", "classify (")),
@@ -1039,104 +1037,6 @@ def profile_summary(profile_dir: Path) -> dict[str, Any]:
     return found
 
 
-# --- phase 4: COPY against executemany --------------------------------------------------
-
-COPY_PROBE_ROWS = 20_000
-COPY_PROBE_BATCH_ROWS = 5_000
-"""Rows per transaction, about a sink batch."""
-LINE_COLUMNS = ("entry_id", "line_no", "account_id", "currency", "side", "amount_minor", "phase")
-AUDIT_COLUMNS = ("chain", "seq", "kind", "ref", "body", "prev_hash", "hash")
-
-
-def probe_rows(method: str) -> dict[str, list[tuple[Any, ...]]]:
-    """Ledger lines (with their entries) and audit rows shaped like the sink's, keys unique to
-    ``method`` (its entries on "ledger partition" ``len(method)``)."""
-    entries, lines, audit = [], [], []
-    prev = bytes(32)
-    for i in range(COPY_PROBE_ROWS // 2):
-        entry_id = f"{method}-{i:08d}:debit"
-        entries.append((entry_id, f"{method}-{i:08d}", "transfer_debit", "pending", None, "demo",
-                        f"acct-{i % 500:06d}", 0, len(method), i))  # fmt: skip
-        lines += [
-            (entry_id, 0, f"acct-{i % 500:06d}", "EUR", "debit", 1 + i % 5_000, "pending"),
-            (entry_id, 1, "@transit-EUR-0", "EUR", "credit", 1 + i % 5_000, "pending"),
-        ]
-    for seq in range(1, COPY_PROBE_ROWS + 1):
-        body = canonical({"entry_id": f"{method}-{seq:08d}", "lines": lines[seq % len(lines)]})
-        digest = chain_hash(prev, body)
-        audit.append((f"{method}:0", seq, "journal_entry", f"{method}-{seq}", body, prev, digest))
-        prev = digest
-    return {"journal_entries": entries, "ledger_lines": lines, "audit_log": audit}
-
-
-def write_rows(conn: psycopg.Connection[Any], method: str, table: str, rows: list[Any]) -> None:
-    columns = LINE_COLUMNS if table == "ledger_lines" else AUDIT_COLUMNS
-    for start in range(0, len(rows), COPY_PROBE_BATCH_ROWS):
-        batch = rows[start : start + COPY_PROBE_BATCH_ROWS]
-        with conn.transaction(), conn.cursor() as cur:
-            if method == "copy":
-                with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
-                    for row in batch:
-                        copy.write_row(row)
-            else:  # the sink's statement (store._insert, store._append_audit)
-                conflict = " ON CONFLICT DO NOTHING" if table == "ledger_lines" else ""
-                values = ", ".join(["%s"] * len(columns))
-                cur.executemany(
-                    f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({values}){conflict}",
-                    batch,
-                )
-
-
-def copy_probe(server_dsn: str, postgres: EmbeddedPostgres) -> list[dict[str, Any]]:
-    """Client and server CPU per row of the sink's two biggest writes, executemany and COPY."""
-    dsn = fresh_database(server_dsn, f"bench_copy_{uuid.uuid4().hex[:8]}")
-    migrate(dsn)
-    found = []
-    with psycopg.connect(dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
-        for method in ("executemany", "copy"):
-            rows = probe_rows(method)
-            write_rows_copy_entries(conn, rows["journal_entries"])
-            for table in ("ledger_lines", "audit_log"):
-                server_before = process_usage_family(postgres)
-                client_before, started = time.process_time(), time.monotonic()
-                write_rows(conn, method, table, rows[table])
-                wall_s = time.monotonic() - started
-                client_s = time.process_time() - client_before
-                server_s = process_usage_family(postgres) - server_before
-                n = len(rows[table])
-                found.append({
-                    "method": method, "table": table, "rows": n, "rows_per_s": n / wall_s,
-                    "client_cpu_us_per_row": 1e6 * client_s / n,
-                    "server_cpu_us_per_row": 1e6 * server_s / n,
-                })  # fmt: skip
-    return found
-
-
-def write_rows_copy_entries(conn: psycopg.Connection[Any], entries: list[Any]) -> None:
-    with conn.transaction(), conn.cursor() as cur:
-        columns = ", ".join(ENTRY_COLUMNS)
-        with cur.copy(f"COPY journal_entries ({columns}) FROM STDIN") as copy:
-            for row in entries:
-                copy.write_row(row)
-
-
-def process_usage_family(postgres: EmbeddedPostgres) -> float:
-    pid = postgres.pid()
-    if pid is None:
-        raise RuntimeError("the embedded Postgres is not running")
-    return sum(process_usage(p).get("cpu_s", 0.0) for p in descendants([pid]))
-
-
-def copy_table(probe: Sequence[dict[str, Any]]) -> str:
-    header = ["table", "method", "rows/s (one client)", "client CPU µs/row", "server CPU µs/row"]
-    rows = [
-        [p["table"], p["method"], f"{p['rows_per_s']:,.0f}", f"{p['client_cpu_us_per_row']:.1f}",
-         f"{p['server_cpu_us_per_row']:.1f}"]
-        for p in sorted(probe, key=lambda p: (p["table"], p["method"]))
-    ]  # fmt: skip
-    return md_table(header, rows, left=2)
-
-
 # --- report -----------------------------------------------------------------------------
 
 
@@ -1147,7 +1047,7 @@ def machine_facts(server_dsn: str) -> dict[str, Any]:
         host.processor(),
     )  # fmt: skip
     mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
-    with psycopg.connect(server_dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
+    with db.connect(server_dsn, autocommit=True) as conn:
         pg = {
             name: str(conn.execute(f"SHOW {name}").fetchone()[0])  # type: ignore[index]
             for name in ("server_version", "fsync", "synchronous_commit", "shared_buffers")
@@ -1310,9 +1210,6 @@ def report(results: dict[str, Any]) -> str:
     if p := results.get("profile"):
         parts += ["Profile of one sink draining the backlog (py-spy, main thread):", ""]
         parts += [drain_table([p["drain"]]), "", profile_table(p), ""]
-    if probe := results.get("copy_probe"):
-        parts += ["The sink's two biggest writes, by executemany (as now) and by COPY:", ""]
-        parts += [copy_table(probe), ""]
     runs = [(f"consistency at {c['offered_per_s']:,}/s", c["usage"]) for c in consistency]
     runs += [(f"drain, {d['sinks']} sink(s)", d["usage_first_row_to_done"]) for d in drains]
     runs += [("drain, 1 sink, under py-spy", p["drain"]["usage_first_row_to_done"])] if p else []
@@ -1392,7 +1289,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--drain-sinks", type=int, nargs="*", default=[1, 2])
     parser.add_argument("--no-consistency", action="store_true")
     parser.add_argument("--no-profile", action="store_true")
-    parser.add_argument("--no-copy-probe", action="store_true")
     parser.add_argument(
         "--profile-out", type=Path, default=PROFILE_OUT, help="py-spy's raw stacks go here"
     )
@@ -1454,9 +1350,6 @@ def run_phases(
                 profile_dir=None,
             )
         )
-    if not args.no_copy_probe:
-        print(f"COPY against executemany, {COPY_PROBE_ROWS:,} rows per table:", flush=True)
-        results["copy_probe"] = copy_probe(server_dsn, postgres)
     if not args.no_profile:
         print("profile: 1 sink under py-spy:", flush=True)
         profile_dir = args.profile_out.resolve()

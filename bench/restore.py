@@ -86,8 +86,7 @@ from paystream.ledger import (
     mint_command_id,
     request_key,
 )
-from paystream.services.kafka import KafkaBroker
-from paystream.services.process import free_port, port_open
+from paystream.services.kafka import start_on_free_ports
 from paystream.settings import Settings
 from paystream.tables import codecs
 from paystream.topology.avro import AvroSerde
@@ -117,7 +116,6 @@ LOAD_SETUP_TIMEOUT_S = 300.0
 SEED_FLUSH_TIMEOUT_S = 900.0
 METADATA_TIMEOUT_S = 30.0
 CHECK_IMPORT_TIMEOUT_S = 60.0
-BROKER_PORT_TRIES = 50
 TRANSIENT_CODES = frozenset(
     {
         KafkaError.NOT_LEADER_FOR_PARTITION,
@@ -218,15 +216,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 # --- broker -------------------------------------------------------------------------------
 
 
-def _free_port_pair() -> int:
-    """A port p with p+1 free too (the broker's controller listens on p+1)."""
-    for _ in range(BROKER_PORT_TRIES):
-        port = free_port()
-        if port < 65535 and not port_open("127.0.0.1", port + 1):
-            return port
-    raise BenchError("no free pair of ports for the broker")
-
-
 @contextlib.contextmanager
 def kafka(data_dir: Path, bootstrap: str | None) -> Iterator[tuple[str, str | None]]:
     """``(bootstrap, broker version)``: the given Kafka, or a broker of our own.
@@ -237,13 +226,10 @@ def kafka(data_dir: Path, bootstrap: str | None) -> Iterator[tuple[str, str | No
     if bootstrap:
         yield bootstrap, None
         return
-    port = _free_port_pair()
-    home = Settings(data_dir=data_dir, kafka_port=port).services_dir / "kafka"
-    broker = KafkaBroker(home=home, port=port)
-    shutil.rmtree(broker.home, ignore_errors=True)
-    print(f"starting Kafka on {broker.bootstrap} in {broker.home}", flush=True)
+    home = Settings(data_dir=data_dir).services_dir / "kafka"
+    broker = start_on_free_ports(home)
+    print(f"Kafka started on {broker.bootstrap} in {broker.home}", flush=True)
     try:
-        broker.start()
         yield broker.bootstrap, broker.version()
     finally:
         broker.stop()

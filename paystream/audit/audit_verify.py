@@ -42,7 +42,7 @@ from typing import Any, TextIO, TypeVar, get_args
 import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
-from paystream.audit import records, store
+from paystream.audit import db, records, store
 from paystream.audit.projection import Totals, line_delta
 from paystream.audit.records import AuditRow
 from paystream.ledger import JournalEntry
@@ -78,7 +78,6 @@ FETCH_ROWS_MAX = 5_000
 """Rows per fetch from a server-side cursor: what memory holds of a stream at once."""
 PROGRESS_EVERY_ROWS = 200_000
 """A progress line per this many rows of a stream (none on small stores)."""
-CONNECT_TIMEOUT_S = 10
 VERIFY_GROUP_ID = "paystream-audit-verify"
 """The group id of the topic reader (it assigns partitions and never commits)."""
 
@@ -508,7 +507,7 @@ def verify_store(
 @contextlib.contextmanager
 def _snapshot(dsn: str) -> Iterator[Connection]:
     """One read-only REPEATABLE READ transaction: every check sees the same store."""
-    conn = psycopg.connect(dsn, autocommit=False, connect_timeout=CONNECT_TIMEOUT_S)
+    conn = db.connect(dsn, autocommit=False)
     try:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True

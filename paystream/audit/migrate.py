@@ -23,12 +23,12 @@ from importlib import resources
 
 import psycopg
 
+from paystream.audit import db
 from paystream.ledger.errors import ensure
 
 MIGRATIONS_PACKAGE = "paystream.audit.migrations"
 MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 ADVISORY_LOCK_KEY = 0x7061797374726D  # "paystrm": one migrator at a time per database
-CONNECT_TIMEOUT_S = 10
 
 
 class MigrationError(RuntimeError):
@@ -62,7 +62,7 @@ def available() -> list[Migration]:
 def migrate(dsn: str) -> list[Migration]:
     """Apply every migration not applied yet; return the ones this call applied."""
     applied_now = []
-    with psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT_S, autocommit=True) as conn:
+    with db.connect(dsn, autocommit=True) as conn:
         # Under the lock too: two sinks starting together raced on CREATE TABLE IF NOT
         # EXISTS (a unique violation in pg_type) and one of them died.
         with conn.transaction():
@@ -101,7 +101,7 @@ def _apply(conn: psycopg.Connection[tuple[object, ...]], migration: Migration) -
 
 def applied_version(dsn: str) -> int:
     """The highest applied migration (0 when none is)."""
-    with psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT_S) as conn:
+    with db.connect(dsn, autocommit=False) as conn:
         exists = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
         ensure(exists is not None, "no answer from Postgres")
         if not (exists and exists[0]):

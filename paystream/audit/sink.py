@@ -27,7 +27,7 @@ import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
 from paystream.agents.directory import classify
-from paystream.audit import metrics, records, store
+from paystream.audit import db, metrics, records, store
 from paystream.audit.migrate import migrate
 from paystream.audit.records import Origin
 from paystream.audit.store import Batch, ChainHead, Fenced, Position
@@ -50,11 +50,11 @@ RETRY_MAX_S = 10.0
 ASSIGN_RETRY_MAX_S = 300.0
 """How long an assignment waits for Postgres to give its stored positions."""
 LAG_REPORT_S = 2.0
-CONNECT_TIMEOUT_S = 5
 POLL_INTERVAL_MAX_MS = 300_000
 
-RETRIABLE = (psycopg.OperationalError, psycopg.errors.TransactionRollback)
-"""Postgres unreachable, restarting, or a serialization conflict: worth retrying."""
+RETRIABLE = psycopg.OperationalError
+"""Postgres unreachable or restarting, a deadlock or a serialization conflict (each a
+TransactionRollback, itself an OperationalError): worth retrying."""
 
 logger = logging.getLogger("paystream.sink")
 Kind = Literal["ledger", "events", "dlq", "directory"]
@@ -254,7 +254,7 @@ class PostgresSink:
 
     def _connection(self) -> store.Connection:
         if self._conn is None or self._conn.closed:
-            conn = psycopg.connect(self._dsn, connect_timeout=CONNECT_TIMEOUT_S, autocommit=True)
+            conn = db.connect(self._dsn, autocommit=True)
             conn.execute(f"SET ROLE {store.SINK_ROLE}")  # INSERT only on facts and the audit log
             self._conn = conn
         return self._conn

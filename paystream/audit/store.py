@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import psycopg
 
-from paystream.audit import records
+from paystream.audit import db, records
 from paystream.audit.projection import AccountDelta, entry_deltas, merge
 from paystream.audit.records import AuditRow, Origin
 from paystream.ledger import (
@@ -32,10 +32,9 @@ from paystream.ledger.accounts import SYSTEM_PARTNER_ID
 from paystream.ledger.errors import InvariantViolation
 
 SINK_ROLE = "paystream_sink"
-CONNECT_TIMEOUT_S = 5
 Position = tuple[str, int]
 """(topic, partition)"""
-Connection = psycopg.Connection[tuple[Any, ...]]
+Connection = db.Connection
 Cursor = psycopg.Cursor[tuple[Any, ...]]
 T = TypeVar("T")
 ACCOUNT_DELTA_COLUMNS = (
@@ -96,7 +95,7 @@ TABLES = (
 
 def row_counts(dsn: str) -> dict[str, int]:
     """Rows per table of the audit store."""
-    with psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT_S) as conn:
+    with db.connect(dsn, autocommit=True) as conn:
         return {
             table: int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # type: ignore[index]
             for table in TABLES

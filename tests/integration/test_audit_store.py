@@ -3,6 +3,8 @@ fenced positions, a hash chain, and a sink role that cannot change what was reco
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import psycopg
 import pytest
 
@@ -172,8 +174,6 @@ def test_the_sink_role_cannot_change_a_recorded_fact(dsn: str) -> None:
 
 def test_sinks_starting_together_migrate_once(audit_dsn: str) -> None:
     """Two sinks raced on creating schema_migrations and one died (seen in CI)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     with ThreadPoolExecutor(max_workers=4) as pool:
         applied = list(pool.map(lambda _: migrate(audit_dsn), range(4)))
     assert sorted(len(a) for a in applied) == [0, 0, 0, len(migrate_module.available())]

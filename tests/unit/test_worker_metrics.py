@@ -13,6 +13,7 @@ import pytest
 
 from paystream.agents import metrics
 from paystream.agents.supervisor import METRICS_DIR_ENV, prepare_metrics_dir
+from paystream.ledger.errors import InvariantViolation
 
 CHILD_TIMEOUT_S = 60.0
 HTTP_TIMEOUT_S = 10.0
@@ -111,7 +112,5 @@ def test_an_empty_directory_has_no_samples(tmp_path: Path) -> None:
 
 
 def test_a_missing_directory_is_refused(tmp_path: Path) -> None:
-    from paystream.ledger.errors import InvariantViolation
-
     with pytest.raises(InvariantViolation):
         metrics.collect_text(tmp_path / "nowhere")
