@@ -27,6 +27,7 @@ def _services(args: argparse.Namespace, settings: Settings) -> int:
         print(f"kafka      {endpoints.kafka_bootstrap}")
         print(f"postgres   {endpoints.postgres_dsn}")
         print(f"clickhouse {endpoints.clickhouse_dsn}")
+        print(f"oidc       {endpoints.oidc_issuer}")
         return 0
     if action == "down":
         services.down(settings)

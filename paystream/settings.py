@@ -1,8 +1,8 @@
 """Typed, frozen settings: environment (``PAYSTREAM_*``) and an optional TOML file.
 
-Unset service URLs mean the embedded defaults: a local Kafka broker and an
-embedded PostgreSQL started by ``paystream services up``, and ClickHouse's
-embedded engine (``chdb://<data_dir>/clickhouse``).
+Unset service URLs mean the embedded defaults: a local Kafka broker, an
+embedded PostgreSQL and a local Keycloak started by ``paystream services up``,
+and ClickHouse's embedded engine (``chdb://<data_dir>/clickhouse``).
 """
 
 from __future__ import annotations
@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     postgres_dsn: str | None = None
     clickhouse_url: str | None = None
     schema_registry_url: str | None = None
+    oidc_issuer: str | None = None
+    """An OIDC issuer URL (tokens' ``iss``); unset: the local Keycloak's ``paystream`` realm."""
+    keycloak_port: int = Field(default=18080, ge=1024, le=65534)
+    """The local Keycloak's HTTP port; its management (health) port is the next one."""
     topic_prefix: str = Field(default="paystream", pattern=r"^[A-Za-z0-9._-]{1,100}$")
     partitions: int = Field(default=8, ge=1, le=PARTITIONS_MAX)
     idempotency_retention_s: int = Field(default=7 * 24 * 3600, ge=60, le=RETENTION_MAX_S)

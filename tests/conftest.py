@@ -29,6 +29,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from paystream.services import keycloak as keycloak_service
 from paystream.services.kafka import KafkaBroker, start_on_free_ports
 from paystream.services.postgres import EmbeddedPostgres
 from paystream.services.process import (
@@ -94,14 +95,16 @@ class SessionBroker:
 
     :meth:`kill` SIGKILLs it; :meth:`up` brings it back by running the real
     CLI with the environment under which that CLI finds this very broker
-    (same data directory, so the same log dirs, and the same port). Postgres
-    and ClickHouse are passed as URLs, so the CLI leaves them alone.
+    (same data directory, so the same log dirs, and the same port). Postgres,
+    ClickHouse and the session's Keycloak are passed as URLs, so the CLI leaves
+    them alone.
     """
 
     broker: KafkaBroker
     data_dir: Path
     postgres_dsn: str
     clickhouse_url: str
+    oidc_issuer: str
 
     @property
     def pid(self) -> int | None:
@@ -145,6 +148,7 @@ class SessionBroker:
             "PAYSTREAM_KAFKA_PORT": str(self.broker.port),
             "PAYSTREAM_POSTGRES_DSN": self.postgres_dsn,
             "PAYSTREAM_CLICKHOUSE_URL": self.clickhouse_url,
+            "PAYSTREAM_OIDC_ISSUER": self.oidc_issuer,
         }
 
 
@@ -209,7 +213,9 @@ def kafka_bootstrap(_kafka_service: tuple[str, KafkaBroker | None]) -> str:
 
 @pytest.fixture(scope="session")
 def session_broker(
-    _kafka_service: tuple[str, KafkaBroker | None], settings: Settings
+    _kafka_service: tuple[str, KafkaBroker | None],
+    settings: Settings,
+    keycloak: keycloak_service.KeycloakServer,
 ) -> SessionBroker:
     """The session's own broker, to kill and bring back; skips on an external or Docker one."""
     broker = _kafka_service[1]
@@ -224,6 +230,7 @@ def session_broker(
         data_dir=settings.data_dir,
         postgres_dsn=settings.postgres_dsn,
         clickhouse_url=settings.clickhouse_url,
+        oidc_issuer=keycloak.issuer,
     )
 
 
@@ -243,6 +250,16 @@ def postgres_dsn(postgres_server_dsn: str) -> str:
 def audit_dsn(postgres_server_dsn: str) -> str:
     """A database of this test's own: an audit store holds one run's ledger."""
     return _database_dsn(postgres_server_dsn, f"audit_{uuid.uuid4().hex[:10]}")
+
+
+@pytest.fixture(scope="session")
+def keycloak(services_home: Path) -> Iterator[keycloak_service.KeycloakServer]:
+    """The session's Keycloak with the paystream realm (started by the first test that asks)."""
+    server = keycloak_service.start_on_free_ports(services_home / "keycloak")
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

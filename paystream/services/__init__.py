@@ -1,9 +1,9 @@
-"""Real Kafka, Postgres and ClickHouse on this machine, or the configured ones.
+"""Real Kafka, Postgres, ClickHouse and Keycloak on this machine, or the configured ones.
 
 A service whose URL is configured (``PAYSTREAM_KAFKA_BOOTSTRAP``,
-``PAYSTREAM_POSTGRES_DSN``, ``PAYSTREAM_CLICKHOUSE_URL``) is used as it is and
-never started or stopped here; the others are launched locally under
-``<data_dir>/services``.
+``PAYSTREAM_POSTGRES_DSN``, ``PAYSTREAM_CLICKHOUSE_URL``,
+``PAYSTREAM_OIDC_ISSUER``) is used as it is and never started or stopped here;
+the others are launched locally under ``<data_dir>/services``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Literal
 
 from paystream.services import clickhouse
 from paystream.services.kafka import KafkaBroker, metadata_ok
+from paystream.services.keycloak import KeycloakServer, issuer_status
 from paystream.services.postgres import EmbeddedPostgres, external_status
 from paystream.services.process import ServiceError, tail
 from paystream.services.status import ServiceStatus
@@ -21,8 +22,8 @@ from paystream.settings import Settings
 
 __all__ = ["Endpoints", "ServiceError", "ServiceStatus", "down", "logs", "status", "up"]
 
-ServiceName = Literal["kafka", "postgres", "clickhouse"]
-SERVICE_NAMES: tuple[ServiceName, ...] = ("kafka", "postgres", "clickhouse")
+ServiceName = Literal["kafka", "postgres", "clickhouse", "keycloak"]
+SERVICE_NAMES: tuple[ServiceName, ...] = ("kafka", "postgres", "clickhouse", "keycloak")
 LOG_LINES_DEFAULT = 50
 
 
@@ -33,6 +34,7 @@ class Endpoints:
     kafka_bootstrap: str
     postgres_dsn: str
     clickhouse_dsn: str
+    oidc_issuer: str
 
 
 def _broker(settings: Settings) -> KafkaBroker:
@@ -41,6 +43,16 @@ def _broker(settings: Settings) -> KafkaBroker:
 
 def _postgres(settings: Settings) -> EmbeddedPostgres:
     return EmbeddedPostgres(home=settings.services_dir / "postgres")
+
+
+def local_keycloak(settings: Settings) -> KeycloakServer:
+    """The local Keycloak ``up`` runs (when no issuer is configured)."""
+    return KeycloakServer(home=settings.services_dir / "keycloak", port=settings.keycloak_port)
+
+
+def oidc_issuer(settings: Settings) -> str:
+    """The issuer tokens must come from: the configured one, or the local realm's."""
+    return settings.oidc_issuer or local_keycloak(settings).issuer
 
 
 def up(settings: Settings) -> Endpoints:
@@ -54,7 +66,9 @@ def up(settings: Settings) -> Endpoints:
             raise ServiceError(f"Kafka at {bootstrap} does not answer a metadata request")
     postgres_dsn = settings.postgres_dsn or _postgres(settings).start()
     clickhouse.ensure(settings.clickhouse_dsn)
-    return Endpoints(bootstrap, postgres_dsn, settings.clickhouse_dsn)
+    if settings.oidc_issuer is None:
+        local_keycloak(settings).start()
+    return Endpoints(bootstrap, postgres_dsn, settings.clickhouse_dsn, oidc_issuer(settings))
 
 
 def postgres_dsn(settings: Settings) -> str:
@@ -68,6 +82,8 @@ def down(settings: Settings) -> None:
         _broker(settings).stop()
     if settings.postgres_dsn is None:
         _postgres(settings).stop()
+    if settings.oidc_issuer is None:
+        local_keycloak(settings).stop()
 
 
 def status(settings: Settings) -> list[ServiceStatus]:
@@ -88,7 +104,14 @@ def status(settings: Settings) -> list[ServiceStatus]:
         if settings.postgres_dsn is None
         else external_status(settings.postgres_dsn)
     )
-    return [kafka_status, postgres_status, clickhouse.status(settings.clickhouse_dsn)]
+    keycloak_status = (
+        local_keycloak(settings).status()
+        if settings.oidc_issuer is None
+        else issuer_status(settings.oidc_issuer)
+    )
+    return [
+        kafka_status, postgres_status, clickhouse.status(settings.clickhouse_dsn), keycloak_status,
+    ]  # fmt: skip
 
 
 def log_file(settings: Settings, name: ServiceName) -> Path:
@@ -96,6 +119,8 @@ def log_file(settings: Settings, name: ServiceName) -> Path:
         return _broker(settings).log_file
     if name == "postgres":
         return _postgres(settings).log_file
+    if name == "keycloak":
+        return local_keycloak(settings).log_file
     return settings.data_dir / "clickhouse" / "logs" / "clickhouse-server.log"
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from paystream.services.process import (
     ServiceError,
-    free_port,
+    free_port_pair,
     port_open,
     read_pid,
     spawn_detached,
@@ -29,7 +29,6 @@ from paystream.services.status import ServiceStatus
 
 JAVA_MAJOR_MIN = 17
 TRANSACTION_ABORT_CHECK_MS = 1_000
-PORT_PAIR_TRIES_MAX = 50
 BROKER_START_TRIES_MAX = 3
 START_TIMEOUT_S = 90.0
 MAVEN_TIMEOUT_S = 600.0
@@ -233,15 +232,6 @@ class KafkaBroker:
         )  # fmt: skip
         if result.returncode != 0:
             raise ServiceError(f"formatting Kafka storage failed:\n{result.stdout}{result.stderr}")
-
-
-def free_port_pair() -> int:
-    """A free port p with p+1 free too (the broker's controller listens on p+1)."""
-    for _ in range(PORT_PAIR_TRIES_MAX):
-        port = free_port()
-        if port < 65535 and not port_open("127.0.0.1", port + 1):
-            return port
-    raise ServiceError("no free pair of ports")
 
 
 def start_on_free_ports(home: Path) -> KafkaBroker:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 STOP_TIMEOUT_S = 30.0
 POLL_INTERVAL_S = 0.2
+PORT_PAIR_TRIES_MAX = 50
 
 
 class ServiceError(RuntimeError):
@@ -99,6 +100,15 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def free_port_pair() -> int:
+    """A free port p with p+1 free too (a service's second listener takes p+1)."""
+    for _ in range(PORT_PAIR_TRIES_MAX):
+        port = free_port()
+        if port < 65535 and not port_open("127.0.0.1", port + 1):
+            return port
+    raise ServiceError("no free pair of ports")
 
 
 def tail(path: Path, *, lines: int) -> str:

@@ -8,7 +8,7 @@ from typing import Literal
 
 @dataclass(frozen=True, slots=True)
 class ServiceStatus:
-    name: Literal["kafka", "postgres", "clickhouse"]
+    name: Literal["kafka", "postgres", "clickhouse", "keycloak"]
     address: str
     pid: int | None
     version: str | None

@@ -9,12 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from paystream.services.process import free_port, pid_alive, port_open
+from paystream.services.process import free_port_pair, pid_alive
 
 pytestmark = pytest.mark.integration
 
 
-EXTERNAL_URLS = ("PAYSTREAM_KAFKA_BOOTSTRAP", "PAYSTREAM_POSTGRES_DSN", "PAYSTREAM_CLICKHOUSE_URL")
+EXTERNAL_URLS = (
+    "PAYSTREAM_KAFKA_BOOTSTRAP", "PAYSTREAM_POSTGRES_DSN", "PAYSTREAM_CLICKHOUSE_URL",
+    "PAYSTREAM_OIDC_ISSUER",
+)  # fmt: skip
 
 
 def _paystream(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -36,12 +39,10 @@ def _pids(text: str) -> list[int]:
 
 
 def test_up_twice_is_harmless_and_down_leaves_no_process(tmp_path: Path) -> None:
-    port = free_port()
-    while port_open("127.0.0.1", port + 1):
-        port = free_port()
     env = {
         "PAYSTREAM_DATA_DIR": str(tmp_path / "data"),
-        "PAYSTREAM_KAFKA_PORT": str(port),
+        "PAYSTREAM_KAFKA_PORT": str(free_port_pair()),
+        "PAYSTREAM_KEYCLOAK_PORT": str(free_port_pair()),
     }
     try:
         first = _paystream(env, "services", "up")
@@ -54,8 +55,10 @@ def test_up_twice_is_harmless_and_down_leaves_no_process(tmp_path: Path) -> None
         assert "healthy" in lines["kafka"] and "version=4." in lines["kafka"]
         assert "healthy" in lines["postgres"] and "version=16" in lines["postgres"]
         assert "healthy" in lines["clickhouse"]
+        assert "healthy" in lines["keycloak"] and "/realms/paystream" in lines["keycloak"]
+        assert "oidc       http://127.0.0.1:" in first.stdout
         pids = _pids(status.stdout)
-        assert len(pids) == 2  # the broker and the postmaster; ClickHouse is in-process
+        assert len(pids) == 3  # broker, postmaster, Keycloak; ClickHouse is in-process
     finally:
         down = _paystream(env, "services", "down")
     assert down.returncode == 0, down.stderr

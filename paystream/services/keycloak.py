@@ -1,0 +1,383 @@
+"""Keycloak, the local OIDC provider, from Maven Central (``keycloak-quarkus-dist``).
+
+Keycloak 26 needs Java 21 or newer. Fetched once with Maven into the cache and
+built there once (``kc.sh build``: Quarkus' build takes ~36 s on 2 cores);
+each server then runs a hard-linked copy of the built distribution in its own
+home (its own H2 database and data directory), ``start --optimized`` (~20 s),
+on 127.0.0.1 only. The ``paystream`` realm is imported from
+``deploy/keycloak/realm.json`` at the first start; client secrets and the
+bootstrap admin's password are generated for each home, kept in
+``<home>/secrets.json`` (mode 0600), and handed to the import through the
+environment (Keycloak resolves ``${ENV}`` placeholders in realm files).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import tarfile
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from paystream.services.kafka import cache_dir, java_major
+from paystream.services.process import (
+    ServiceError,
+    free_port_pair,
+    port_open,
+    read_pid,
+    stop_pid,
+    tail,
+    wait_until,
+)
+from paystream.services.status import ServiceStatus
+
+KEYCLOAK_VERSION = "26.7.3"
+JAVA_MAJOR_MIN = 21
+JAVA_HOME_ENV = "PAYSTREAM_KEYCLOAK_JAVA_HOME"
+JVM_DIRS = (Path("/usr/lib/jvm"),)
+REALM = "paystream"
+ADMIN_USER = "admin"
+HEAP_OPTS = "-Xms64m -Xmx512m"
+BUILD_OPTIONS = ("--db=dev-file", "--health-enabled=true", "--metrics-enabled=true")
+"""Options fixed by ``kc.sh build`` (a change needs a new build: they name its cache)."""
+MAVEN_TIMEOUT_S = 900.0
+BUILD_TIMEOUT_S = 600.0
+START_TIMEOUT_S = 300.0
+HTTP_TIMEOUT_S = 5.0
+SECRET_ENV_PREFIX = "PAYSTREAM_KC_SECRET_"
+_PLACEHOLDER = re.compile(r"^\$\{(" + SECRET_ENV_PREFIX + r"[A-Z0-9_]+)\}$")
+_REALM_FILE = Path(__file__).resolve().parents[2] / "deploy" / "keycloak" / "realm.json"
+
+
+def realm_file() -> Path:
+    if not _REALM_FILE.is_file():
+        raise ServiceError(f"realm not found at {_REALM_FILE}; run paystream from its source tree")
+    return _REALM_FILE
+
+
+def secret_env(client_id: str) -> str:
+    """The environment variable that carries ``client_id``'s secret into the realm import."""
+    return SECRET_ENV_PREFIX + re.sub(r"[^A-Z0-9]", "_", client_id.upper())
+
+
+# --- Java -----------------------------------------------------------------------------------
+
+
+def find_java_home() -> Path:
+    """A JDK of Java 21+: ``PAYSTREAM_KEYCLOAK_JAVA_HOME``, else the newest under /usr/lib/jvm."""
+    if configured := os.environ.get(JAVA_HOME_ENV):
+        home = Path(configured)
+        if _java_major_at(home) < JAVA_MAJOR_MIN:
+            raise ServiceError(f"{JAVA_HOME_ENV}={home} is not a Java {JAVA_MAJOR_MIN}+ home")
+        return home
+    found = sorted(
+        (
+            (major, home)
+            for home in _jvm_homes()
+            if (major := _java_major_at(home)) >= JAVA_MAJOR_MIN
+        ),
+        reverse=True,
+    )
+    if not found:
+        raise ServiceError(
+            f"Keycloak needs Java {JAVA_MAJOR_MIN}+ and none was found under "
+            f"{', '.join(map(str, JVM_DIRS))}; install one (e.g. Temurin 25) or set {JAVA_HOME_ENV}"
+        )
+    return found[0][1]
+
+
+def _jvm_homes() -> Iterator[Path]:
+    for root in JVM_DIRS:
+        if root.is_dir():
+            yield from (home for home in root.iterdir() if (home / "bin" / "java").is_file())
+
+
+def _java_major_at(home: Path) -> int:
+    java = home / "bin" / "java"
+    if not java.is_file():
+        return 0
+    try:
+        return java_major(str(java))
+    except (OSError, subprocess.CalledProcessError, ServiceError):
+        return 0
+
+
+# --- the distribution, fetched and built once -------------------------------------------------
+
+
+@contextmanager
+def _cache_lock(path: Path) -> Iterator[None]:
+    """One fetch or build at a time per cache directory (test sessions may start together)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def built_dist(java_home: Path) -> Path:
+    """The distribution, fetched with Maven and built with BUILD_OPTIONS, in the cache."""
+    options_digest = hashlib.sha256(" ".join(BUILD_OPTIONS).encode()).hexdigest()[:12]
+    root = cache_dir() / f"keycloak-{KEYCLOAK_VERSION}-{options_digest}"
+    dist = root / f"keycloak-{KEYCLOAK_VERSION}"
+    built = root / "built"
+    with _cache_lock(root.with_suffix(".lock")):
+        if built.is_file():
+            return dist
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        _fetch(root)
+        print(f"building Keycloak {KEYCLOAK_VERSION} in {dist} (once, ~1 min) ...", flush=True)
+        result = subprocess.run(
+            [str(dist / "bin" / "kc.sh"), "build", *BUILD_OPTIONS],
+            env=_java_env(java_home), capture_output=True, text=True, timeout=BUILD_TIMEOUT_S,
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise ServiceError(
+                f"kc.sh build failed:\n{result.stdout[-4000:]}{result.stderr[-4000:]}"
+            )
+        shutil.rmtree(dist / "data", ignore_errors=True)  # every server gets its own
+        built.write_text(" ".join(BUILD_OPTIONS))
+    return dist
+
+
+def _fetch(root: Path) -> None:
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise ServiceError(
+            "mvn not found: Maven fetches Keycloak once (Debian: apt-get install maven)"
+        )
+    artifact = f"org.keycloak:keycloak-quarkus-dist:{KEYCLOAK_VERSION}:tar.gz"
+    print(f"fetching Keycloak {KEYCLOAK_VERSION} with Maven into {root} (once) ...", flush=True)
+    result = subprocess.run(
+        [mvn, "-q", "-B", "dependency:copy", f"-Dartifact={artifact}", f"-DoutputDirectory={root}"],
+        capture_output=True, text=True, timeout=MAVEN_TIMEOUT_S, cwd=root,
+    )  # fmt: skip
+    archive = root / f"keycloak-quarkus-dist-{KEYCLOAK_VERSION}.tar.gz"
+    if result.returncode != 0 or not archive.is_file():
+        raise ServiceError(f"Maven could not fetch Keycloak:\n{result.stdout}\n{result.stderr}")
+    with tarfile.open(archive) as tar:
+        tar.extractall(root, filter="data")
+    archive.unlink()
+
+
+def _java_env(java_home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    return {
+        **os.environ,
+        "JAVA_HOME": str(java_home),
+        "PATH": f"{java_home / 'bin'}:{os.environ.get('PATH', '')}",
+        "JAVA_OPTS_KC_HEAP": HEAP_OPTS,
+        **(extra or {}),
+    }
+
+
+# --- one server -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    """A confidential client of the realm (client-credentials grant)."""
+
+    client_id: str
+    secret: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeycloakServer:
+    """Keycloak in ``home``: HTTP on 127.0.0.1:``port``, management (health) on ``port + 1``."""
+
+    home: Path
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def issuer(self) -> str:
+        """The ``paystream`` realm's issuer (what tokens carry as ``iss``)."""
+        return f"{self.url}/realms/{REALM}"
+
+    @property
+    def token_url(self) -> str:
+        return f"{self.issuer}/protocol/openid-connect/token"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "keycloak.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / "keycloak.log"
+
+    @property
+    def secrets_file(self) -> Path:
+        return self.home / "secrets.json"
+
+    def start(self) -> None:
+        """Idempotent: a running server is left alone; waits until the realm answers."""
+        pid = read_pid(self.pid_file)
+        if pid is None:
+            for port in (self.port, self.port + 1):
+                if port_open("127.0.0.1", port):
+                    raise ServiceError(f"port {port} is taken by another process")
+            java_home = find_java_home()
+            dist = self._install(built_dist(java_home))
+            pid = self._spawn(dist, java_home)
+        if not wait_until(lambda: self._ready(pid), timeout_s=START_TIMEOUT_S):
+            raise ServiceError(f"Keycloak did not become ready:\n{tail(self.log_file, lines=40)}")
+
+    def _spawn(self, dist: Path, java_home: Path) -> int:
+        stored = self._secrets()
+        env = _java_env(
+            java_home,
+            {
+                "KC_BOOTSTRAP_ADMIN_USERNAME": ADMIN_USER,
+                "KC_BOOTSTRAP_ADMIN_PASSWORD": stored["admin_password"],
+                **{secret_env(c): s for c, s in stored["clients"].items()},
+            },
+        )
+        self.home.mkdir(parents=True, exist_ok=True)
+        with self.log_file.open("ab") as log:
+            process = subprocess.Popen(
+                [str(dist / "bin" / "kc.sh"), "start", "--optimized", *self._runtime_options()],
+                cwd=self.home, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        self.pid_file.write_text(f"{process.pid}\n")
+        return process.pid
+
+    def _runtime_options(self) -> list[str]:
+        return [
+            "--http-enabled=true",
+            "--http-host=127.0.0.1",
+            f"--http-port={self.port}",
+            f"--http-management-port={self.port + 1}",
+            f"--hostname={self.url}",
+            "--import-realm",
+        ]
+
+    def _install(self, dist: Path) -> Path:
+        """This server's copy of the built distribution (hard links: no space, no time)."""
+        mine = self.home / "dist"
+        if not (mine / "bin" / "kc.sh").is_file():
+            shutil.rmtree(mine, ignore_errors=True)
+            shutil.copytree(dist, mine, copy_function=_link_or_copy, symlinks=True)
+        imports = mine / "data" / "import"
+        imports.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(realm_file(), imports / f"{REALM}-realm.json")
+        return mine
+
+    def _secrets(self) -> dict[str, Any]:
+        """This home's admin password and client secrets, made once."""
+        if self.secrets_file.is_file():
+            stored: dict[str, Any] = json.loads(self.secrets_file.read_text())
+            return stored
+        stored = {
+            "admin_password": secrets.token_urlsafe(24),
+            "clients": {client: secrets.token_urlsafe(32) for client in realm_secret_clients()},
+        }
+        self.home.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(self.secrets_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            json.dump(stored, handle)
+        return stored
+
+    def client(self, client_id: str) -> Client:
+        """A client of the realm with its secret (from this home's secrets)."""
+        found = self._secrets()["clients"].get(client_id)
+        if found is None:
+            raise ServiceError(f"no client {client_id!r} in the {REALM} realm's secrets")
+        return Client(client_id, str(found))
+
+    @property
+    def admin_password(self) -> str:
+        return str(self._secrets()["admin_password"])
+
+    def _ready(self, pid: int) -> bool:
+        if read_pid(self.pid_file) != pid:
+            raise ServiceError(f"Keycloak exited during start-up:\n{tail(self.log_file, lines=40)}")
+        return _http_ok(f"{self.issuer}/.well-known/openid-configuration")
+
+    def stop(self) -> None:
+        pid = read_pid(self.pid_file)
+        if pid is not None:
+            stop_pid(pid)
+        self.pid_file.unlink(missing_ok=True)
+
+    def status(self) -> ServiceStatus:
+        pid = read_pid(self.pid_file)
+        return ServiceStatus(
+            name="keycloak",
+            address=self.issuer,
+            pid=pid,
+            version=KEYCLOAK_VERSION,
+            healthy=pid is not None and _http_ok(f"{self.issuer}/.well-known/openid-configuration"),
+        )
+
+
+def issuer_status(issuer: str) -> ServiceStatus:
+    """A configured (external) issuer: healthy when its discovery document answers."""
+    return ServiceStatus(
+        name="keycloak",
+        address=issuer,
+        pid=None,
+        version=None,
+        healthy=_http_ok(f"{issuer.rstrip('/')}/.well-known/openid-configuration"),
+        detail="external",
+    )
+
+
+def realm_secret_clients() -> list[str]:
+    """The realm's clients whose secret is an environment placeholder."""
+    realm = json.loads(realm_file().read_text())
+    found = []
+    for client in realm.get("clients", []):
+        match = _PLACEHOLDER.match(str(client.get("secret", "")))
+        if match is not None:
+            if match.group(1) != secret_env(client["clientId"]):
+                raise ServiceError(
+                    f"realm client {client['clientId']}: secret placeholder must be "
+                    f"${{{secret_env(client['clientId'])}}}"
+                )
+            found.append(str(client["clientId"]))
+    return found
+
+
+def _link_or_copy(source: str, destination: str) -> None:
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def start_on_free_ports(home: Path) -> KeycloakServer:
+    """A server in ``home`` on a free pair of ports of 127.0.0.1 (for tests)."""
+    server = KeycloakServer(home=home, port=free_port_pair())
+    try:
+        server.start()
+    except ServiceError:
+        server.stop()  # a failed start leaves nothing running
+        raise
+    return server
