@@ -15,6 +15,7 @@ from paystream.topology import describe
 
 METRICS_PORT_DEFAULT = 9464
 SINK_METRICS_PORT_DEFAULT = 9465
+API_PORT_DEFAULT = 8000
 PORT_MAX = 65535
 WORKER_NAME_LENGTH_MAX = 64
 WORKER_NAME_PATTERN = re.compile(rf"[A-Za-z0-9_-][A-Za-z0-9._-]{{0,{WORKER_NAME_LENGTH_MAX - 1}}}")
@@ -135,10 +136,23 @@ def _audit(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if report.ok else 1
 
 
+def _api(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from paystream.api.app import create_app
+
+    app = create_app(issuer=services.oidc_issuer(settings), dsn=services.postgres_dsn(settings))
+    print(f"api: http://{args.host}:{args.port} (tokens from {services.oidc_issuer(settings)})")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="paystream", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    svc = commands.add_parser("services", help="run Kafka, Postgres and ClickHouse locally")
+    svc = commands.add_parser(
+        "services", help="run Kafka, Postgres, ClickHouse and Keycloak locally"
+    )
     actions = svc.add_subparsers(dest="action", required=True)
     actions.add_parser("up", help="start (idempotent) and wait until healthy")
     actions.add_parser("down", help="stop what up started")
@@ -173,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     postgres.add_argument("--metrics-host", default="127.0.0.1", help="address /metrics listens on")
     postgres.set_defaults(handler=_sink)
+    api = commands.add_parser("api", help="the REST API (bearer tokens from the OIDC issuer)")
+    api.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    api.add_argument("--port", type=_port, default=API_PORT_DEFAULT)
+    api.set_defaults(handler=_api)
     db = commands.add_parser("db", help="the audit store's schema")
     db_actions = db.add_subparsers(dest="action", required=True)
     db_actions.add_parser("migrate", help="apply the migrations not applied yet (forward only)")

@@ -1,0 +1,134 @@
+"""``paystream api``: the FastAPI application.
+
+Every endpoint needs a bearer token from the configured OIDC issuer except
+``/healthz`` and ``/readyz``; there is no setting that turns authentication
+off. Reads come from the Postgres read models the sink keeps (a pool of
+read-only connections); each error is RFC 9457 problem+json.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import psycopg
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from paystream.api import metrics, problems
+from paystream.api.auth import Principal, TokenVerifier
+from paystream.api.deps import Context, caller
+from paystream.api.read_models import Connection
+from paystream.api.routes import accounts, payments
+from paystream.api.schemas import Health
+
+AUDIENCE_DEFAULT = "paystream-api"
+POOL_SIZE_MAX = 8
+POOL_TIMEOUT_S = 5.0
+"""How long a request waits for a pooled connection before it is answered 503."""
+STATEMENT_TIMEOUT_MS = 5_000
+CONNECT_TIMEOUT_S = 5
+API_VERSION = "1.0.0"
+
+
+def _configure(conn: Connection) -> None:
+    conn.execute(
+        f"SET default_transaction_read_only = on; SET statement_timeout = {STATEMENT_TIMEOUT_MS}"
+    )
+
+
+def make_pool(dsn: str) -> ConnectionPool[Connection]:
+    return ConnectionPool(
+        dsn,
+        min_size=1,
+        max_size=POOL_SIZE_MAX,
+        timeout=POOL_TIMEOUT_S,
+        kwargs={"row_factory": dict_row, "autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
+        configure=_configure,
+        open=False,
+        name="read-models",
+    )
+
+
+def create_app(*, issuer: str, dsn: str, audience: str = AUDIENCE_DEFAULT) -> FastAPI:
+    context = Context(verifier=TokenVerifier(issuer=issuer, audience=audience), pool=make_pool(dsn))
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        context.pool.open(wait=False)  # the API answers (503) while Postgres is away
+        try:
+            yield
+        finally:
+            context.pool.close()
+
+    app = FastAPI(
+        title="paystream",
+        version=API_VERSION,
+        description="Payments on Kafka: accounts, payments and their journal.",
+        lifespan=lifespan,
+    )
+    app.state.context = context
+    problems.install(app)
+    app.middleware("http")(_observe)
+    app.include_router(accounts.router)
+    app.include_router(payments.router)
+    _operations(app, context)
+    return app
+
+
+def _operations(app: FastAPI, context: Context) -> None:
+    @app.get("/healthz", response_model=Health, tags=["operations"])
+    def healthz() -> Health:
+        """The process answers."""
+        return Health(status="ok")
+
+    @app.get("/readyz", response_model=Health, tags=["operations"],
+             responses={503: {"model": Health}})  # fmt: skip
+    def readyz() -> Any:
+        """Postgres and the identity provider are reachable."""
+        checks = {
+            "postgres": "ok" if _postgres_ok(context.pool) else "unreachable",
+            "identity_provider": "ok" if context.verifier.ready() else "unreachable",
+        }
+        ok = all(v == "ok" for v in checks.values())
+        body = Health(status="ok" if ok else "unavailable", checks=checks)
+        return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
+
+    @app.get("/metrics", tags=["operations"], response_class=Response)
+    def prometheus(_who: Annotated[Principal, Depends(caller("ops:read"))]) -> Response:
+        """Prometheus metrics (scope ``ops:read``)."""
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _postgres_ok(pool: ConnectionPool[Connection]) -> bool:
+    try:
+        with pool.connection(timeout=POOL_TIMEOUT_S) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error:
+        return False
+    return True
+
+
+async def _observe(
+    request: Request, call_next: Callable[[Request], Awaitable[Response]]
+) -> Response:
+    """Count and time every request by its route template (never by its raw path)."""
+    started = time.perf_counter()
+    metrics.IN_FLIGHT.inc()
+    status = 500
+    try:
+        response = await call_next(request)
+        status = response.status_code
+        return response
+    finally:
+        metrics.IN_FLIGHT.dec()
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        metrics.REQUESTS.labels(route=route, method=request.method, status=str(status)).inc()
+        metrics.REQUEST_SECONDS.labels(route=route, method=request.method).observe(
+            time.perf_counter() - started
+        )

@@ -1,0 +1,73 @@
+"""Request dependencies: the caller (a verified bearer token with the scope a route needs)
+and a read-only connection to the read models."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+import psycopg
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from psycopg_pool import ConnectionPool
+
+from paystream.api import metrics
+from paystream.api.auth import Principal, Scope, TokenVerifier, Unauthorized
+from paystream.api.problems import Problem, unavailable
+from paystream.api.read_models import Connection
+
+bearer = HTTPBearer(auto_error=False, description="An OAuth 2.0 access token from the issuer")
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What every request may use; made once per app."""
+
+    verifier: TokenVerifier
+    pool: ConnectionPool[Connection]
+
+
+def context(request: Request) -> Context:
+    found: Context = request.app.state.context
+    return found
+
+
+def caller(scope: Scope) -> Callable[..., Principal]:
+    """A dependency: the verified caller, who must hold ``scope``."""
+
+    def verified(
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
+    ) -> Principal:
+        if credentials is None or credentials.scheme.lower() != "bearer":
+            metrics.AUTH_FAILURES.labels(reason="missing").inc()
+            raise Unauthorized("a bearer token is required")
+        try:
+            principal = context(request).verifier.verify(credentials.credentials)
+        except Unauthorized:
+            metrics.AUTH_FAILURES.labels(reason="invalid").inc()
+            raise
+        if not principal.has(scope):
+            metrics.AUTH_FAILURES.labels(reason="scope").inc()
+            raise Problem(
+                403,
+                "forbidden",
+                f"this endpoint needs the scope {scope}",
+                headers={"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{scope}"'},
+            )
+        return principal
+
+    return verified
+
+
+def read_connection(request: Request) -> Iterator[Connection]:
+    """A pooled connection in a read-only transaction, for one request."""
+    try:
+        with context(request).pool.connection() as conn, conn.transaction():
+            yield conn
+    except psycopg.OperationalError as error:
+        raise unavailable(f"the read models cannot be reached: {error}") from error
+
+
+Db = Annotated[Connection, Depends(read_connection)]

@@ -1,0 +1,21 @@
+"""Prometheus metrics of the API process (one process per port; labels from closed sets)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+REQUESTS = Counter(
+    "paystream_api_requests",
+    "HTTP requests answered, by route template, method and status code",
+    ["route", "method", "status"],
+)
+REQUEST_SECONDS = Histogram(
+    "paystream_api_request_seconds",
+    "Time to answer a request, by route template and method",
+    ["route", "method"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+IN_FLIGHT = Gauge("paystream_api_in_flight", "Requests being answered now")
+AUTH_FAILURES = Counter(
+    "paystream_api_auth_failures", "Requests refused by authentication or scope", ["reason"]
+)

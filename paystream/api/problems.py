@@ -1,0 +1,156 @@
+"""RFC 9457 problem details: every error the API gives, with a stable ``code``.
+
+The codes are the core's rejection codes plus the API's own. A handler for
+each kind of failure turns it into ``application/problem+json``; nothing
+answers an error in another shape, and an unexpected exception is a 500
+problem, logged, never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, TypeAlias, get_args
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from paystream.api.auth import ProviderUnavailable, Unauthorized
+from paystream.ledger.models import REJECTION_CODES, RejectionCode
+
+PROBLEM_JSON = "application/problem+json"
+RETRY_AFTER_S = 5
+VALIDATION_ERRORS_MAX = 20
+"""Field errors listed in one validation problem (the rest are counted)."""
+
+ApiCode: TypeAlias = Literal[
+    "validation_error",
+    "unauthorized",
+    "forbidden",
+    "not_found",
+    "method_not_allowed",
+    "rate_limited",
+    "unavailable",
+    "internal_error",
+]
+Code: TypeAlias = RejectionCode | ApiCode
+CODES: tuple[str, ...] = (*REJECTION_CODES, *get_args(ApiCode))
+
+TITLES: Mapping[str, str] = {
+    "validation_error": "The request is not valid",
+    "unauthorized": "A valid bearer token is required",
+    "forbidden": "The token does not allow this",
+    "not_found": "No such resource",
+    "method_not_allowed": "Method not allowed",
+    "rate_limited": "Too many requests",
+    "unavailable": "A service the API needs is unavailable",
+    "internal_error": "Internal error",
+}
+
+logger = logging.getLogger("paystream.api")
+
+
+class Problem(Exception):
+    """An error answer: raise it from anywhere in a request."""
+
+    def __init__(
+        self,
+        status: int,
+        code: Code,
+        detail: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.headers = dict(headers or {})
+        self.extra = dict(extra or {})
+
+
+def not_found(what: str) -> Problem:
+    return Problem(404, "not_found", f"{what} not found")
+
+
+def problem_body(request: Request, problem: Problem) -> dict[str, Any]:
+    return {
+        "type": f"/problems/{problem.code}",
+        "title": TITLES.get(problem.code, problem.code.replace("_", " ").capitalize()),
+        "status": problem.status,
+        "detail": problem.detail,
+        "instance": request.url.path,
+        "code": problem.code,
+        **problem.extra,
+    }
+
+
+def respond(request: Request, problem: Problem) -> JSONResponse:
+    return JSONResponse(
+        problem_body(request, problem),
+        status_code=problem.status,
+        headers=problem.headers,
+        media_type=PROBLEM_JSON,
+    )
+
+
+def field_errors(errors: Sequence[Any]) -> list[dict[str, str]]:
+    """Pydantic's errors as ``{field, message}``; input values are never echoed back."""
+    listed = []
+    for error in errors[:VALIDATION_ERRORS_MAX]:
+        location = ".".join(str(part) for part in error.get("loc", ()))
+        listed.append({"field": location, "message": str(error.get("msg", "invalid"))})
+    return listed
+
+
+def install(app: FastAPI) -> None:
+    """Every error path of ``app`` answers problem+json."""
+
+    @app.exception_handler(Problem)
+    async def _problem(request: Request, problem: Problem) -> JSONResponse:
+        return respond(request, problem)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        errors = error.errors()
+        return respond(
+            request,
+            Problem(
+                422,
+                "validation_error",
+                f"{len(errors)} field(s) are not valid",
+                extra={"errors": field_errors(errors)},
+            ),
+        )
+
+    @app.exception_handler(Unauthorized)
+    async def _unauthorized(request: Request, error: Unauthorized) -> JSONResponse:
+        challenge = f'Bearer error="invalid_token", error_description="{error.reason}"'
+        return respond(
+            request,
+            Problem(401, "unauthorized", error.reason, headers={"WWW-Authenticate": challenge}),
+        )
+
+    @app.exception_handler(ProviderUnavailable)
+    async def _provider(request: Request, error: ProviderUnavailable) -> JSONResponse:
+        logger.warning("identity provider unavailable: %s", error)
+        return respond(request, unavailable("the identity provider cannot be reached"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        code: Code = {404: "not_found", 405: "method_not_allowed"}.get(  # type: ignore[assignment]
+            error.status_code, "validation_error"
+        )
+        return respond(request, Problem(error.status_code, code, str(error.detail)))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+        logger.exception("unexpected error on %s %s", request.method, request.url.path)
+        return respond(request, Problem(500, "internal_error", "an unexpected error; it is logged"))
+
+
+def unavailable(detail: str) -> Problem:
+    return Problem(503, "unavailable", detail, headers={"Retry-After": str(RETRY_AFTER_S)})
