@@ -141,7 +141,9 @@ def _api(args: argparse.Namespace, settings: Settings) -> int:
 
     from paystream.api.app import create_app
 
-    app = create_app(issuer=services.oidc_issuer(settings), dsn=services.postgres_dsn(settings))
+    app = create_app(
+        settings, issuer=services.oidc_issuer(settings), dsn=services.postgres_dsn(settings)
+    )
     print(f"api: http://{args.host}:{args.port} (tokens from {services.oidc_issuer(settings)})")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     return 0

@@ -9,6 +9,7 @@ read-only connections); each error is RFC 9457 problem+json.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -22,10 +23,15 @@ from psycopg_pool import ConnectionPool
 
 from paystream.api import metrics, problems
 from paystream.api.auth import Principal, TokenVerifier
+from paystream.api.commands import CommandSender, EventFollower
 from paystream.api.deps import Context, caller
 from paystream.api.read_models import Connection
 from paystream.api.routes import accounts, payments
 from paystream.api.schemas import Health
+from paystream.settings import Settings
+from paystream.topology.avro import AvroSerde
+from paystream.topology.registry import registry_from_url
+from paystream.topology.topics import Topics, ensure_topics
 
 AUDIENCE_DEFAULT = "paystream-api"
 POOL_SIZE_MAX = 8
@@ -55,15 +61,25 @@ def make_pool(dsn: str) -> ConnectionPool[Connection]:
     )
 
 
-def create_app(*, issuer: str, dsn: str, audience: str = AUDIENCE_DEFAULT) -> FastAPI:
-    context = Context(verifier=TokenVerifier(issuer=issuer, audience=audience), pool=make_pool(dsn))
+def create_app(
+    settings: Settings, *, issuer: str, dsn: str, audience: str = AUDIENCE_DEFAULT
+) -> FastAPI:
+    context = Context(
+        verifier=TokenVerifier(issuer=issuer, audience=audience),
+        pool=make_pool(dsn),
+        partitions=settings.partitions,
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         context.pool.open(wait=False)  # the API answers (503) while Postgres is away
+        context.sender, context.follower = _kafka(settings)
         try:
             yield
         finally:
+            context.follower.close()
+            context.sender.close()
+            context.sender = context.follower = None  # librdkafka's threads end with them
             context.pool.close()
 
     app = FastAPI(
@@ -81,6 +97,25 @@ def create_app(*, issuer: str, dsn: str, audience: str = AUDIENCE_DEFAULT) -> Fa
     return app
 
 
+def _kafka(settings: Settings) -> tuple[CommandSender, EventFollower]:
+    """Commands out, answers in; the topics made if this is the platform's first start."""
+    topics = Topics.from_settings(settings)
+    ensure_topics(settings.bootstrap, topics)
+    serde = AvroSerde(
+        registry_from_url(settings.schema_registry_url, settings.data_dir),
+        topics=topics.payloads(),
+    )
+    sender = CommandSender(bootstrap=settings.bootstrap, topic=topics.commands, serde=serde)
+    follower = EventFollower(
+        bootstrap=settings.bootstrap,
+        topic=topics.events,
+        serde=serde,
+        group=f"{settings.topic_prefix}-api-{uuid.uuid4().hex[:12]}",
+    )
+    follower.start()
+    return sender, follower
+
+
 def _operations(app: FastAPI, context: Context) -> None:
     @app.get("/healthz", response_model=Health, tags=["operations"])
     def healthz() -> Health:
@@ -90,8 +125,10 @@ def _operations(app: FastAPI, context: Context) -> None:
     @app.get("/readyz", response_model=Health, tags=["operations"],
              responses={503: {"model": Health}})  # fmt: skip
     def readyz() -> Any:
-        """Postgres and the identity provider are reachable."""
+        """Kafka, Postgres and the identity provider are reachable."""
+        follower = context.follower
         checks = {
+            "kafka": "ok" if follower is not None and follower.healthy else "unreachable",
             "postgres": "ok" if _postgres_ok(context.pool) else "unreachable",
             "identity_provider": "ok" if context.verifier.ready() else "unreachable",
         }

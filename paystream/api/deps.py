@@ -14,18 +14,27 @@ from psycopg_pool import ConnectionPool
 
 from paystream.api import metrics
 from paystream.api.auth import Principal, Scope, TokenVerifier, Unauthorized
+from paystream.api.commands import CommandSender, EventFollower
 from paystream.api.problems import Problem, unavailable
 from paystream.api.read_models import Connection
 
 bearer = HTTPBearer(auto_error=False, description="An OAuth 2.0 access token from the issuer")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Context:
-    """What every request may use; made once per app."""
+    """What every request may use; made once per app (Kafka's side when the app starts)."""
 
     verifier: TokenVerifier
     pool: ConnectionPool[Connection]
+    partitions: int
+    sender: CommandSender | None = None
+    follower: EventFollower | None = None
+
+    def kafka(self) -> tuple[CommandSender, EventFollower]:
+        if self.sender is None or self.follower is None:
+            raise unavailable("this API process is not connected to Kafka")
+        return self.sender, self.follower
 
 
 def context(request: Request) -> Context:
@@ -71,3 +80,4 @@ def read_connection(request: Request) -> Iterator[Connection]:
 
 
 Db = Annotated[Connection, Depends(read_connection)]
+Ctx = Annotated[Context, Depends(context)]

@@ -11,13 +11,16 @@ from pathlib import Path
 from typing import Any
 
 from paystream.api.app import create_app
+from paystream.settings import Settings
 
 DOC_PATH = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
 
 
 def document() -> dict[str, Any]:
     """The document, independent of where the API runs (no issuer or database is touched)."""
-    app = create_app(issuer="https://issuer.invalid/realms/paystream", dsn="postgresql:///none")
+    app = create_app(
+        Settings(), issuer="https://issuer.invalid/realms/paystream", dsn="postgresql:///none"
+    )
     return app.openapi()
 
 

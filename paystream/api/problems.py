@@ -72,6 +72,20 @@ class Problem(Exception):
         self.extra = dict(extra or {})
 
 
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"description": description, "content": {PROBLEM_JSON: {}}}
+    for status, description in (
+        (401, "No valid bearer token"),
+        (403, "The token lacks the scope, or is not a partner's"),
+        (409, "Refused: a conflict (duplicate_conflict, account_frozen, ...)"),
+        (422, "Not valid, or refused by the ledger (insufficient_funds, ...)"),
+        (429, "Too many requests"),
+        (503, "Kafka, Postgres or the identity provider is unavailable; not accepted"),
+    )
+}
+"""Problem answers a command endpoint may give (for the OpenAPI document)."""
+
+
 def not_found(what: str) -> Problem:
     return Problem(404, "not_found", f"{what} not found")
 

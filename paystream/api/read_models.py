@@ -168,6 +168,13 @@ def payments(conn: Connection, where: PaymentFilter, *, cursor: str | None, limi
     return _page(rows, limit, "payments", ("created_at_ms", "payment_id"))
 
 
+def entry_count(conn: Connection, payment_id: str) -> int:
+    row = conn.execute(
+        "SELECT count(*) AS n FROM journal_entries WHERE payment_id = %s", (payment_id,)
+    ).fetchone()
+    return 0 if row is None else int(row["n"])
+
+
 # --- ledger -----------------------------------------------------------------------------------
 
 

@@ -145,7 +145,7 @@ class PaymentOut(BaseModel):
         return cls(
             payment_id=row["payment_id"],
             type=kind,
-            status=STATUS_OF_EVENT[row["status"]],
+            status=STATUS_OF_EVENT.get(row["status"] or "", "pending"),
             code=row["code"],
             partner_id=row["partner_id"],
             from_account=from_account,

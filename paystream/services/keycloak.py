@@ -54,6 +54,7 @@ BUILD_OPTIONS = ("--db=dev-file", "--health-enabled=true", "--metrics-enabled=tr
 MAVEN_TIMEOUT_S = 900.0
 BUILD_TIMEOUT_S = 600.0
 START_TIMEOUT_S = 300.0
+START_TRIES_MAX = 3
 HTTP_TIMEOUT_S = 5.0
 SECRET_ENV_PREFIX = "PAYSTREAM_KC_SECRET_"
 _PLACEHOLDER = re.compile(r"^\$\{(" + SECRET_ENV_PREFIX + r"[A-Z0-9_]+)\}$")
@@ -373,11 +374,18 @@ def _http_ok(url: str) -> bool:
 
 
 def start_on_free_ports(home: Path) -> KeycloakServer:
-    """A server in ``home`` on a free pair of ports of 127.0.0.1 (for tests)."""
-    server = KeycloakServer(home=home, port=free_port_pair())
-    try:
-        server.start()
-    except ServiceError:
-        server.stop()  # a failed start leaves nothing running
-        raise
-    return server
+    """A server in ``home`` on a free pair of ports of 127.0.0.1 (for tests).
+
+    Another process may take a port between the check and the start, so a failed
+    start is retried on new ports; a failed try leaves nothing running.
+    """
+    for attempt in range(START_TRIES_MAX):
+        server = KeycloakServer(home=home, port=free_port_pair())
+        try:
+            server.start()
+            return server
+        except ServiceError:
+            server.stop()
+            if attempt == START_TRIES_MAX - 1:
+                raise
+    raise ServiceError("unreachable: every try returns or raises")

@@ -7,8 +7,6 @@ a port of its own.
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -16,22 +14,19 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-import uvicorn
-from fastapi import FastAPI
 
 from paystream.api.app import create_app
 from paystream.audit.migrate import migrate
 from paystream.services.keycloak import KeycloakServer
-from paystream.services.process import free_port, wait_until
+from paystream.services.process import free_port
+from paystream.settings import Settings
+from tests.support.api import HTTP_TIMEOUT_S, problem, serving
 from tests.support.audit import Recorded
 from tests.support.keycloak import client_token
 from tests.support.ledger import deposit, open_account, transfer
 
 pytestmark = pytest.mark.integration
 
-START_TIMEOUT_S = 30.0
-HTTP_TIMEOUT_S = 30.0
-PROBLEM_JSON = "application/problem+json"
 T_PAID = transfer(6, "a-src", "a-dst", 300, partner_id="demo-1")
 T_TOO_BIG = transfer(7, "a-src", "a-dst", 50_000, partner_id="demo-1")
 OPENED = open_account(1, "a-src", partner_id="demo-1")
@@ -57,22 +52,6 @@ def recorded() -> Recorded:
     return r
 
 
-@contextlib.contextmanager
-def serving(app: FastAPI) -> Iterator[str]:
-    """``app`` in uvicorn on 127.0.0.1 (a thread of this process); its base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="api", daemon=True)
-    thread.start()
-    try:
-        if not wait_until(lambda: server.started, timeout_s=START_TIMEOUT_S):
-            raise AssertionError("the API did not start")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(START_TIMEOUT_S)
-
-
 @pytest.fixture(scope="module")
 def store_dsn(postgres_server_dsn: str) -> str:
     name = f"api_{uuid.uuid4().hex[:10]}"
@@ -85,8 +64,8 @@ def store_dsn(postgres_server_dsn: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def api(store_dsn: str, keycloak: KeycloakServer) -> Iterator[str]:
-    with serving(create_app(issuer=keycloak.issuer, dsn=store_dsn)) as url:
+def api(store_dsn: str, keycloak: KeycloakServer, settings: Settings) -> Iterator[str]:
+    with serving(create_app(settings, issuer=keycloak.issuer, dsn=store_dsn)) as url:
         yield url
 
 
@@ -102,20 +81,11 @@ def get(api: str, path: str, token: str | None, **params: Any) -> httpx.Response
     return httpx.get(f"{api}{path}", headers=headers, params=params, timeout=HTTP_TIMEOUT_S)
 
 
-def problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == PROBLEM_JSON
-    body: dict[str, Any] = response.json()
-    assert (body["status"], body["code"], body["type"]) == (status, code, f"/problems/{code}")
-    assert body["title"] and body["detail"] and body["instance"]
-    return body
-
-
 def test_health_needs_no_token_and_readiness_checks_its_services(api: str) -> None:
     assert get(api, "/healthz", None).json() == {"status": "ok", "checks": {}}
     ready = get(api, "/readyz", None)
     assert ready.status_code == 200
-    assert ready.json()["checks"] == {"postgres": "ok", "identity_provider": "ok"}
+    assert ready.json()["checks"] == {"kafka": "ok", "postgres": "ok", "identity_provider": "ok"}
 
 
 def test_an_account_shows_its_balances_and_ledger_position(
@@ -259,10 +229,10 @@ def test_unknown_routes_and_methods_are_problems(api: str, tokens: dict[str, str
 
 
 def test_postgres_unreachable_is_503_with_retry_after(
-    keycloak: KeycloakServer, tokens: dict[str, str]
+    keycloak: KeycloakServer, tokens: dict[str, str], settings: Settings
 ) -> None:
     nowhere = f"postgresql://nobody@127.0.0.1:{free_port()}/none"
-    with serving(create_app(issuer=keycloak.issuer, dsn=nowhere)) as url:
+    with serving(create_app(settings, issuer=keycloak.issuer, dsn=nowhere)) as url:
         answer = get(url, "/v1/accounts/a-src", tokens["partner-demo-1"])
         problem(answer, 503, "unavailable")
         assert int(answer.headers["retry-after"]) > 0

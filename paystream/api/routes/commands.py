@@ -1,0 +1,41 @@
+"""What every command endpoint takes: the idempotency key, Prefer, bounded ids, a partner."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Header
+from pydantic import StringConstraints
+
+from paystream.api.auth import Principal
+from paystream.api.problems import Problem
+from paystream.api.submit import IDEMPOTENCY_KEY_LENGTH_MAX
+from paystream.topology.validation import ID_LENGTH_MAX
+
+PREFER_LENGTH_MAX = 200
+
+ClientAccountId = Annotated[
+    str, StringConstraints(min_length=1, max_length=ID_LENGTH_MAX, pattern=r"^[^@\s][^\s]*$")
+]
+"""A client account id (``@`` starts system accounts' ids only)."""
+Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
+IdempotencyKey = Annotated[
+    str,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=IDEMPOTENCY_KEY_LENGTH_MAX,
+        description="The request's id: a retry with the same key and body gets the same answer",
+    ),
+]
+Prefer = Annotated[
+    str | None,
+    Header(max_length=PREFER_LENGTH_MAX, description="`wait=N`: wait up to N s for the end"),
+]
+
+
+def writer_partner(who: Principal) -> str:
+    """The partner a command is submitted for: the token's (commands need one)."""
+    if who.partner_id is None:
+        raise Problem(403, "forbidden", "commands need a partner's token (a partner_id claim)")
+    return who.partner_id

@@ -1,0 +1,302 @@
+"""Commands through the REST API on the real platform: workers, the Postgres sink, Kafka,
+Keycloak tokens, real HTTP. One platform for the module (its own topics and database)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from paystream.api.app import create_app
+from paystream.services.keycloak import KeycloakServer
+from paystream.services.process import free_port, wait_until
+from paystream.settings import Settings
+from tests.e2e.harness import platform
+from tests.support.api import HTTP_TIMEOUT_S, bearer, problem, serving
+from tests.support.keycloak import client_token
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+WAIT = {"Prefer": "wait=20"}
+
+
+@pytest.fixture(scope="module")
+def api_platform(
+    settings: Settings, postgres_server_dsn: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Settings, str]]:
+    """Two workers and a sink on topics and a database of this module's own."""
+    name = f"api_cmd_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(postgres_server_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    dsn = psycopg.conninfo.make_conninfo(postgres_server_dsn, dbname=name)
+    base = settings.model_copy(update={"postgres_dsn": dsn})
+    tmp_path: Path = tmp_path_factory.mktemp("api-commands")
+    with platform(base, tmp_path, workers=2, sinks=1) as running:
+        yield running.settings, dsn
+
+
+@pytest.fixture(scope="module")
+def api(api_platform: tuple[Settings, str], keycloak: KeycloakServer) -> Iterator[str]:
+    settings, dsn = api_platform
+    with serving(create_app(settings, issuer=keycloak.issuer, dsn=dsn)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def tokens(keycloak: KeycloakServer) -> dict[str, str]:
+    clients = ("partner-demo-1", "partner-demo-2", "ops-console")
+    return {client: client_token(keycloak, client) for client in clients}
+
+
+def post(
+    api: str, path: str, token: str | None, body: Any, *, key: str | None, **headers: str
+) -> httpx.Response:
+    sent = bearer(token) | headers | ({} if key is None else {"Idempotency-Key": key})
+    return httpx.post(f"{api}{path}", json=body, headers=sent, timeout=HTTP_TIMEOUT_S)
+
+
+def get(api: str, path: str, token: str) -> httpx.Response:
+    return httpx.get(f"{api}{path}", headers=bearer(token), timeout=HTTP_TIMEOUT_S)
+
+
+def key() -> str:
+    return f"k-{uuid.uuid4().hex}"
+
+
+def open_funded(api: str, token: str, amount_minor: int) -> str:
+    """A new EUR account of the token's partner with ``amount_minor`` deposited; its id."""
+    opened = post(api, "/v1/accounts", token, {"currency": "EUR"}, key=key(), **WAIT)
+    assert opened.status_code == 201, opened.text
+    account_id: str = opened.json()["account_id"]
+    assert opened.json()["status"] == "open"
+    if amount_minor:
+        body = {"account_id": account_id, "amount_minor": amount_minor, "currency": "EUR"}
+        paid_in = post(api, "/v1/deposits", token, body, key=key(), **WAIT)
+        assert paid_in.status_code == 201 and paid_in.json()["status"] == "completed", paid_in.text
+    return account_id
+
+
+def test_a_payment_with_wait_ends_and_reads_its_own_writes(
+    api: str, tokens: dict[str, str]
+) -> None:
+    token = tokens["partner-demo-1"]
+    source, target = open_funded(api, token, 1_000), open_funded(api, token, 0)
+    body = {"from_account": source, "to_account": target, "amount_minor": 300, "currency": "EUR"}
+    paid = post(api, "/v1/payments", token, body, key=key(), **WAIT)
+    assert paid.status_code == 201, paid.text
+    payment = paid.json()
+    assert (payment["status"], payment["type"], payment["amount_minor"]) == (
+        "completed", "transfer", 300,
+    )  # fmt: skip
+    assert paid.headers["location"] == f"/v1/payments/{payment['payment_id']}"
+    # read your writes: no waiting from here on
+    assert get(api, f"/v1/accounts/{source}", token).json()["balance_minor"] == 700
+    assert get(api, f"/v1/accounts/{target}", token).json()["balance_minor"] == 300
+    shown = get(api, f"/v1/payments/{payment['payment_id']}", token).json()
+    assert shown["status"] == "completed"
+    assert [h["type"] for h in shown["history"]] == ["Debited", "Completed"]
+    entries = get(api, f"/v1/ledger/entries?payment_id={payment['payment_id']}", token).json()
+    assert sorted(e["phase"] for e in entries["items"]) == ["pending", "post", "posted"]
+
+
+def test_same_key_same_body_is_the_same_answer_and_another_body_conflicts(
+    api: str, tokens: dict[str, str]
+) -> None:
+    token = tokens["partner-demo-1"]
+    source, target = open_funded(api, token, 500), open_funded(api, token, 0)
+    body = {"from_account": source, "to_account": target, "amount_minor": 120, "currency": "EUR"}
+    k = key()
+    first = post(api, "/v1/payments", token, body, key=k, **WAIT)
+    again = post(api, "/v1/payments", token, body, key=k, **WAIT)
+    assert first.status_code == again.status_code == 201
+    assert first.json() == again.json()
+    assert get(api, f"/v1/accounts/{source}", token).json()["balance_minor"] == 380  # moved once
+    other = post(api, "/v1/payments", token, body | {"amount_minor": 121}, key=k, **WAIT)
+    problem(other, 409, "duplicate_conflict")
+
+
+def test_without_wait_the_payment_is_accepted_pending(api: str, tokens: dict[str, str]) -> None:
+    token = tokens["partner-demo-1"]
+    source, target = open_funded(api, token, 50), open_funded(api, token, 0)
+    body = {"from_account": source, "to_account": target, "amount_minor": 50, "currency": "EUR"}
+    accepted = post(api, "/v1/payments", token, body, key=key())
+    assert accepted.status_code == 202, accepted.text
+    assert accepted.json()["status"] in ("pending", "completed")
+    assert accepted.headers["location"].startswith("/v1/payments/")
+
+
+def test_refusals_are_problems_with_the_cores_codes(api: str, tokens: dict[str, str]) -> None:
+    token = tokens["partner-demo-1"]
+    source, target = open_funded(api, token, 10), open_funded(api, token, 0)
+    body = {"from_account": source, "to_account": target, "amount_minor": 11, "currency": "EUR"}
+    refused = problem(post(api, "/v1/payments", token, body, key=key(), **WAIT), 422,
+                      "insufficient_funds")  # fmt: skip
+    assert refused["payment_id"]
+    shown = get(api, f"/v1/payments/{refused['payment_id']}", token)
+    assert shown.status_code in (200, 404)  # the sink may still be writing it
+    usd = body | {"amount_minor": 1, "currency": "USD"}
+    problem(post(api, "/v1/payments", token, usd, key=key(), **WAIT), 422, "currency_mismatch")
+    to_self = body | {"amount_minor": 1, "to_account": source}
+    problem(post(api, "/v1/payments", token, to_self, key=key(), **WAIT), 422, "same_account")
+    again = post(api, "/v1/accounts", token, {"currency": "EUR", "account_id": source}, key=key(),
+                 **WAIT)  # fmt: skip
+    problem(again, 409, "account_exists")
+
+
+def test_another_partners_accounts_cannot_be_used(api: str, tokens: dict[str, str]) -> None:
+    mine = open_funded(api, tokens["partner-demo-1"], 100)
+    theirs = open_funded(api, tokens["partner-demo-2"], 0)
+    body = {"from_account": mine, "to_account": theirs, "amount_minor": 5, "currency": "EUR"}
+    stolen = {"account_id": mine, "amount_minor": 5, "currency": "EUR"}
+    problem(post(api, "/v1/withdrawals", tokens["partner-demo-2"], stolen, key=key(), **WAIT),
+            422, "account_not_found")  # fmt: skip
+    problem(post(api, "/v1/payments", tokens["partner-demo-1"], body, key=key(), **WAIT), 422,
+            "account_not_found")  # fmt: skip
+    frozen = post(api, f"/v1/accounts/{mine}/freeze", tokens["partner-demo-2"], None, key=key())
+    problem(frozen, 404, "not_found")
+
+
+def test_freeze_unfreeze_and_close(api: str, tokens: dict[str, str]) -> None:
+    token = tokens["partner-demo-1"]
+    account = open_funded(api, token, 0)
+    frozen = post(api, f"/v1/accounts/{account}/freeze", token, None, key=key(), **WAIT)
+    assert frozen.status_code == 201 and frozen.json()["status"] == "frozen", frozen.text
+    deposit = {"account_id": account, "amount_minor": 5, "currency": "EUR"}
+    problem(post(api, "/v1/deposits", token, deposit, key=key(), **WAIT), 409, "account_frozen")
+    thawed = post(api, f"/v1/accounts/{account}/unfreeze", token, None, key=key(), **WAIT)
+    assert thawed.json()["status"] == "open"
+    closed = post(api, f"/v1/accounts/{account}/close", token, None, key=key(), **WAIT)
+    assert closed.status_code == 201 and closed.json()["status"] == "closed"
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "field"),
+    [
+        ({"from_account": "a", "to_account": "b", "amount_minor": 0, "currency": "EUR"}, {},
+         "body.amount_minor"),
+        ({"from_account": "a", "to_account": "b", "amount_minor": "5", "currency": "EUR"}, {},
+         "body.amount_minor"),
+        ({"from_account": "a", "to_account": "b", "amount_minor": 2**63, "currency": "EUR"}, {},
+         "body.amount_minor"),
+        ({"from_account": "@sys", "to_account": "b", "amount_minor": 1, "currency": "EUR"}, {},
+         "body.from_account"),
+        ({"from_account": "a", "to_account": "b", "amount_minor": 1, "currency": "eur"}, {},
+         "body.currency"),
+        ({"from_account": "a", "to_account": "b", "amount_minor": 1, "currency": "EUR",
+          "extra": 1}, {}, "body.extra"),
+        ({"from_account": "a", "to_account": "b", "amount_minor": 1, "currency": "EUR"},
+         {"Idempotency-Key": "has space"}, "header.idempotency-key"),
+    ],
+)  # fmt: skip
+def test_bad_commands_are_validation_problems(
+    api: str, tokens: dict[str, str], body: dict[str, Any], headers: dict[str, str], field: str
+) -> None:
+    k = headers.pop("Idempotency-Key", key())
+    answer = post(api, "/v1/payments", tokens["partner-demo-1"], body, key=k, **headers)
+    found = problem(answer, 422, "validation_error")
+    assert field in [e["field"] for e in found["errors"]], found
+
+
+def test_a_command_needs_a_key_a_partner_and_the_scope(api: str, tokens: dict[str, str]) -> None:
+    body = {"from_account": "a", "to_account": "b", "amount_minor": 1, "currency": "EUR"}
+    keyless = problem(post(api, "/v1/payments", tokens["partner-demo-1"], body, key=None), 422,
+                      "validation_error")  # fmt: skip
+    assert "header.Idempotency-Key" in [e["field"] for e in keyless["errors"]]
+    problem(post(api, "/v1/payments", tokens["ops-console"], body, key=key()), 403, "forbidden")
+    problem(post(api, "/v1/payments", None, body, key=key()), 401, "unauthorized")
+    not_json = httpx.post(
+        f"{api}/v1/payments", content=b"\xff{", timeout=HTTP_TIMEOUT_S,
+        headers=bearer(tokens["partner-demo-1"]) | {"Idempotency-Key": key(),
+                                                    "Content-Type": "application/json"},
+    )  # fmt: skip
+    problem(not_json, 400, "validation_error")  # not JSON at all: a bad request
+
+
+RACERS = 50
+API_PROCESSES = 2
+API_START_TIMEOUT_S = 90.0
+
+
+@contextlib.contextmanager
+def api_processes(settings: Settings, issuer: str, dsn: str, log_dir: Path) -> Iterator[list[str]]:
+    """``paystream api`` in API_PROCESSES processes of their own; their base URLs."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAYSTREAM_")} | {
+        "PAYSTREAM_ENVIRONMENT": "test",
+        "PAYSTREAM_KAFKA_BOOTSTRAP": settings.bootstrap,
+        "PAYSTREAM_TOPIC_PREFIX": settings.topic_prefix,
+        "PAYSTREAM_PARTITIONS": str(settings.partitions),
+        "PAYSTREAM_DATA_DIR": str(settings.data_dir),
+        "PAYSTREAM_POSTGRES_DSN": dsn,
+        "PAYSTREAM_OIDC_ISSUER": issuer,
+    }
+    ports = [free_port() for _ in range(API_PROCESSES)]
+    log_dir.mkdir(parents=True, exist_ok=True)
+    processes = []
+    for n, port in enumerate(ports):
+        with (log_dir / f"api-{n}.log").open("wb") as log:
+            processes.append(subprocess.Popen(
+                [sys.executable, "-m", "paystream.cli", "api", "--port", str(port)],
+                env=env, stdout=log, stderr=subprocess.STDOUT,
+            ))  # fmt: skip
+    urls = [f"http://127.0.0.1:{port}" for port in ports]
+    try:
+        for url, process in zip(urls, processes, strict=True):
+            assert _started(url, process), (log_dir / "api-0.log").read_text()
+        yield urls
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(API_START_TIMEOUT_S)
+
+
+def _started(url: str, process: subprocess.Popen[bytes]) -> bool:
+    wait_until(lambda: _ready(url) or process.poll() is not None, timeout_s=API_START_TIMEOUT_S)
+    return process.poll() is None and _ready(url)
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=5.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_fifty_racing_requests_with_one_key_make_one_payment_and_one_answer(
+    api: str,
+    tokens: dict[str, str],
+    keycloak: KeycloakServer,
+    api_platform: tuple[Settings, str],
+    tmp_path: Path,
+) -> None:
+    token = tokens["partner-demo-1"]
+    source, target = open_funded(api, token, 1_000), open_funded(api, token, 0)
+    body = {"from_account": source, "to_account": target, "amount_minor": 250, "currency": "EUR"}
+    k = key()
+    settings, dsn = api_platform
+    logs = tmp_path / "api-logs"
+    with (
+        api_processes(settings, keycloak.issuer, dsn, logs) as urls,
+        ThreadPoolExecutor(max_workers=RACERS) as pool,
+    ):
+        answers = list(pool.map(
+            lambda n: post(urls[n % len(urls)], "/v1/payments", token, body, key=k, **WAIT),
+            range(RACERS),
+        ))  # fmt: skip
+    refused = [a.text for a in answers if a.status_code != 201]
+    assert not refused, refused
+    assert len({a.text for a in answers}) == 1, {a.text for a in answers}
+    assert answers[0].json()["status"] == "completed"
+    assert get(api, f"/v1/accounts/{source}", token).json()["balance_minor"] == 750
+    listed = get(api, f"/v1/payments?account={source}&status=completed", token).json()["items"]
+    assert [p["type"] for p in listed].count("transfer") == 1
