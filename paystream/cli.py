@@ -16,6 +16,7 @@ from paystream.topology import describe
 METRICS_PORT_DEFAULT = 9464
 SINK_METRICS_PORT_DEFAULT = 9465
 API_PORT_DEFAULT = 8000
+CLIENT_SECRET_ENV = "PAYSTREAM_CLIENT_SECRET"
 PORT_MAX = 65535
 WORKER_NAME_LENGTH_MAX = 64
 WORKER_NAME_PATTERN = re.compile(rf"[A-Za-z0-9_-][A-Za-z0-9._-]{{0,{WORKER_NAME_LENGTH_MAX - 1}}}")
@@ -149,6 +150,23 @@ def _api(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _token(args: argparse.Namespace, settings: Settings) -> int:
+    import os
+
+    from paystream.services.keycloak import client_credentials_token
+
+    if settings.oidc_issuer is None:
+        client = services.local_keycloak(settings).client(args.client)
+        secret = client.secret
+    else:
+        secret = os.environ.get(CLIENT_SECRET_ENV, "")
+        if not secret:
+            print(f"paystream: set {CLIENT_SECRET_ENV} for {args.client}", file=sys.stderr)
+            return 2
+    print(client_credentials_token(services.oidc_issuer(settings), args.client, secret))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="paystream", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -193,6 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--host", default="127.0.0.1", help="address to listen on")
     api.add_argument("--port", type=_port, default=API_PORT_DEFAULT)
     api.set_defaults(handler=_api)
+    token = commands.add_parser(
+        "token", help="an access token (client credentials) from the configured issuer"
+    )
+    token.add_argument(
+        "--client", default="partner-demo-1", help="the OAuth client (default: %(default)s)"
+    )
+    token.set_defaults(handler=_token)
     db = commands.add_parser("db", help="the audit store's schema")
     db_actions = db.add_subparsers(dest="action", required=True)
     db_actions.add_parser("migrate", help="apply the migrations not applied yet (forward only)")

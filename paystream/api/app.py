@@ -24,7 +24,7 @@ from psycopg_pool import ConnectionPool
 from paystream.api import metrics, problems
 from paystream.api.auth import Principal, TokenVerifier
 from paystream.api.commands import CommandSender, EventFollower
-from paystream.api.deps import Context, caller
+from paystream.api.deps import Context, RateLimiter, caller
 from paystream.api.read_models import Connection
 from paystream.api.routes import accounts, payments
 from paystream.api.schemas import Health
@@ -40,6 +40,8 @@ POOL_TIMEOUT_S = 5.0
 STATEMENT_TIMEOUT_MS = 5_000
 CONNECT_TIMEOUT_S = 5
 API_VERSION = "1.0.0"
+RATE_LIMIT_PER_S = 500
+"""Requests per second one OAuth client may make of one API process."""
 
 
 def _configure(conn: Connection) -> None:
@@ -62,12 +64,18 @@ def make_pool(dsn: str) -> ConnectionPool[Connection]:
 
 
 def create_app(
-    settings: Settings, *, issuer: str, dsn: str, audience: str = AUDIENCE_DEFAULT
+    settings: Settings,
+    *,
+    issuer: str,
+    dsn: str,
+    audience: str = AUDIENCE_DEFAULT,
+    rate_limit_per_s: int = RATE_LIMIT_PER_S,
 ) -> FastAPI:
     context = Context(
         verifier=TokenVerifier(issuer=issuer, audience=audience),
         pool=make_pool(dsn),
         partitions=settings.partitions,
+        limiter=RateLimiter(rate_limit_per_s),
     )
 
     @asynccontextmanager

@@ -39,6 +39,7 @@ PAYMENTS_REMEMBERED_MAX = 200_000
 WAITERS_MAX = 10_000
 """Requests waiting for an answer at once, per process; beyond it the API answers 503."""
 START_TIMEOUT_S = 30.0
+START_RETRY_S = 0.2
 
 logger = logging.getLogger("paystream.api")
 Predicate = Callable[[list["Seen"]], bool]
@@ -144,15 +145,26 @@ class EventFollower:
         """Assign every partition at its current end, then follow in the background."""
         metadata = self._consumer.list_topics(self._topic, timeout=START_TIMEOUT_S)
         partitions = sorted(metadata.topics[self._topic].partitions)
-        assignment = []
-        for partition in partitions:
-            _low, high = self._consumer.get_watermark_offsets(
-                TopicPartition(self._topic, partition), timeout=START_TIMEOUT_S, cached=False
-            )
-            assignment.append(TopicPartition(self._topic, partition, high))
+        assignment = [
+            TopicPartition(self._topic, partition, self._end(partition)) for partition in partitions
+        ]
         self._consumer.assign(assignment)
         self.healthy = True
         self._thread.start()
+
+    def _end(self, partition: int) -> int:
+        """The partition's end offset; retried while a just-made topic gets its leaders."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                _low, high = self._consumer.get_watermark_offsets(
+                    TopicPartition(self._topic, partition), timeout=START_TIMEOUT_S, cached=False
+                )
+                return int(high)
+            except KafkaException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(START_RETRY_S)
 
     def close(self) -> None:
         self._stopping.set()

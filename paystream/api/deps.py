@@ -3,6 +3,8 @@ and a read-only connection to the read models."""
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated
@@ -10,6 +12,9 @@ from typing import Annotated
 import psycopg
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from limits import RateLimitItemPerSecond
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
 from psycopg_pool import ConnectionPool
 
 from paystream.api import metrics
@@ -17,6 +22,28 @@ from paystream.api.auth import Principal, Scope, TokenVerifier, Unauthorized
 from paystream.api.commands import CommandSender, EventFollower
 from paystream.api.problems import Problem, unavailable
 from paystream.api.read_models import Connection
+
+
+class RateLimiter:
+    """Requests per second per OAuth client, a moving window (the ``limits`` library), in
+    this process's memory: each API process enforces it on what it serves."""
+
+    def __init__(self, per_second: int) -> None:
+        self._item = RateLimitItemPerSecond(per_second)
+        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+
+    def check(self, client_id: str) -> None:
+        if self._limiter.hit(self._item, client_id):
+            return
+        reset_s = self._limiter.get_window_stats(self._item, client_id).reset_time - time.time()
+        metrics.RATE_LIMITED.inc()
+        raise Problem(
+            429,
+            "rate_limited",
+            f"more than {self._item.amount} requests per second from client {client_id}",
+            headers={"Retry-After": str(max(1, math.ceil(reset_s)))},
+        )
+
 
 bearer = HTTPBearer(auto_error=False, description="An OAuth 2.0 access token from the issuer")
 
@@ -28,6 +55,7 @@ class Context:
     verifier: TokenVerifier
     pool: ConnectionPool[Connection]
     partitions: int
+    limiter: RateLimiter
     sender: CommandSender | None = None
     follower: EventFollower | None = None
 
@@ -57,6 +85,7 @@ def caller(scope: Scope) -> Callable[..., Principal]:
         except Unauthorized:
             metrics.AUTH_FAILURES.labels(reason="invalid").inc()
             raise
+        context(request).limiter.check(principal.client_id)
         if not principal.has(scope):
             metrics.AUTH_FAILURES.labels(reason="scope").inc()
             raise Problem(

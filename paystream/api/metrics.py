@@ -19,3 +19,15 @@ IN_FLIGHT = Gauge("paystream_api_in_flight", "Requests being answered now")
 AUTH_FAILURES = Counter(
     "paystream_api_auth_failures", "Requests refused by authentication or scope", ["reason"]
 )
+RATE_LIMITED = Counter("paystream_api_rate_limited", "Requests refused with 429")
+COMMANDS = Counter(
+    "paystream_api_commands",
+    "Commands submitted, by type and outcome (accepted, refused_by_kafka)",
+    ["type", "outcome"],
+)
+WAITS = Counter(
+    "paystream_api_waits",
+    "How waits for a command's answers ended: answered, ended (terminal within Prefer: wait),"
+    " timed_out",
+    ["stage", "outcome"],
+)

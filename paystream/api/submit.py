@@ -33,7 +33,7 @@ from typing import Any
 
 import psycopg
 
-from paystream.api import read_models
+from paystream.api import metrics, read_models
 from paystream.api.commands import EventFollower, KafkaUnavailable, Seen, TooManyWaiters
 from paystream.api.problems import Problem, unavailable
 from paystream.audit import records
@@ -137,14 +137,18 @@ async def submit(
     follower: EventFollower,
     wait_s: float | None,
 ) -> Answer:
+    kind = type(command).__name__
     try:
         await send(command)
     except KafkaUnavailable as error:
+        metrics.COMMANDS.labels(type=kind, outcome="refused_by_kafka").inc()
         raise unavailable(f"the command was not accepted: {error}") from error
+    metrics.COMMANDS.labels(type=kind, outcome="accepted").inc()
     try:
         own = await follower.wait(command.command_id, _answered, ANSWER_WAIT_S)
     except TooManyWaiters as error:
         raise unavailable(str(error)) from error
+    metrics.WAITS.labels(stage="answer", outcome="answered" if own else "timed_out").inc()
     if not own:
         return Answer(command.command_id, [], terminal=False)
     first = next(s.event for s in own if s.event.type in ANSWERS)
@@ -156,6 +160,8 @@ async def submit(
     events = follower.seen(payment_id)
     if wait_s and not _ended(events):
         events = await follower.wait(payment_id, _ended, wait_s)
+        outcome = "ended" if _ended(events) else "timed_out"
+        metrics.WAITS.labels(stage="end", outcome=outcome).inc()
     return Answer(payment_id, events, terminal=_ended(events))
 
 

@@ -13,6 +13,7 @@ environment (Keycloak resolves ``${ENV}`` placeholders in realm files).
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import hashlib
 import json
@@ -23,6 +24,7 @@ import shutil
 import subprocess
 import tarfile
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -328,6 +330,27 @@ class KeycloakServer:
             version=KEYCLOAK_VERSION,
             healthy=pid is not None and _http_ok(f"{self.issuer}/.well-known/openid-configuration"),
         )
+
+
+def client_credentials_token(issuer: str, client_id: str, secret: str) -> str:
+    """An access token for ``client_id`` from ``issuer``'s token endpoint (discovered)."""
+    try:
+        with urllib.request.urlopen(
+            f"{issuer.rstrip('/')}/.well-known/openid-configuration", timeout=HTTP_TIMEOUT_S
+        ) as response:
+            token_url = json.loads(response.read())["token_endpoint"]
+        form = urllib.parse.urlencode({"grant_type": "client_credentials"}).encode()
+        request = urllib.request.Request(token_url, data=form, method="POST")
+        credentials = base64.b64encode(
+            f"{urllib.parse.quote(client_id)}:{urllib.parse.quote(secret)}".encode()
+        ).decode()
+        request.add_header("Authorization", f"Basic {credentials}")
+        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
+            return str(json.loads(response.read())["access_token"])
+    except urllib.error.HTTPError as error:
+        raise ServiceError(f"{issuer} refused client {client_id}: HTTP {error.code}") from error
+    except (urllib.error.URLError, OSError, ValueError, KeyError) as error:
+        raise ServiceError(f"no token from {issuer}: {error}") from error
 
 
 def issuer_status(issuer: str) -> ServiceStatus:

@@ -238,3 +238,17 @@ def test_postgres_unreachable_is_503_with_retry_after(
         assert int(answer.headers["retry-after"]) > 0
         ready = get(url, "/readyz", None)
         assert ready.status_code == 503 and ready.json()["checks"]["postgres"] == "unreachable"
+
+
+def test_a_client_over_its_rate_is_told_when_to_come_back(
+    store_dsn: str, keycloak: KeycloakServer, tokens: dict[str, str], settings: Settings
+) -> None:
+    app = create_app(settings, issuer=keycloak.issuer, dsn=store_dsn, rate_limit_per_s=5)
+    with serving(app) as url:
+        answers = [get(url, "/v1/accounts/a-src", tokens["partner-demo-1"]) for _ in range(12)]
+        other = get(url, "/v1/accounts/b-1", tokens["partner-demo-2"])
+    limited = [a for a in answers if a.status_code == 429]
+    assert limited and len(limited) <= 7
+    problem(limited[0], 429, "rate_limited")
+    assert int(limited[0].headers["retry-after"]) >= 1
+    assert other.status_code == 200  # per client

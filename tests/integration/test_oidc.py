@@ -8,6 +8,9 @@ check but the one under test passes.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -136,3 +139,21 @@ def test_a_key_rotated_in_keycloak_is_picked_up(keycloak: KeycloakServer) -> Non
     assert jwt.get_unverified_header(token)["kid"] == new_kid
     time.sleep(JWKS_REFETCH_COOLDOWN_S)  # a refetch is allowed once per cooldown
     assert verifier.verify(token).client_id == "partner-demo-1"
+
+
+def test_paystream_token_prints_a_token_the_api_accepts(
+    keycloak: KeycloakServer, verifier: TokenVerifier
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAYSTREAM_")} | {
+        "PAYSTREAM_OIDC_ISSUER": keycloak.issuer,
+        "PAYSTREAM_CLIENT_SECRET": keycloak.client("partner-demo-2").secret,
+    }
+    command = [sys.executable, "-m", "paystream.cli", "token", "--client", "partner-demo-2"]
+    printed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert printed.returncode == 0, printed.stderr
+    assert verifier.verify(printed.stdout.strip()).partner_id == "demo-2"
+    wrong = subprocess.run(
+        command, env=env | {"PAYSTREAM_CLIENT_SECRET": "wrong"}, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert wrong.returncode == 2 and "refused client partner-demo-2: HTTP 401" in wrong.stderr
