@@ -26,6 +26,7 @@ DEMO_SINKS = 1
 def run(settings: Settings) -> int:
     endpoints = services.up(settings)
     print(f"services up: kafka {endpoints.kafka_bootstrap}, postgres, clickhouse")
+    print(f"oidc issuer: {endpoints.oidc_issuer}")
     settings = settings.model_copy(update={"kafka_bootstrap": endpoints.kafka_bootstrap})
     run_id = f"demo{int(time.time())}"
     mix = replace(DEMO_MIX, partitions=settings.partitions)
