@@ -8,6 +8,9 @@ read-only connections); each error is RFC 9457 problem+json.
 
 from __future__ import annotations
 
+import logging
+import random
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -15,6 +18,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import psycopg
+from confluent_kafka import KafkaException
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -31,15 +35,18 @@ from paystream.api.schemas import Health
 from paystream.settings import Settings
 from paystream.topology.avro import AvroSerde
 from paystream.topology.registry import registry_from_url
-from paystream.topology.topics import Topics, ensure_topics
+from paystream.topology.topics import TopicLayoutError, Topics, ensure_topics
 
 AUDIENCE_DEFAULT = "paystream-api"
+logger = logging.getLogger("paystream.api")
 POOL_SIZE_MAX = 8
 POOL_TIMEOUT_S = 5.0
 """How long a request waits for a pooled connection before it is answered 503."""
 STATEMENT_TIMEOUT_MS = 5_000
 CONNECT_TIMEOUT_S = 5
 API_VERSION = "1.0.0"
+KAFKA_RETRY_MAX_S = 10.0
+KAFKA_STOP_TIMEOUT_S = 60.0
 RATE_LIMIT_PER_S = 500
 """Requests per second one OAuth client may make of one API process."""
 
@@ -81,13 +88,12 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         context.pool.open(wait=False)  # the API answers (503) while Postgres is away
-        context.sender, context.follower = _kafka(settings)
+        connector = KafkaConnector(settings, context)  # and while Kafka is
+        connector.start()
         try:
             yield
         finally:
-            context.follower.close()
-            context.sender.close()
-            context.sender = context.follower = None  # librdkafka's threads end with them
+            connector.stop()
             context.pool.close()
 
     app = FastAPI(
@@ -105,6 +111,48 @@ def create_app(
     return app
 
 
+class KafkaConnector:
+    """Connects the API to Kafka in the background, retrying with capped, jittered backoff
+    for as long as the app runs: the API starts (and answers 503 for commands, with
+    ``/readyz`` saying why) while Kafka is away."""
+
+    def __init__(self, settings: Settings, context: Context) -> None:
+        self._settings = settings
+        self._context = context
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="kafka-connector", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                self._context.sender, self._context.follower = _kafka(self._settings)
+                return
+            except TopicLayoutError as error:  # configuration, not an outage: say it and stop
+                logger.error("the API cannot use Kafka's topics: %s", error)
+                return
+            except KafkaException as error:
+                failures += 1
+                delay_s = random.uniform(0, min(KAFKA_RETRY_MAX_S, 0.5 * 2**failures))
+                logger.warning(
+                    "Kafka unreachable (%s); retry %d in %.1f s", error, failures, delay_s
+                )
+                self._stopping.wait(delay_s)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(KAFKA_STOP_TIMEOUT_S)
+        sender, follower = self._context.sender, self._context.follower
+        self._context.sender = self._context.follower = None  # librdkafka's threads end with them
+        if follower is not None:
+            follower.close()
+        if sender is not None:
+            sender.close()
+
+
 def _kafka(settings: Settings) -> tuple[CommandSender, EventFollower]:
     """Commands out, answers in; the topics made if this is the platform's first start."""
     topics = Topics.from_settings(settings)
@@ -120,7 +168,11 @@ def _kafka(settings: Settings) -> tuple[CommandSender, EventFollower]:
         serde=serde,
         group=f"{settings.topic_prefix}-api-{uuid.uuid4().hex[:12]}",
     )
-    follower.start()
+    try:
+        follower.start()
+    except KafkaException:
+        sender.close()
+        raise
     return sender, follower
 
 

@@ -31,7 +31,7 @@ from paystream.topology.avro import AvroSerde
 
 DELIVERY_TIMEOUT_MS = 10_000
 """librdkafka's ``message.timeout.ms``: a command not in the log by then is refused."""
-DELIVERY_WAIT_S = DELIVERY_TIMEOUT_MS / 1000 + 5
+DELIVERY_WAIT_SLACK_S = 5.0
 POLL_TIMEOUT_S = 0.1
 CONSUME_BATCH_MAX = 1_000
 PAYMENTS_REMEMBERED_MAX = 200_000
@@ -63,7 +63,14 @@ class Seen:
 
 
 class CommandSender:
-    def __init__(self, *, bootstrap: str, topic: str, serde: AvroSerde) -> None:
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        topic: str,
+        serde: AvroSerde,
+        delivery_timeout_ms: int = DELIVERY_TIMEOUT_MS,
+    ) -> None:
         self._producer = Producer(
             {
                 "bootstrap.servers": bootstrap,
@@ -71,9 +78,10 @@ class CommandSender:
                 "enable.idempotence": True,
                 "acks": "all",
                 "linger.ms": 1,
-                "message.timeout.ms": DELIVERY_TIMEOUT_MS,
+                "message.timeout.ms": delivery_timeout_ms,
             }
         )
+        self._delivery_wait_s = delivery_timeout_ms / 1000 + DELIVERY_WAIT_SLACK_S
         self._topic = topic
         self._serde = serde
         self._stopping = threading.Event()
@@ -98,7 +106,7 @@ class CommandSender:
         except (BufferError, KafkaException) as error:
             raise KafkaUnavailable(f"the command was not queued: {error}") from error
         try:
-            await asyncio.wait_for(delivered, DELIVERY_WAIT_S)
+            await asyncio.wait_for(delivered, self._delivery_wait_s)
         except TimeoutError as error:  # not expected: librdkafka reports within its timeout
             raise KafkaUnavailable("no delivery report") from error
 
@@ -107,7 +115,7 @@ class CommandSender:
             self._producer.poll(POLL_TIMEOUT_S)
 
     def close(self) -> None:
-        self._producer.flush(DELIVERY_TIMEOUT_MS / 1000)
+        self._producer.flush(self._delivery_wait_s)
         self._stopping.set()
         self._poller.join(START_TIMEOUT_S)
 

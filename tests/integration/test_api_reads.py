@@ -2,11 +2,13 @@
 
 The store is written by ``store.write`` from the core's real outputs for two
 partners (demo-1, demo-2), as the sink writes it; the API runs in uvicorn on
-a port of its own.
+a port of its own. Also here: the API with Kafka or Postgres away, and the
+rate limit. Commands on the whole platform: tests/e2e/test_api_commands.py.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -16,10 +18,14 @@ import psycopg
 import pytest
 
 from paystream.api.app import create_app
+from paystream.api.commands import CommandSender, KafkaUnavailable
 from paystream.audit.migrate import migrate
 from paystream.services.keycloak import KeycloakServer
 from paystream.services.process import free_port
 from paystream.settings import Settings
+from paystream.topology.avro import AvroSerde
+from paystream.topology.registry import registry_from_url
+from paystream.topology.topics import Topics
 from tests.support.api import HTTP_TIMEOUT_S, problem, serving
 from tests.support.audit import Recorded
 from tests.support.keycloak import client_token
@@ -252,3 +258,37 @@ def test_a_client_over_its_rate_is_told_when_to_come_back(
     problem(limited[0], 429, "rate_limited")
     assert int(limited[0].headers["retry-after"]) >= 1
     assert other.status_code == 200  # per client
+
+
+def test_without_kafka_the_api_reads_and_refuses_commands_with_503(
+    store_dsn: str, keycloak: KeycloakServer, tokens: dict[str, str], settings: Settings
+) -> None:
+    """The API starts while Kafka is away: reads work, commands are clearly not accepted."""
+    away = settings.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{free_port()}"})
+    with serving(create_app(away, issuer=keycloak.issuer, dsn=store_dsn)) as url:
+        token = tokens["partner-demo-1"]
+        assert get(url, "/v1/accounts/a-src", token).status_code == 200
+        body = {"account_id": "a-src", "amount_minor": 1, "currency": "EUR"}
+        refused = httpx.post(
+            f"{url}/v1/deposits", json=body, timeout=HTTP_TIMEOUT_S,
+            headers={"Authorization": f"Bearer {token}", "Idempotency-Key": "k-1"},
+        )  # fmt: skip
+        problem(refused, 503, "unavailable")
+        assert int(refused.headers["retry-after"]) > 0
+        ready = get(url, "/readyz", None)
+        assert ready.status_code == 503 and ready.json()["checks"]["kafka"] == "unreachable"
+
+
+def test_a_command_kafka_never_takes_is_reported_not_accepted(settings: Settings) -> None:
+    topics = Topics.from_settings(settings)
+    serde = AvroSerde(registry_from_url(None, settings.data_dir), topics=topics.payloads())
+    sender = CommandSender(
+        bootstrap=f"127.0.0.1:{free_port()}", topic=topics.commands, serde=serde,
+        delivery_timeout_ms=1_000,
+    )  # fmt: skip
+    command = deposit(99, "a-src", 1, partner_id="demo-1")
+    try:
+        with pytest.raises(KafkaUnavailable, match="refused"):
+            asyncio.run(sender.send(command))
+    finally:
+        sender.close()
