@@ -20,7 +20,8 @@ from typing import Annotated, Any
 import psycopg
 from confluent_kafka import KafkaException
 from fastapi import Depends, FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
@@ -28,7 +29,7 @@ from psycopg_pool import ConnectionPool
 from paystream.api import metrics, problems
 from paystream.api.auth import Principal, TokenVerifier
 from paystream.api.commands import CommandSender, EventFollower
-from paystream.api.deps import Context, RateLimiter, caller
+from paystream.api.deps import Context, RateLimiter, caller, known_query_parameters
 from paystream.api.read_models import Connection
 from paystream.api.routes import accounts, payments
 from paystream.api.schemas import Health
@@ -101,9 +102,11 @@ def create_app(
         version=API_VERSION,
         description="Payments on Kafka: accounts, payments and their journal.",
         lifespan=lifespan,
+        dependencies=[Depends(known_query_parameters)],
     )
     app.state.context = context
     problems.install(app)
+    _document(app)
     app.middleware("http")(_observe)
     app.include_router(accounts.router)
     app.include_router(payments.router)
@@ -196,10 +199,28 @@ def _operations(app: FastAPI, context: Context) -> None:
         body = Health(status="ok" if ok else "unavailable", checks=checks)
         return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
 
-    @app.get("/metrics", tags=["operations"], response_class=Response)
+    @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
     def prometheus(_who: Annotated[Principal, Depends(caller("ops:read"))]) -> Response:
-        """Prometheus metrics (scope ``ops:read``)."""
+        """Prometheus metrics in the text exposition format (scope ``ops:read``)."""
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _document(app: FastAPI) -> None:
+    """The OpenAPI document says what every error looks like (problem+json)."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = problems.document_problems(
+                get_openapi(
+                    title=app.title,
+                    version=app.version,
+                    description=app.description,
+                    routes=app.routes,
+                )
+            )
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _postgres_ok(pool: ConnectionPool[Connection]) -> bool:

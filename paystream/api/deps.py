@@ -11,6 +11,8 @@ from typing import Annotated
 
 import psycopg
 from fastapi import Depends, Request, Security
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from limits import RateLimitItemPerSecond
 from limits.storage import MemoryStorage
@@ -110,3 +112,27 @@ def read_connection(request: Request) -> Iterator[Connection]:
 
 Db = Annotated[Connection, Depends(read_connection)]
 Ctx = Annotated[Context, Depends(context)]
+
+
+NAME_SHOWN_MAX = 40
+UNKNOWN_SHOWN_MAX = 5
+
+
+def known_query_parameters(request: Request) -> None:
+    """Refuse query parameters the route does not take (a typo is not silently ignored)."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        return
+    allowed = _query_names(route.dependant)
+    unknown = sorted(set(request.query_params) - allowed)[:UNKNOWN_SHOWN_MAX]
+    if unknown:
+        fields = [{"field": f"query.{name[:NAME_SHOWN_MAX]}", "message": "unknown parameter"}
+                  for name in unknown]  # fmt: skip
+        raise Problem(422, "validation_error", "unknown query parameters", extra={"errors": fields})
+
+
+def _query_names(dependant: Dependant) -> set[str]:
+    names = {param.alias for param in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names

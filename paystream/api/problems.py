@@ -15,7 +15,9 @@ from typing import Any, Literal, TypeAlias, get_args
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 
 from paystream.api.auth import ProviderUnavailable, Unauthorized
 from paystream.ledger.models import REJECTION_CODES, RejectionCode
@@ -72,18 +74,60 @@ class Problem(Exception):
         self.extra = dict(extra or {})
 
 
-PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"description": description, "content": {PROBLEM_JSON: {}}}
-    for status, description in (
-        (401, "No valid bearer token"),
-        (403, "The token lacks the scope, or is not a partner's"),
-        (409, "Refused: a conflict (duplicate_conflict, account_frozen, ...)"),
-        (422, "Not valid, or refused by the ledger (insufficient_funds, ...)"),
-        (429, "Too many requests"),
-        (503, "Kafka, Postgres or the identity provider is unavailable; not accepted"),
-    )
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class ProblemOut(BaseModel):
+    """RFC 9457 problem details, with paystream's stable ``code``."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str
+    code: str = Field(description="Stable: " + ", ".join(CODES))
+    errors: list[FieldError] | None = Field(default=None, description="validation_error only")
+    payment_id: str | None = Field(default=None, description="The refused command's payment")
+
+
+ERROR_STATUSES: dict[int, str] = {
+    400: "The body is not JSON",
+    401: "No valid bearer token",
+    403: "The token lacks the scope, or is not a partner's",
+    404: "No such resource (or another partner's)",
+    405: "Method not allowed",
+    409: "Refused: a conflict (duplicate_conflict, account_frozen, ...)",
+    422: "Not valid, or refused by the ledger (insufficient_funds, ...)",
+    429: "Too many requests",
+    500: "A bug: never expected",
+    503: "Kafka, Postgres or the identity provider is unavailable; nothing was accepted",
 }
-"""Problem answers a command endpoint may give (for the OpenAPI document)."""
+
+
+def document_problems(schema: dict[str, Any]) -> dict[str, Any]:
+    """Every operation of an OpenAPI document answers each error status with a problem."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components["ProblemOut"] = ProblemOut.model_json_schema(
+        ref_template="#/components/schemas/{model}"
+    )
+    for name, definition in components["ProblemOut"].pop("$defs", {}).items():
+        components[name] = definition
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
+    reference = {"$ref": "#/components/schemas/ProblemOut"}
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            for status, description in ERROR_STATUSES.items():
+                if str(status) in responses and status != 422:  # declared by the route itself
+                    continue
+                responses[str(status)] = {
+                    "description": description,
+                    "content": {PROBLEM_JSON: {"schema": reference}},
+                }
+    return schema
 
 
 def not_found(what: str) -> Problem:
@@ -158,12 +202,25 @@ def install(app: FastAPI) -> None:
         code: Code = {404: "not_found", 405: "method_not_allowed"}.get(  # type: ignore[assignment]
             error.status_code, "validation_error"
         )
-        return respond(request, Problem(error.status_code, code, str(error.detail)))
+        headers = dict(error.headers or {})
+        if error.status_code == 405:  # every method of the path, not of one route (RFC 9110)
+            headers["Allow"] = ", ".join(_allowed_methods(request))
+        problem = Problem(error.status_code, code, str(error.detail), headers=headers)
+        return respond(request, problem)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:
         logger.exception("unexpected error on %s %s", request.method, request.url.path)
         return respond(request, Problem(500, "internal_error", "an unexpected error; it is logged"))
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    path = request.url.path
+    methods: set[str] = set()
+    for route in request.app.routes:
+        if isinstance(route, Route) and route.methods and route.path_regex.match(path):
+            methods |= route.methods
+    return sorted(methods)
 
 
 def unavailable(detail: str) -> Problem:

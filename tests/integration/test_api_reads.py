@@ -212,6 +212,7 @@ def test_ledger_entries_of_a_payment_balance(api: str, tokens: dict[str, str]) -
         ("/v1/accounts", {"limit": 10**9}, "query.limit"),
         ("/v1/payments", {"created_after": -1}, "query.created_after"),
         ("/v1/ledger/entries", {}, "query.payment_id"),
+        ("/v1/accounts", {"limitt": 5}, "query.limitt"),
         ("/v1/accounts/" + "x" * 65, {}, "path.account_id"),
     ],
 )
@@ -238,7 +239,7 @@ def test_postgres_unreachable_is_503_with_retry_after(
     keycloak: KeycloakServer, tokens: dict[str, str], settings: Settings
 ) -> None:
     nowhere = f"postgresql://nobody@127.0.0.1:{free_port()}/none"
-    with serving(create_app(settings, issuer=keycloak.issuer, dsn=nowhere)) as url:
+    with serving(create_app(settings, issuer=keycloak.issuer, dsn=nowhere), ready=False) as url:
         answer = get(url, "/v1/accounts/a-src", tokens["partner-demo-1"])
         problem(answer, 503, "unavailable")
         assert int(answer.headers["retry-after"]) > 0
@@ -265,7 +266,7 @@ def test_without_kafka_the_api_reads_and_refuses_commands_with_503(
 ) -> None:
     """The API starts while Kafka is away: reads work, commands are clearly not accepted."""
     away = settings.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{free_port()}"})
-    with serving(create_app(away, issuer=keycloak.issuer, dsn=store_dsn)) as url:
+    with serving(create_app(away, issuer=keycloak.issuer, dsn=store_dsn), ready=False) as url:
         token = tokens["partner-demo-1"]
         assert get(url, "/v1/accounts/a-src", token).status_code == 200
         body = {"account_id": "a-src", "amount_minor": 1, "currency": "EUR"}

@@ -19,8 +19,9 @@ PROBLEM_JSON = "application/problem+json"
 
 
 @contextlib.contextmanager
-def serving(app: FastAPI) -> Iterator[str]:
-    """``app`` in uvicorn on 127.0.0.1; its base URL. Stopped on exit."""
+def serving(app: FastAPI, *, ready: bool = True) -> Iterator[str]:
+    """``app`` in uvicorn on 127.0.0.1; its base URL. Stopped on exit. ``ready``: wait until
+    ``/readyz`` says every service is reachable (Kafka connects in the background)."""
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, name="api", daemon=True)
@@ -32,7 +33,10 @@ def serving(app: FastAPI) -> Iterator[str]:
             raise AssertionError("the API did not start")
         if not server.started:
             raise AssertionError("the API stopped during start-up")
-        yield f"http://127.0.0.1:{port}"
+        url = f"http://127.0.0.1:{port}"
+        if ready and not wait_until(lambda: _ready(url), timeout_s=START_TIMEOUT_S):
+            raise AssertionError(f"the API is not ready: {httpx.get(f'{url}/readyz').text}")
+        yield url
     finally:
         server.should_exit = True
         thread.join(START_TIMEOUT_S)
@@ -50,3 +54,10 @@ def problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
     assert (body["status"], body["code"], body["type"]) == (status, code, f"/problems/{code}")
     assert body["title"] and body["detail"] and body["instance"]
     return body
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=HTTP_TIMEOUT_S).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import time
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import JSONResponse
@@ -14,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, StrictBool
 from paystream.api import read_models
 from paystream.api.auth import Principal
 from paystream.api.deps import Context, Ctx, Db, caller
-from paystream.api.problems import PROBLEM_RESPONSES, Problem, not_found
+from paystream.api.problems import Problem, not_found
 from paystream.api.read_models import PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX, BadCursor
 from paystream.api.routes.commands import (
     ClientAccountId,
@@ -126,7 +127,6 @@ AccountWriter = Annotated[Principal, Depends(caller("accounts:write"))]
 ACCOUNT_RESPONSES: dict[int | str, dict[str, Any]] = {
     201: {"model": AccountOut, "description": "Done within the wait (Prefer: wait=N)"},
     202: {"model": AccountOut, "description": "Accepted; not applied yet"},
-    **PROBLEM_RESPONSES,
 }
 
 
@@ -197,7 +197,7 @@ async def account_response(
     final = final_event(answer.events)
     if final is not None and final.event.type == "Rejected":
         raise rejection(final.event.code, answer.payment_id)
-    location = {"Location": f"/v1/accounts/{command.account_id}"}
+    location = {"Location": f"/v1/accounts/{quote(command.account_id, safe='')}"}
     wanted = STATUS_AFTER[type(command).__name__]
     if final is not None and wait_s:
         row = await _account_once(ctx, command.account_id, wanted)

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Header
-from pydantic import StringConstraints
+from pydantic import AfterValidator, StringConstraints, WithJsonSchema
 
 from paystream.api.auth import Principal
 from paystream.api.problems import Problem
 from paystream.api.submit import IDEMPOTENCY_KEY_LENGTH_MAX
+from paystream.ledger import ISO4217_CODES, is_iso4217
 from paystream.topology.validation import ID_LENGTH_MAX
 
 PREFER_LENGTH_MAX = 200
@@ -18,7 +19,20 @@ ClientAccountId = Annotated[
     str, StringConstraints(min_length=1, max_length=ID_LENGTH_MAX, pattern=r"^[^@\s][^\s]*$")
 ]
 """A client account id (``@`` starts system accounts' ids only)."""
-Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
+
+
+def _active_currency(code: str) -> str:
+    if not is_iso4217(code):
+        raise ValueError("not an active ISO-4217 currency code")
+    return code
+
+
+Currency = Annotated[
+    str,
+    AfterValidator(_active_currency),
+    WithJsonSchema({"type": "string", "enum": sorted(ISO4217_CODES)}),
+]
+"""An active ISO-4217 code (the OpenAPI document lists them)."""
 IdempotencyKey = Annotated[
     str,
     Header(

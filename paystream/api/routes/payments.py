@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import JSONResponse
@@ -12,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from paystream.api import read_models
 from paystream.api.auth import Principal
 from paystream.api.deps import Context, Ctx, Db, caller
-from paystream.api.problems import PROBLEM_RESPONSES, not_found
+from paystream.api.problems import not_found
 from paystream.api.read_models import PAGE_SIZE_DEFAULT, BadCursor, PaymentFilter
 from paystream.api.routes.accounts import (
     ACCOUNT_ID_LENGTH_MAX,
@@ -149,7 +150,6 @@ Writer = Annotated[Principal, Depends(caller("payments:write"))]
 COMMAND_RESPONSES: dict[int | str, dict[str, Any]] = {
     201: {"model": PaymentOut, "description": "Ended within the wait (Prefer: wait=N)"},
     202: {"model": PaymentOut, "description": "Accepted; still in flight"},
-    **PROBLEM_RESPONSES,
 }
 
 
@@ -211,7 +211,7 @@ async def payment_response(ctx: Context, command: Command, prefer: str | None) -
     final = final_event(answer.events)
     if final is not None and final.event.type == "Rejected":
         raise rejection(final.event.code, answer.payment_id)
-    location = {"Location": f"/v1/payments/{answer.payment_id}"}
+    location = {"Location": f"/v1/payments/{quote(answer.payment_id, safe='')}"}
     if final is not None and wait_s:
         row = await read_your_writes(
             ctx.pool.connection, answer.payment_id, type(command).__name__, final.event.type
