@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import jwt
@@ -39,13 +40,21 @@ def our_key(keycloak: KeycloakServer) -> tuple[Any, str]:
     return key, add_key(keycloak, priority=10, active=False, private_key=key)
 
 
+@dataclass(frozen=True)
+class FromNow:
+    """A claim's time, relative to when the token is made (not when tests are collected:
+    a suite can run for longer than the offsets)."""
+
+    seconds: int
+
+
 def crafted(keycloak: KeycloakServer, key: tuple[Any, str], **claims: Any) -> str:
     now = int(time.time())
     payload = {
         "iss": keycloak.issuer, "aud": AUDIENCE, "azp": "partner-demo-1", "sub": "s-1",
         "iat": now, "exp": now + 60, "scope": "payments:read", "partner_id": "demo-1",
     }  # fmt: skip
-    payload.update(claims)
+    payload.update({k: now + v.seconds if isinstance(v, FromNow) else v for k, v in claims.items()})
     payload = {k: v for k, v in payload.items() if v is not None}
     return jwt.encode(payload, key[0], algorithm="RS256", headers={"kid": key[1]})
 
@@ -86,8 +95,8 @@ def test_a_token_signed_with_our_registered_key_verifies(
 @pytest.mark.parametrize(
     ("claims", "reason"),
     [
-        ({"exp": int(time.time()) - 120, "iat": int(time.time()) - 400}, "expired"),
-        ({"nbf": int(time.time()) + 600}, "not valid yet"),
+        ({"exp": FromNow(-120), "iat": FromNow(-400)}, "expired"),
+        ({"nbf": FromNow(600)}, "not valid yet"),
         ({"iss": "http://127.0.0.1:1/realms/other"}, "another issuer"),
         ({"aud": "someone-else"}, "audience"),
         ({"aud": None}, "invalid"),
