@@ -29,7 +29,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 
@@ -43,6 +43,7 @@ from paystream.topology.dlq import PoisonMessage
 from paystream.topology.partitioner import partition_for
 from paystream.topology.validation import validate_command
 
+T = TypeVar("T")
 IDEMPOTENCY_KEY_LENGTH_MAX = 255
 IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
 """Printable ASCII without spaces, like Stripe's keys."""
@@ -186,14 +187,23 @@ async def read_your_writes(
     """The payment's row once the read models show it ended with all its journal entries
     (bounded); the row as it is when the bound runs out (None if absent)."""
     wanted_entries = ENTRIES_AT_END.get((command_type, status), 0)
+    row, _entries = await read_model_once(
+        lambda: _read_payment(pool_connection, payment_id),
+        lambda found: (
+            found[0] is not None and found[0]["status"] == status and found[1] >= wanted_entries
+        ),
+    )
+    return row
+
+
+async def read_model_once(read: Callable[[], T], shows: Callable[[T], bool]) -> T:
+    """``read()`` (in a thread) until ``shows`` holds, at most READ_YOUR_WRITES_S; the last
+    value read either way."""
     deadline = time.monotonic() + READ_YOUR_WRITES_S
-    row: read_models.Row | None = None
     while True:
-        row, entries = await asyncio.to_thread(_read_payment, pool_connection, payment_id)
-        if row is not None and row["status"] == status and entries >= wanted_entries:
-            return row
-        if time.monotonic() > deadline:
-            return row
+        found = await asyncio.to_thread(read)
+        if shows(found) or time.monotonic() > deadline:
+            return found
         await asyncio.sleep(READ_POLL_S)
 
 

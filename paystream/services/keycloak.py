@@ -38,6 +38,7 @@ from paystream.services.process import (
     free_port_pair,
     port_open,
     read_pid,
+    spawn_detached,
     stop_pid,
     tail,
     wait_until,
@@ -254,14 +255,10 @@ class KeycloakServer:
             },
         )
         self.home.mkdir(parents=True, exist_ok=True)
-        with self.log_file.open("ab") as log:
-            process = subprocess.Popen(
-                [str(dist / "bin" / "kc.sh"), "start", "--optimized", *self._runtime_options()],
-                cwd=self.home, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-        self.pid_file.write_text(f"{process.pid}\n")
-        return process.pid
+        return spawn_detached(
+            [str(dist / "bin" / "kc.sh"), "start", "--optimized", *self._runtime_options()],
+            log_file=self.log_file, pid_file=self.pid_file, cwd=self.home, env=env,
+        )  # fmt: skip
 
     def _runtime_options(self) -> list[str]:
         return [

@@ -7,7 +7,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 STOP_TIMEOUT_S = 30.0
@@ -46,7 +46,14 @@ def _is_zombie(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] == "Z"
 
 
-def spawn_detached(argv: Sequence[str], *, log_file: Path, pid_file: Path, cwd: Path) -> int:
+def spawn_detached(
+    argv: Sequence[str],
+    *,
+    log_file: Path,
+    pid_file: Path,
+    cwd: Path,
+    env: Mapping[str, str] | None = None,
+) -> int:
     """Start ``argv`` in its own session (it outlives us), log to ``log_file``."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("ab") as log:
@@ -57,6 +64,7 @@ def spawn_detached(argv: Sequence[str], *, log_file: Path, pid_file: Path, cwd: 
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env=None if env is None else dict(env),
         )
     pid_file.write_text(f"{process.pid}\n")
     return process.pid

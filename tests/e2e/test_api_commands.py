@@ -26,7 +26,7 @@ from paystream.services.keycloak import KeycloakServer
 from paystream.services.process import free_port, wait_until
 from paystream.settings import Settings
 from tests.e2e.harness import platform
-from tests.support.api import HTTP_TIMEOUT_S, bearer, problem, serving
+from tests.support.api import HTTP_TIMEOUT_S, bearer, is_ready, problem, serving
 from tests.support.keycloak import client_token
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -265,15 +265,8 @@ def api_processes(settings: Settings, issuer: str, dsn: str, log_dir: Path) -> I
 
 
 def _started(url: str, process: subprocess.Popen[bytes]) -> bool:
-    wait_until(lambda: _ready(url) or process.poll() is not None, timeout_s=API_START_TIMEOUT_S)
-    return process.poll() is None and _ready(url)
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=5.0).status_code == 200
-    except httpx.HTTPError:
-        return False
+    wait_until(lambda: is_ready(url) or process.poll() is not None, timeout_s=API_START_TIMEOUT_S)
+    return process.poll() is None and is_ready(url)
 
 
 def test_fifty_racing_requests_with_one_key_make_one_payment_and_one_answer(

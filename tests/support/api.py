@@ -34,7 +34,7 @@ def serving(app: FastAPI, *, ready: bool = True) -> Iterator[str]:
         if not server.started:
             raise AssertionError("the API stopped during start-up")
         url = f"http://127.0.0.1:{port}"
-        if ready and not wait_until(lambda: _ready(url), timeout_s=START_TIMEOUT_S):
+        if ready and not wait_until(lambda: is_ready(url), timeout_s=START_TIMEOUT_S):
             raise AssertionError(f"the API is not ready: {httpx.get(f'{url}/readyz').text}")
         yield url
     finally:
@@ -56,7 +56,7 @@ def problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
     return body
 
 
-def _ready(url: str) -> bool:
+def is_ready(url: str) -> bool:
     try:
         return httpx.get(f"{url}/readyz", timeout=HTTP_TIMEOUT_S).status_code == 200
     except httpx.HTTPError:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -30,6 +29,7 @@ from paystream.api.submit import (
     final_event,
     mint,
     prefer_wait_s,
+    read_model_once,
     rejection,
     request_id,
     submit,
@@ -103,8 +103,6 @@ def account_ledger(
 # --- commands ---------------------------------------------------------------------------------
 
 ACCOUNT_ID_DIGEST_HEX = 26
-READ_YOUR_WRITES_S = 5.0
-READ_POLL_S = 0.02
 STATUS_AFTER: dict[str, str] = {
     "OpenAccount": "open",
     "FreezeAccount": "frozen",
@@ -211,12 +209,10 @@ async def account_response(
 
 async def _account_once(ctx: Context, account_id: str, status: str) -> read_models.Row | None:
     """The account's row once the read model shows ``status`` (bounded)."""
-    deadline = time.monotonic() + READ_YOUR_WRITES_S
-    while True:
-        row = await asyncio.to_thread(_account_row, ctx, account_id)
-        if (row is not None and row["status"] == status) or time.monotonic() > deadline:
-            return row
-        await asyncio.sleep(READ_POLL_S)
+    return await read_model_once(
+        lambda: _account_row(ctx, account_id),
+        lambda row: row is not None and row["status"] == status,
+    )
 
 
 def _account_row(ctx: Context, account_id: str) -> read_models.Row | None:
