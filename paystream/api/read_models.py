@@ -18,6 +18,8 @@ from typing import Any
 
 import psycopg
 
+from paystream.audit import records
+
 PAGE_SIZE_DEFAULT = 50
 PAGE_SIZE_MAX = 200
 CURSOR_LENGTH_MAX = 512
@@ -108,11 +110,7 @@ def account_lines(conn: Connection, account_id: str, *, cursor: str | None, limi
 
 # --- payments ---------------------------------------------------------------------------------
 
-_PAYMENT_COLUMNS = (
-    "payment_id, command_type, partner_id, account_id, counterparty_account_id, amount_minor,"
-    " currency, status, code, created_at_ms, debited_at_ms, completed_at_ms, reversed_at_ms,"
-    " rejected_at_ms, updated_at_ms, last_event_id"
-)
+_PAYMENT_COLUMNS = ", ".join(records.PAYMENT_COLUMNS)
 
 
 def payment(conn: Connection, payment_id: str) -> Row | None:

@@ -125,6 +125,7 @@ class PaymentOut(BaseModel):
     to_account: str | None
     amount_minor: int | None
     currency: str | None
+    reference: str | None = Field(description="The sender's own words for the payment")
     created_at_ms: int
     debited_at_ms: int | None
     completed_at_ms: int | None
@@ -152,6 +153,7 @@ class PaymentOut(BaseModel):
             to_account=to_account,
             amount_minor=row["amount_minor"],
             currency=row["currency"],
+            reference=row["reference"],
             **{k: row[k] for k in ("created_at_ms", "debited_at_ms", "completed_at_ms",
                                    "reversed_at_ms", "rejected_at_ms", "updated_at_ms")},
             history=None if history is None else [HistoryItem(**h) for h in history],

@@ -239,7 +239,7 @@ def accepted_row(command: Command, payment_id: str) -> read_models.Row:
         "currency": getattr(command, "currency", None), "status": None, "code": None,
         "created_at_ms": command.issued_at_ms, "debited_at_ms": None, "completed_at_ms": None,
         "reversed_at_ms": None, "rejected_at_ms": None, "updated_at_ms": command.issued_at_ms,
-        "last_event_id": None,
+        "last_event_id": None, "reference": getattr(command, "reference", None),
     }  # fmt: skip
 
 

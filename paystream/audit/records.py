@@ -97,8 +97,11 @@ def entry_audit(entry_fields: Sequence[Any], lines: Sequence[Sequence[Any]]) -> 
 EVENT_COLUMNS = (
     "event_id", "payment_id", "type", "command_type", "partner_id", "account_id",
     "counterparty_account_id", "amount_minor", "currency", "code", "original_payment_id",
-    "issued_at_ms", "events_partition", "events_offset",
+    "issued_at_ms", "events_partition", "events_offset", "reference",
 )  # fmt: skip
+ADDED_EVENT_COLUMNS = ("reference",)
+"""Columns added after the first events were chained: in an event's audit body only when
+set, so the bodies (and hashes) of every event chained before them stay as they were."""
 
 
 def event_row(event: Event, origin: Origin) -> tuple[Any, ...]:
@@ -106,12 +109,15 @@ def event_row(event: Event, origin: Origin) -> tuple[Any, ...]:
         event.event_id, event.payment_id, event.type, event.command_type, event.partner_id,
         event.account_id, event.counterparty_account_id, event.amount_minor, event.currency,
         event.code, event.original_payment_id, event.issued_at_ms, origin.partition,
-        origin.offset,
+        origin.offset, event.reference,
     )  # fmt: skip
 
 
 def event_audit(fields: Sequence[Any]) -> AuditRow:
     named = dict(zip(EVENT_COLUMNS, fields, strict=True))
+    for column in ADDED_EVENT_COLUMNS:
+        if named[column] is None:
+            del named[column]
     origin = Origin("events", named["events_partition"], named["events_offset"])
     return AuditRow(origin.chain, "event", named["event_id"], canonical(named))
 
@@ -127,11 +133,13 @@ STEP_COLUMN = {
 PAYMENT_COLUMNS = (
     "payment_id", "command_type", "partner_id", "account_id", "counterparty_account_id",
     "amount_minor", "currency", "status", "code", "created_at_ms", *STEP_COLUMN.values(),
-    "updated_at_ms", "last_event_id",
+    "updated_at_ms", "last_event_id", "reference",
 )  # fmt: skip
 PAYMENT_LATEST = ("status", "code", "updated_at_ms", "last_event_id")
 """Columns a later event of the payment sets."""
-PAYMENT_FIRST_KNOWN = ("counterparty_account_id", "amount_minor", "currency", *STEP_COLUMN.values())
+PAYMENT_FIRST_KNOWN = (
+    "counterparty_account_id", "amount_minor", "currency", "reference", *STEP_COLUMN.values(),
+)  # fmt: skip
 """Columns a later event fills in only if no earlier one did; the rest stay as first seen."""
 _LATEST = frozenset(PAYMENT_COLUMNS.index(c) for c in PAYMENT_LATEST)
 _FIRST_KNOWN = frozenset(PAYMENT_COLUMNS.index(c) for c in PAYMENT_FIRST_KNOWN)
@@ -146,7 +154,7 @@ def payment_row(event: Event) -> tuple[Any, ...]:
     return (
         event.payment_id, event.command_type, event.partner_id, event.account_id,
         event.counterparty_account_id, event.amount_minor, event.currency, event.type, event.code,
-        event.issued_at_ms, *steps, event.issued_at_ms, event.event_id,
+        event.issued_at_ms, *steps, event.issued_at_ms, event.event_id, event.reference,
     )  # fmt: skip
 
 

@@ -420,14 +420,15 @@ RESERVATION_OPEN_MS = 2**63 - 1
 def _transfer_of(leg: Leg) -> Transfer:
     """The Transfer a leg belongs to, as step 1 saw it (the command id is the transfer id)."""
     return Transfer(
-        leg.transfer_id,
-        leg.request_id,
-        leg.partner_id,
-        leg.issued_at_ms,
-        leg.source_account_id,
-        leg.destination_account_id,
-        leg.amount_minor,
-        leg.currency,
+        command_id=leg.transfer_id,
+        request_id=leg.request_id,
+        partner_id=leg.partner_id,
+        issued_at_ms=leg.issued_at_ms,
+        account_id=leg.source_account_id,
+        destination_account_id=leg.destination_account_id,
+        amount_minor=leg.amount_minor,
+        currency=leg.currency,
+        reference=leg.reference,
     )
 
 
@@ -469,11 +470,13 @@ def _command_event(
     amount_minor: int | None = None
     currency: str | None = None
     counterparty: str | None = None
+    reference: str | None = None
     if isinstance(command, Transfer):
         amount_minor, currency = command.amount_minor, command.currency
-        counterparty = command.destination_account_id
+        counterparty, reference = command.destination_account_id, command.reference
     elif isinstance(command, Deposit | Withdrawal):
         amount_minor, currency = command.amount_minor, command.currency
+        reference = command.reference
     elif isinstance(command, OpenAccount):
         currency = command.currency
     command_type = (
@@ -492,6 +495,7 @@ def _command_event(
         currency=currency,
         code=code,
         original_payment_id=original_payment_id,
+        reference=reference,
     )
 
 
@@ -509,6 +513,7 @@ def _leg_event(leg: Leg, event_type: EventType, step: str, code: RejectionCode |
         amount_minor=leg.amount_minor,
         currency=leg.currency,
         code=code,
+        reference=leg.reference,
     )
 
 
@@ -736,6 +741,7 @@ def _emit_transfer(state: _State, command: Transfer, code: RejectionCode | None)
         destination_account_id=command.destination_account_id,
         amount_minor=command.amount_minor,
         currency=command.currency,
+        reference=command.reference,
     )
     state.emit_entry(transfer_debit_entry(leg, state.transit_id(command.currency), "pending"))
     state.outputs.append(leg)
@@ -770,6 +776,7 @@ def _emit_credit_leg(state: _State, leg: CreditLeg, code: RejectionCode | None) 
                 amount_minor=leg.amount_minor,
                 currency=leg.currency,
                 reason=code,
+                reference=leg.reference,
             )
         )
         return
@@ -784,6 +791,7 @@ def _emit_credit_leg(state: _State, leg: CreditLeg, code: RejectionCode | None) 
             destination_account_id=leg.destination_account_id,
             amount_minor=leg.amount_minor,
             currency=leg.currency,
+            reference=leg.reference,
         )
     )
 

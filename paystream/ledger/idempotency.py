@@ -4,7 +4,8 @@ Body encoding, version 1 (``BODY_ENCODING_VERSION``), written so that an
 auditor can reimplement it in any language:
 
     "paystream.body/1\\n" STR(type name) then, for every field sorted by name
-    except ``command_id`` and ``issued_at_ms``: STR(field name) VALUE
+    except ``command_id`` and ``issued_at_ms``, and except an optional field added
+    since version 1 (``reference``) whose value is None: STR(field name) VALUE
 
     STR(s)   = "s" <number of code points of s, decimal> ":" s
     VALUE    = STR(v) for str | "i" <decimal> ";" for int | "t" / "f" for bool | "n" for None
@@ -12,7 +13,10 @@ auditor can reimplement it in any language:
 The text is encoded as UTF-8 (lone surrogates passed through) and hashed with
 SHA-256; the result is the lowercase hex digest. Field order in the dataclass,
 Python's ``repr`` and hash seeds do not matter. Any change to this encoding
-must bump the version (and the prefix).
+must bump the version (and the prefix). A field added later is left out while it is
+None, so every body written before it existed hashes as it did (stored idempotency
+records, open reservations and replays of old commands stay valid): that keeps the
+version at 1.
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ BODY_ENCODING_PREFIX = f"paystream.body/{BODY_ENCODING_VERSION}\n"
 
 BODY_EXCLUDED_FIELDS: frozenset[str] = frozenset(("command_id", "issued_at_ms"))
 """Fields that differ between a request and its exact duplicate."""
+
+BODY_OPTIONAL_FIELDS: frozenset[str] = frozenset(("reference",))
+"""Fields added after version 1: encoded only when not None."""
 
 _INPUT_TYPES: tuple[type[Input], ...] = (
     *COMMAND_TYPES,
@@ -72,6 +79,7 @@ def _body_layout(cls: type[Input]) -> _BodyLayout:
     )
 
 
+_OPTIONAL_NAME_TOKENS: frozenset[str] = frozenset(map(_str_token, BODY_OPTIONAL_FIELDS))
 _BODY_LAYOUTS: dict[type, _BodyLayout] = {cls: _body_layout(cls) for cls in _INPUT_TYPES}
 
 
@@ -82,6 +90,8 @@ def body_sha256(item: Input) -> str:
         raise InvariantViolation(f"body_sha256: not an input type: {type(item).__name__}")
     parts = [layout.head]
     for name_token, value in zip(layout.name_tokens, layout.values(item), strict=True):
+        if value is None and name_token in _OPTIONAL_NAME_TOKENS:
+            continue
         parts.append(name_token)
         parts.append(f"s{len(value)}:{value}" if type(value) is str else _encode_value(value))
     return hashlib.sha256("".join(parts).encode("utf-8", "surrogatepass")).hexdigest()

@@ -14,6 +14,9 @@ from typing import Literal, TypeAlias, get_args
 AMOUNT_MAX_MINOR = 2**63 - 1
 """Largest amount one command, leg or journal line moves: Avro ``long``."""
 
+REFERENCE_LENGTH_MAX = 140
+"""Longest payment reference, in characters: a SEPA remittance line's 140."""
+
 TOTAL_MAX_MINOR = 2**128 - 1
 """Largest account total (TigerBeetle's u128): no volume of traffic saturates an account."""
 
@@ -157,6 +160,9 @@ class Deposit:
     account_id: str
     amount_minor: int
     currency: str
+    reference: str | None = None
+    """The sender's own words for the payment (an invoice number, a remittance line);
+    at most ``REFERENCE_LENGTH_MAX`` characters. Carried to every event of the payment."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +176,9 @@ class Withdrawal:
     account_id: str
     amount_minor: int
     currency: str
+    reference: str | None = None
+    """The sender's own words for the payment (an invoice number, a remittance line);
+    at most ``REFERENCE_LENGTH_MAX`` characters. Carried to every event of the payment."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +193,9 @@ class Transfer:
     destination_account_id: str
     amount_minor: int
     currency: str
+    reference: str | None = None
+    """The sender's own words for the payment (an invoice number, a remittance line);
+    at most ``REFERENCE_LENGTH_MAX`` characters. Carried to every event of the payment."""
 
 
 Command: TypeAlias = (
@@ -237,6 +249,7 @@ class CreditLeg:
     destination_account_id: str
     amount_minor: int
     currency: str
+    reference: str | None = None
 
     @property
     def account_id(self) -> str:
@@ -256,6 +269,7 @@ class Confirmation:
     destination_account_id: str
     amount_minor: int
     currency: str
+    reference: str | None = None
 
     @property
     def account_id(self) -> str:
@@ -276,6 +290,7 @@ class Compensation:
     amount_minor: int
     currency: str
     reason: RejectionCode
+    reference: str | None = None
 
     @property
     def account_id(self) -> str:
@@ -354,6 +369,7 @@ class Event:
     currency: str | None = None
     code: RejectionCode | None = None
     original_payment_id: str | None = None
+    reference: str | None = None
 
 
 Output: TypeAlias = JournalEntry | Event | CreditLeg | Confirmation | Compensation | DirectoryEntry

@@ -72,7 +72,11 @@ def _open_account_body(c: OpenAccount) -> _Branch:
 
 def _money_body(name: str) -> Callable[[Deposit | Withdrawal], _Branch]:
     def body(c: Deposit | Withdrawal) -> _Branch:
-        return name, {"amount_minor": c.amount_minor, "currency": c.currency}
+        return name, {
+            "amount_minor": c.amount_minor,
+            "currency": c.currency,
+            "reference": c.reference,
+        }
 
     return body
 
@@ -82,6 +86,7 @@ def _transfer_body(c: Transfer) -> _Branch:
         "destination_account_id": c.destination_account_id,
         "amount_minor": c.amount_minor,
         "currency": c.currency,
+        "reference": c.reference,
     }
 
 
@@ -149,6 +154,7 @@ def _money(cls: type[Deposit | Withdrawal]) -> _BodyReader:
             account_id=r["account_id"],
             amount_minor=b["amount_minor"],
             currency=b["currency"],
+            reference=b["reference"],
         )
 
     return read
@@ -164,6 +170,7 @@ def _transfer(r: Record, b: Record) -> Transfer:
         destination_account_id=b["destination_account_id"],
         amount_minor=b["amount_minor"],
         currency=b["currency"],
+        reference=b["reference"],
     )
 
 
@@ -227,6 +234,7 @@ def leg_to_record(leg: Leg) -> _Branch:
         "destination_account_id": leg.destination_account_id,
         "amount_minor": leg.amount_minor,
         "currency": leg.currency,
+        "reference": leg.reference,
     }
     if isinstance(leg, CreditLeg):
         return _CREDIT_LEG, fields
@@ -255,6 +263,7 @@ def leg_from_record(record: _Branch) -> Leg:
         "destination_account_id": r["destination_account_id"],
         "amount_minor": r["amount_minor"],
         "currency": r["currency"],
+        "reference": r["reference"],
     }
     if name in _LEG_TYPES:
         return _LEG_TYPES[name](**parties)
@@ -327,6 +336,7 @@ def event_to_record(event: Event) -> Record:
         "currency": event.currency,
         "code": event.code,
         "original_payment_id": event.original_payment_id,
+        "reference": event.reference,
     }
 
 
@@ -344,4 +354,5 @@ def event_from_record(r: Record) -> Event:
         currency=r["currency"],
         code=r["code"],
         original_payment_id=r["original_payment_id"],
+        reference=r["reference"],
     )

@@ -7,11 +7,13 @@ account ids, currencies, timestamps, enum-like codes, line counts. Money rules
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Final
 
 from paystream.ledger.currencies import is_iso4217
 from paystream.ledger.journal import LINE_COUNT_MAX, LINE_COUNT_MIN
 from paystream.ledger.models import (
+    REFERENCE_LENGTH_MAX,
     REJECTION_CODES,
     SYSTEM_ACCOUNT_PREFIX,
     Command,
@@ -74,6 +76,19 @@ def _check_time(field: str, value: int) -> None:
         raise _invalid(field, "must be >= 0", value)
 
 
+_REFERENCE_REFUSED_CATEGORIES: Final = frozenset(("Cc", "Cs"))
+"""Control characters (NUL among them: Postgres text cannot hold it) and lone surrogates."""
+
+
+def _check_reference(field: str, value: str | None) -> None:
+    if value is None:
+        return
+    if not 0 < len(value) <= REFERENCE_LENGTH_MAX:
+        raise _invalid(field, f"length must be 1..{REFERENCE_LENGTH_MAX}", value)
+    if any(unicodedata.category(ch) in _REFERENCE_REFUSED_CATEGORIES for ch in value):
+        raise _invalid(field, "control characters and lone surrogates are not allowed", value)
+
+
 def _check_rejection_code(field: str, value: str) -> None:
     if value not in _REJECTION_CODES:
         raise _invalid(field, "unknown rejection code", value)
@@ -90,6 +105,8 @@ def validate_command(command: Command) -> None:
         _check_client_account("destination_account_id", command.destination_account_id)
     if isinstance(command, OpenAccount | Deposit | Withdrawal | Transfer):
         _check_currency("currency", command.currency)
+    if isinstance(command, Deposit | Withdrawal | Transfer):
+        _check_reference("reference", command.reference)
 
 
 def validate_leg(leg: Leg) -> None:
@@ -100,6 +117,7 @@ def validate_leg(leg: Leg) -> None:
     _check_client_account("source_account_id", leg.source_account_id)
     _check_client_account("destination_account_id", leg.destination_account_id)
     _check_currency("currency", leg.currency)
+    _check_reference("reference", leg.reference)
     if isinstance(leg, Compensation):
         _check_rejection_code("reason", leg.reason)
 
@@ -137,6 +155,7 @@ def validate_event(event: Event) -> None:
         _check_rejection_code("code", event.code)
     if event.original_payment_id is not None:
         _check_id("original_payment_id", event.original_payment_id)
+    _check_reference("reference", event.reference)
 
 
 def header_is_readable(header: CommandHeader) -> bool:

@@ -4,6 +4,7 @@ Keycloak tokens, real HTTP. One platform for the module (its own topics and data
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -181,6 +182,70 @@ def test_freeze_unfreeze_and_close(api: str, tokens: dict[str, str]) -> None:
     assert thawed.json()["status"] == "open"
     closed = post(api, f"/v1/accounts/{account}/close", token, None, key=key(), **WAIT)
     assert closed.status_code == 201 and closed.json()["status"] == "closed"
+
+
+def test_closing_refusals_are_problems_with_the_cores_codes(
+    api: str, tokens: dict[str, str]
+) -> None:
+    token = tokens["partner-demo-1"]
+    funded = open_funded(api, token, 10)
+    problem(post(api, f"/v1/accounts/{funded}/close", token, None, key=key(), **WAIT), 409,
+            "account_not_empty")  # fmt: skip
+    empty = open_funded(api, token, 0)
+    assert (
+        post(api, f"/v1/accounts/{empty}/close", token, None, key=key(), **WAIT).json()["status"]
+        == "closed"
+    )
+    deposit = {"account_id": empty, "amount_minor": 5, "currency": "EUR"}
+    problem(post(api, "/v1/deposits", token, deposit, key=key(), **WAIT), 409, "account_closed")
+    assert closing_under_a_payment_in_flight(api, token) == "account_has_pending"
+
+
+IN_FLIGHT_ATTEMPTS_MAX = 5
+
+
+def closing_under_a_payment_in_flight(api: str, token: str) -> str:
+    """Pay an account's whole balance out without waiting, then close it at once: the close
+    reaches the source's partition before the transfer's step 3 comes back (two transactions
+    later), so the source still holds the pending debit. Retried when step 3 won the race."""
+    for _ in range(IN_FLIGHT_ATTEMPTS_MAX):
+        source, target = open_funded(api, token, 40), open_funded(api, token, 0)
+        body = {"from_account": source, "to_account": target, "amount_minor": 40,
+                "currency": "EUR"}  # fmt: skip
+        assert post(api, "/v1/payments", token, body, key=key()).status_code == 202
+        closed = post(api, f"/v1/accounts/{source}/close", token, None, key=key(), **WAIT)
+        if closed.status_code != 201:
+            return str(problem(closed, 409, "account_has_pending")["code"])
+    return "step 3 always came first"
+
+
+def test_a_reference_is_kept_bounded_and_part_of_the_request(
+    api: str, tokens: dict[str, str]
+) -> None:
+    token = tokens["partner-demo-1"]
+    source, target = open_funded(api, token, 100), open_funded(api, token, 0)
+    body = {"from_account": source, "to_account": target, "amount_minor": 7, "currency": "EUR",
+            "reference": "Rechnung 2026-11 Nº 42"}  # fmt: skip
+    k = key()
+    paid = post(api, "/v1/payments", token, body, key=k, **WAIT)
+    assert paid.status_code == 201 and paid.json()["reference"] == body["reference"], paid.text
+    shown = get(api, f"/v1/payments/{paid.json()['payment_id']}", token).json()
+    assert shown["reference"] == body["reference"]
+    listed = get(api, f"/v1/payments?account={target}", token).json()["items"]
+    assert [p["reference"] for p in listed] == [body["reference"]]
+    other = body | {"reference": "Rechnung 2026-11 Nº 43"}
+    problem(post(api, "/v1/payments", token, other, key=k, **WAIT), 409, "duplicate_conflict")
+    for bad in ("", "x" * 141, "line\nbreak", "nul\u0000", "lone \ud800 surrogate"):
+        sent = json.dumps(body | {"reference": bad})  # ensure_ascii: a lone surrogate as an escape
+        headers = bearer(token) | {"Idempotency-Key": key(), "Content-Type": "application/json"}
+        answer = httpx.post(f"{api}/v1/payments", content=sent, headers=headers,
+                            timeout=HTTP_TIMEOUT_S)  # fmt: skip
+        refused = problem(answer, 422, "validation_error")
+        assert "reference" in json.dumps(refused), refused
+    deposit = {"account_id": source, "amount_minor": 1, "currency": "EUR", "reference": "top-up"}
+    assert post(api, "/v1/deposits", token, deposit, key=key(), **WAIT).json()["reference"] == (
+        "top-up"
+    )
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,8 @@ fenced positions, a hash chain, and a sink role that cannot change what was reco
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
@@ -114,8 +116,8 @@ def saga_facts() -> tuple[list[JournalEntry], list[Event]]:
     cluster = Cluster()
     cluster.apply([open_account(1, "src"), deposit(2, "src", 1000)], partition=0)
     cluster.apply([open_account(3, "dst", partition=1)], partition=1)
-    for n, destination in ((4, "dst"), (5, "nobody")):
-        cluster.saga(transfer(n, "src", destination, 100))
+    for n, destination, reference in ((4, "dst", "invoice 42"), (5, "nobody", None)):
+        cluster.saga(dataclasses.replace(transfer(n, "src", destination, 100), reference=reference))
     return cluster.entries(), cluster.events()
 
 
@@ -125,11 +127,11 @@ def test_a_payment_read_in_one_batch_equals_one_event_per_batch(audit_dsn: str) 
     journal, answers = saga_facts()
     assert len(answers) > len({e.payment_id for e in answers})  # several events per payment
     migrate(audit_dsn)
-    payments = "SELECT * FROM payments ORDER BY payment_id"
+    payments = f"SELECT {', '.join(records.PAYMENT_COLUMNS)} FROM payments ORDER BY payment_id"
     conn = sink_connection(audit_dsn)
     heads = store.chain_heads(conn, ["ledger:0", "events:0"])
     write(conn, batch(journal, answers), None, heads)
-    in_one = [row[:-1] for row in conn.execute(payments).fetchall()]  # recorded_at differs
+    in_one = conn.execute(payments).fetchall()
     conn.execute("RESET ROLE")
     conn.execute("TRUNCATE payments")
     conn.execute(f"SET ROLE {store.SINK_ROLE}")
@@ -138,9 +140,31 @@ def test_a_payment_read_in_one_batch_equals_one_event_per_batch(audit_dsn: str) 
         with conn.transaction():
             store._create_stages(conn.cursor())
             store._payments(conn.cursor(), [event])
-    one_by_one = [row[:-1] for row in conn.execute(payments).fetchall()]
+    one_by_one = conn.execute(payments).fetchall()
     assert in_one == one_by_one
     assert {row[7] for row in in_one} >= {"Completed", "Reversed"}
+    assert "invoice 42" in {row[-1] for row in in_one}
+
+
+def test_a_reference_is_recorded_and_chained_only_when_set(dsn: str) -> None:
+    """A payment's reference lands in its row and its events; an event without one has no
+    ``reference`` in its audit body, so bodies chained before the column existed still match."""
+    journal, answers = saga_facts()
+    conn = sink_connection(dsn)
+    write(conn, batch(journal, answers), None, store.chain_heads(conn, ["ledger:0", "events:0"]))
+    references = conn.execute(
+        "SELECT command_type, counterparty_account_id, reference FROM payments"
+        " WHERE command_type = 'Transfer' ORDER BY counterparty_account_id"
+    ).fetchall()
+    assert references == [("Transfer", "dst", "invoice 42"), ("Transfer", "nobody", None)]
+    stored = conn.execute(
+        f"SELECT {', '.join(records.EVENT_COLUMNS)}, a.body FROM payment_events"
+        " JOIN audit_log a ON a.kind = 'event' AND a.ref = event_id ORDER BY event_id"
+    ).fetchall()
+    for *columns, body in stored:
+        assert records.event_audit(columns).body == body  # what audit verify rebuilds
+        assert ("reference" in json.loads(body)) == (columns[-1] is not None)
+    assert {columns[-1] for *columns, _ in stored} == {"invoice 42", None}
 
 
 def test_a_fenced_first_batch_leaves_the_connection_usable(dsn: str) -> None:

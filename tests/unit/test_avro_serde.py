@@ -19,6 +19,7 @@ from paystream.ledger.models import (
     ENTRY_KINDS,
     EVENT_TYPES,
     PHASES,
+    REFERENCE_LENGTH_MAX,
     REJECTION_CODES,
     SYSTEM_ACCOUNT_PREFIX,
     CloseAccount,
@@ -52,6 +53,9 @@ currencies = st.sampled_from(sorted(ISO4217_CODES))
 times_ms = st.integers(min_value=0, max_value=LONG_MAX)
 amounts = st.integers(min_value=LONG_MIN, max_value=LONG_MAX)  # the core judges amounts
 codes = st.sampled_from(REJECTION_CODES)
+references = st.none() | st.text(
+    st.characters(exclude_categories=("Cc", "Cs")), min_size=1, max_size=REFERENCE_LENGTH_MAX
+)
 
 
 def _common() -> dict[str, Any]:
@@ -69,14 +73,19 @@ commands = st.one_of(
     st.builds(FreezeAccount, **_common()),
     st.builds(UnfreezeAccount, **_common()),
     st.builds(CloseAccount, **_common()),
-    st.builds(Deposit, **_common(), amount_minor=amounts, currency=currencies),
-    st.builds(Withdrawal, **_common(), amount_minor=amounts, currency=currencies),
+    st.builds(
+        Deposit, **_common(), amount_minor=amounts, currency=currencies, reference=references
+    ),
+    st.builds(
+        Withdrawal, **_common(), amount_minor=amounts, currency=currencies, reference=references
+    ),
     st.builds(
         Transfer,
         **_common(),
         destination_account_id=client_accounts,
         amount_minor=amounts,
         currency=currencies,
+        reference=references,
     ),
 )
 
@@ -89,6 +98,7 @@ _leg_fields: dict[str, Any] = {
     "destination_account_id": client_accounts,
     "amount_minor": amounts,
     "currency": currencies,
+    "reference": references,
 }
 legs = st.one_of(
     st.builds(CreditLeg, **_leg_fields),
@@ -129,6 +139,7 @@ events = st.builds(
     currency=st.none() | currencies,
     code=st.none() | codes,
     original_payment_id=st.none() | ids,
+    reference=references,
 )
 
 
@@ -233,8 +244,9 @@ def test_confluent_framing_and_topic_name_subjects(tmp_path: Path) -> None:
         "event": "ps.events-value",
     }
     # Avro binary, by hand: branch 2 of the leg union (appended: older branches keep
-    # their index), then the fields in order (request_id second), longs zigzag-encoded.
-    assert data[5:] == b"\x04\x06t-1\x04r1\x06p-1\x0a\x02a\x02b\x14\x06EUR"
+    # their index), then the fields in order (request_id second), longs zigzag-encoded,
+    # and last the reference: branch 0 (null) of its union.
+    assert data[5:] == b"\x04\x06t-1\x04r1\x06p-1\x0a\x02a\x02b\x14\x06EUR\x00"
 
 
 def test_default_subjects_are_the_default_topics(serde: AvroSerde) -> None:

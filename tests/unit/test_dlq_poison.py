@@ -14,6 +14,7 @@ import pytest
 from fastavro import parse_schema, schemaless_writer
 
 from paystream.ledger.models import (
+    REFERENCE_LENGTH_MAX,
     Compensation,
     Confirmation,
     CreditLeg,
@@ -264,6 +265,12 @@ _INVALID_COMMANDS = {
     "made-up currency": Withdrawal("c", "r", "p", 1, "acct-1", amount_minor=5, currency="XYZ"),
     "open with bad currency": OpenAccount("c", "r", "p", 1, "acct-1", currency="EURO"),
     "negative issued_at_ms": dataclasses.replace(TRANSFER, issued_at_ms=-1),
+    "empty reference": dataclasses.replace(TRANSFER, reference=""),
+    "long reference": dataclasses.replace(TRANSFER, reference="r" * (REFERENCE_LENGTH_MAX + 1)),
+    "NUL in a reference": dataclasses.replace(TRANSFER, reference="inv\x00 42"),
+    "newline in a deposit's reference": Deposit(
+        "c", "r", "p", 1, "acct-1", amount_minor=5, currency="EUR", reference="a\nb"
+    ),
 }
 
 
@@ -303,6 +310,12 @@ def test_detail_names_the_field(serde: AvroSerde) -> None:
     command = dataclasses.replace(TRANSFER, destination_account_id="@transit:1")
     error = _poison(serde.decode_command, serde.encode_command(command))
     assert error.detail.startswith("destination_account_id: ")
+
+
+def test_a_reference_at_the_bound_in_any_script_is_valid(serde: AvroSerde) -> None:
+    reference = ("Rechnung Nº 7, 請求書 " * 10)[:REFERENCE_LENGTH_MAX]
+    command = dataclasses.replace(TRANSFER, reference=reference)
+    assert serde.decode_command(serde.encode_command(command)) == command
 
 
 def test_ids_at_the_bound_are_valid(serde: AvroSerde) -> None:
@@ -346,6 +359,8 @@ _INVALID_OUTPUTS: dict[str, tuple[str, Any]] = {
     ),
     "event code": ("event", dataclasses.replace(EVENT, code="nope")),  # type: ignore[arg-type]
     "event time": ("event", dataclasses.replace(EVENT, issued_at_ms=-5)),
+    "event reference": ("event", dataclasses.replace(EVENT, reference="\x07")),
+    "leg reference": ("leg", dataclasses.replace(CREDIT_LEG, reference="x" * 141)),
 }
 
 

@@ -59,9 +59,38 @@ TRANSFER = Transfer(
 
 
 def test_body_hash_is_pinned_for_encoding_version_1() -> None:
-    """Changing this value changes every stored record: bump BODY_ENCODING_VERSION instead."""
+    """Changing this value changes every stored record: bump BODY_ENCODING_VERSION instead.
+    ``TRANSFER`` has no reference: a field added since version 1 is not encoded while None."""
     expected = "8017bf292802a72ff0db51b7f159783b74c343cb041da65a02691bd66fae74f1"
     assert body_sha256(TRANSFER) == expected
+
+
+def test_a_reference_is_part_of_the_body() -> None:
+    with_reference = dataclasses.replace(TRANSFER, reference="invoice 42")
+    text = (
+        "paystream.body/1\ns8:Transfer"
+        "s10:account_ids5:acc-1s12:amount_minori12345;s8:currencys3:EUR"
+        "s22:destination_account_ids5:acc-2s10:partner_ids2:p1"
+        "s9:references10:invoice 42s10:request_ids5:req-1"
+    )
+    assert body_sha256(with_reference) == hashlib.sha256(text.encode()).hexdigest()
+    assert body_sha256(with_reference) != body_sha256(TRANSFER)
+    assert body_sha256(with_reference) != body_sha256(
+        dataclasses.replace(TRANSFER, reference="invoice 43")
+    )
+
+
+def test_the_same_request_with_another_reference_is_duplicate_conflict() -> None:
+    first = dataclasses.replace(DEPOSIT, reference="march rent")
+    retry = dataclasses.replace(first, command_id=cid(2))
+    changed = dataclasses.replace(first, command_id=cid(3), reference="april rent")
+    result = run([first, retry, changed], accounts=[ACCOUNT])
+    answers = [(e.type, e.code, e.reference) for e in events(result)]
+    assert answers == [
+        ("Completed", None, "march rent"),
+        ("Duplicate", None, "march rent"),
+        ("Rejected", "duplicate_conflict", "april rent"),
+    ]
 
 
 def test_body_hash_follows_the_documented_encoding() -> None:

@@ -738,3 +738,21 @@ def test_finding_5_an_overdraft_account_moves_max_amounts_through_transit_repeat
     assert world.account("dst").balance_minor == 3 * AMOUNT_MAX_MINOR
     assert world.account("src").balance_minor == -3 * AMOUNT_MAX_MINOR
     assert transit_sum(world) == 0
+
+
+def test_a_reference_travels_with_every_step_of_a_transfer() -> None:
+    """Debited, every leg, Completed and Reversed carry the transfer's reference."""
+    world = Cluster.of([SOURCE, DESTINATION])
+    completed = dataclasses.replace(transfer(1), reference="invoice 42")
+    refused = dataclasses.replace(transfer(2, destination="nobody"), reference="invoice 43")
+    world.saga(completed)
+    world.saga(refused)
+    answers = [(e.payment_id, e.type, e.reference) for e in world.events()]
+    assert answers == [
+        (cid(1), "Debited", "invoice 42"),
+        (cid(1), "Completed", "invoice 42"),
+        (cid(2), "Debited", "invoice 43"),
+        (cid(2), "Reversed", "invoice 43"),
+    ]
+    legs = [o for o in world.outputs if isinstance(o, CreditLeg | Confirmation | Compensation)]
+    assert [leg.reference for leg in legs] == ["invoice 42"] * 2 + ["invoice 43"] * 2

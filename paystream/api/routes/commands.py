@@ -11,6 +11,7 @@ from paystream.api.auth import Principal
 from paystream.api.problems import Problem
 from paystream.api.submit import IDEMPOTENCY_KEY_LENGTH_MAX
 from paystream.ledger import ISO4217_CODES, is_iso4217
+from paystream.ledger.models import REFERENCE_LENGTH_MAX
 from paystream.topology.validation import ID_LENGTH_MAX
 
 PREFER_LENGTH_MAX = 200
@@ -33,6 +34,14 @@ Currency = Annotated[
     WithJsonSchema({"type": "string", "enum": sorted(ISO4217_CODES)}),
 ]
 """An active ISO-4217 code (the OpenAPI document lists them)."""
+Reference = Annotated[
+    str,
+    StringConstraints(
+        min_length=1, max_length=REFERENCE_LENGTH_MAX, pattern=r"^[^\x00-\x1f\x7f-\x9f]*$"
+    ),
+]
+"""The sender's own words for a payment (an invoice number, a remittance line): at most a
+SEPA remittance line's 140 characters, no control characters."""
 IdempotencyKey = Annotated[
     str,
     Header(

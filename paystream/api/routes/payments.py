@@ -27,6 +27,7 @@ from paystream.api.routes.commands import (
     Currency,
     IdempotencyKey,
     Prefer,
+    Reference,
     writer_partner,
 )
 from paystream.api.schemas import (
@@ -135,6 +136,7 @@ class TransferIn(BaseModel):
     to_account: ClientAccountId
     amount_minor: Annotated[StrictInt, Field(gt=0, le=AMOUNT_MAX_MINOR)]
     currency: Currency
+    reference: Reference | None = None
 
 
 class MoneyIn(BaseModel):
@@ -144,6 +146,7 @@ class MoneyIn(BaseModel):
     account_id: ClientAccountId
     amount_minor: Annotated[StrictInt, Field(gt=0, le=AMOUNT_MAX_MINOR)]
     currency: Currency
+    reference: Reference | None = None
 
 
 Writer = Annotated[Principal, Depends(caller("payments:write"))]
@@ -165,7 +168,7 @@ async def create_payment(
         command_id=command_id, request_id=request_id(key), partner_id=writer_partner(who),
         issued_at_ms=at_ms, account_id=body.from_account,
         destination_account_id=body.to_account, amount_minor=body.amount_minor,
-        currency=body.currency,
+        currency=body.currency, reference=body.reference,
     )  # fmt: skip
     return await payment_response(ctx, checked(command), prefer)
 
@@ -198,7 +201,7 @@ def money_command(
         kind(
             command_id=command_id, request_id=request_id(key), partner_id=writer_partner(who),
             issued_at_ms=at_ms, account_id=body.account_id, amount_minor=body.amount_minor,
-            currency=body.currency,
+            currency=body.currency, reference=body.reference,
         )
     )  # fmt: skip
 
