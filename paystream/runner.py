@@ -143,6 +143,22 @@ class Platform:
         )
 
 
+def child_env(settings: Settings, *, bootstrap: str, log_level: str) -> dict[str, str]:
+    """The settings a child process of the platform (worker, sink, API) must share."""
+    env = {
+        "PAYSTREAM_KAFKA_BOOTSTRAP": bootstrap,
+        "PAYSTREAM_TOPIC_PREFIX": settings.topic_prefix,
+        "PAYSTREAM_DATA_DIR": str(settings.data_dir),
+        "PAYSTREAM_PARTITIONS": str(settings.partitions),
+        "PAYSTREAM_TRANSACTION_TIMEOUT_S": str(settings.transaction_timeout_s),
+        "PAYSTREAM_IDEMPOTENCY_RETENTION_S": str(settings.idempotency_retention_s),
+        "PAYSTREAM_WORKER_LOG_LEVEL": log_level,
+    }
+    if settings.schema_registry_url:
+        env["PAYSTREAM_SCHEMA_REGISTRY_URL"] = settings.schema_registry_url
+    return env
+
+
 @contextlib.contextmanager
 def running(
     settings: Settings,
@@ -168,17 +184,7 @@ def running(
         registry_from_url(settings.schema_registry_url, settings.data_dir),
         topics=topics.payloads(),
     )
-    env = {
-        "PAYSTREAM_KAFKA_BOOTSTRAP": bootstrap,
-        "PAYSTREAM_TOPIC_PREFIX": settings.topic_prefix,
-        "PAYSTREAM_DATA_DIR": str(settings.data_dir),
-        "PAYSTREAM_PARTITIONS": str(settings.partitions),
-        "PAYSTREAM_TRANSACTION_TIMEOUT_S": str(settings.transaction_timeout_s),
-        "PAYSTREAM_IDEMPOTENCY_RETENTION_S": str(settings.idempotency_retention_s),
-        "PAYSTREAM_WORKER_LOG_LEVEL": log_level,
-    }
-    if settings.schema_registry_url:
-        env["PAYSTREAM_SCHEMA_REGISTRY_URL"] = settings.schema_registry_url
+    env = child_env(settings, bootstrap=bootstrap, log_level=log_level)
     publisher = CommandPublisher(bootstrap=bootstrap, topic=topics.commands, serde=serde)
     watcher = EventWatcher(
         bootstrap=bootstrap, topic=topics.events, serde=serde, partitions=settings.partitions

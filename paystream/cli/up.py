@@ -1,0 +1,232 @@
+"""``paystream up``: the whole platform in the foreground, for a person trying it.
+
+The services (``services.up``; left running on exit, as the demo leaves them), ``--workers``
+ledger workers and a Postgres sink (``runner.running``), and the API as a ``paystream api``
+child. Waits until the API's ``/readyz`` answers 200, prints where each part answers,
+restarts a child that dies (within a budget), and on Ctrl-C or SIGTERM stops the children it
+started: workers, sink and API.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import httpx
+import typer
+from rich import box
+from rich.table import Table
+
+from paystream import services
+from paystream.cli.auth import CLIENT_DEFAULT
+from paystream.cli.common import (
+    API_PORT_DEFAULT,
+    LOCAL_HOST,
+    METRICS_PORT_DEFAULT,
+    PORT_MAX,
+    SINK_METRICS_PORT_DEFAULT,
+    MetricsPort,
+    err,
+    out,
+)
+from paystream.services.process import tail, wait_until
+from paystream.settings import Settings
+
+if TYPE_CHECKING:
+    from paystream.agents.supervisor import WorkerGroup, WorkerProcess
+    from paystream.runner import Platform
+
+WORKERS_DEFAULT = 2
+WORKERS_MAX = 16
+SINKS = 1
+API_READY_TIMEOUT_S = 120.0
+READY_PROBE_TIMEOUT_S = 2.0
+SUPERVISE_TICK_S = 1.0
+RESTARTS_MAX = 20
+"""Children restarted in one run of ``up`` before it gives up (a crash loop is a bug)."""
+LOG_TAIL_LINES = 20
+
+
+def up(
+    workers: Annotated[
+        int, typer.Option(min=1, max=WORKERS_MAX, help="ledger worker processes")
+    ] = WORKERS_DEFAULT,
+    api_port: Annotated[
+        int, typer.Option(min=1, max=PORT_MAX, help="the API's port")
+    ] = API_PORT_DEFAULT,
+    metrics_port: MetricsPort = METRICS_PORT_DEFAULT,
+    sink_metrics_port: MetricsPort = SINK_METRICS_PORT_DEFAULT,
+) -> int:
+    """the whole platform in the foreground: services, workers, a sink and the API
+
+    Ctrl-C (or SIGTERM) stops the workers, the sink and the API; the services stay up.
+    """
+    for signum in (signal.SIGINT, signal.SIGTERM):  # both unwind as Ctrl-C does, even when
+        signal.signal(signum, signal.default_int_handler)  # a shell started us with SIGINT ignored
+    settings = Settings()
+    with err.status("starting the services (Kafka, Postgres, ClickHouse, Keycloak) ..."):
+        endpoints = services.up(settings)
+    settings = settings.model_copy(update={"kafka_bootstrap": endpoints.kafka_bootstrap})
+    ports = (metrics_port, sink_metrics_port)
+    try:
+        with started(settings, workers=workers, api_port=api_port, metrics_ports=ports) as parts:
+            return serve(parts, settings, endpoints.oidc_issuer)
+    finally:
+        err.print("the services are still running: `paystream services down` stops them")
+
+
+class Parts:
+    """What ``up`` started: the platform, the API child, the metrics URLs it serves."""
+
+    def __init__(self, platform: Platform, api: WorkerGroup, api_url: str) -> None:
+        self.platform = platform
+        self.api = api
+        self.api_url = api_url
+        self.metrics_urls: dict[str, str] = {}
+
+    @property
+    def groups(self) -> tuple[WorkerGroup, ...]:
+        return (self.platform.workers, self.platform.sinks, self.api)
+
+
+@contextlib.contextmanager
+def started(
+    settings: Settings, *, workers: int, api_port: int, metrics_ports: tuple[int, int]
+) -> Iterator[Parts]:
+    """Workers and a sink (runner.running), the API child and the metrics servers."""
+    from paystream.agents.supervisor import WorkerGroup
+    from paystream.runner import child_env, running
+
+    log_dir = settings.data_dir / "logs"
+    env = child_env(settings, bootstrap=settings.bootstrap, log_level="warn") | {
+        "PAYSTREAM_POSTGRES_DSN": services.postgres_dsn(settings),
+    }
+    api = WorkerGroup(
+        count=1, env=env, log_dir=log_dir, prefix="api", command=lambda _name: api_command(api_port)
+    )
+    with contextlib.ExitStack() as stack:
+        with err.status(f"starting {workers} workers, a Postgres sink and the API ..."):
+            platform = stack.enter_context(
+                running(settings, workers=workers, log_dir=log_dir, sinks=SINKS)
+            )
+            parts = Parts(platform, stack.enter_context(api), f"http://{LOCAL_HOST}:{api_port}")
+        parts.metrics_urls = stack.enter_context(metrics_servers(settings, platform, metrics_ports))
+        yield parts
+        err.print("stopping the workers, the sink and the API ...")
+
+
+def api_command(port: int) -> tuple[str, ...]:
+    """``paystream api --port <port>`` as a child process."""
+    return (sys.executable, "-m", "paystream.cli", "api", "--host", LOCAL_HOST, "--port", str(port))
+
+
+@contextlib.contextmanager
+def metrics_servers(
+    settings: Settings, platform: Platform, ports: tuple[int, int]
+) -> Iterator[dict[str, str]]:
+    """/metrics of the workers (their shared directory) and of the sink, from this process."""
+    from paystream.agents import metrics
+
+    workers_port, sink_port = ports
+    sink_dir = settings.data_dir / "metrics" / platform.sinks.workers[0].name
+    sink_dir.mkdir(parents=True, exist_ok=True)  # the sink makes it afresh when it starts
+    wanted = {
+        "workers": (workers_port, platform.workers.metrics_dir),
+        "sink": (sink_port, sink_dir),
+    }
+    urls: dict[str, str] = {}
+    with contextlib.ExitStack() as stack:
+        for part, (port, directory) in wanted.items():
+            if port and directory is not None:
+                server = metrics.serve(port, host=LOCAL_HOST, directory=directory)
+                stack.callback(server.stop)
+                urls[part] = f"http://{LOCAL_HOST}:{server.port}/metrics"
+        yield urls
+
+
+def serve(parts: Parts, settings: Settings, issuer: str) -> int:
+    """Wait for the API, say where everything is, then keep the children running until
+    Ctrl-C/SIGTERM (0) or until a crash loop spends the restart budget (1)."""
+    api = parts.api.workers[0]
+    try:
+        with err.status(f"waiting until {parts.api_url}/readyz answers 200 ..."):
+            wait_until(
+                lambda: is_ready(parts.api_url) or not api.alive, timeout_s=API_READY_TIMEOUT_S
+            )
+        if not is_ready(parts.api_url):
+            err.print(f"the API did not get ready:\n{tail(api.log_file, lines=LOG_TAIL_LINES)}")
+            return 1
+        print_where(parts, settings, issuer)
+        return keep_running(parts.groups, log_dir=settings.data_dir / "logs")
+    except KeyboardInterrupt:
+        for signum in (signal.SIGINT, signal.SIGTERM):  # let the children stop in peace
+            signal.signal(signum, signal.SIG_IGN)
+        return 0
+
+
+def is_ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=READY_PROBE_TIMEOUT_S).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def keep_running(groups: Sequence[WorkerGroup], *, log_dir: Path) -> int:
+    """Restart whatever died, until a signal or RESTARTS_MAX restarts (then 1)."""
+    restarts = 0
+    while restarts <= RESTARTS_MAX:
+        time.sleep(SUPERVISE_TICK_S)
+        for group in groups:
+            restarts += group.restart_dead()
+    err.print(f"gave up after {RESTARTS_MAX} restarts; see the logs in {log_dir}")
+    return 1
+
+
+def print_where(parts: Parts, settings: Settings, issuer: str) -> None:
+    """Where each part answers, and commands to try."""
+    table = Table(title="paystream is up", box=box.SIMPLE, show_header=False, title_justify="left")
+    table.add_column("part", style="bold")
+    table.add_column("where", overflow="fold")
+    for part, where in where_rows(parts, settings, issuer):
+        table.add_row(part, where)
+    out.print(table)
+    api = "" if parts.api_url.endswith(f":{API_PORT_DEFAULT}") else f" --api {parts.api_url}"
+    token = f"paystream token --client {CLIENT_DEFAULT}"
+    for line in (
+        "try:",
+        f"  {token}",
+        f'  curl -s -H "Authorization: Bearer $({token})" {parts.api_url}/v1/accounts',
+        f"  paystream accounts open --currency EUR{api}",
+        "Ctrl-C stops the workers, the sink and the API (the services stay up)",
+    ):
+        out.print(line, markup=False, soft_wrap=True)
+
+
+def pid_of(worker: WorkerProcess) -> str:
+    return "-" if worker.process is None else str(worker.process.pid)
+
+
+def pids(group: WorkerGroup) -> str:
+    return ", ".join(f"{worker.name} (pid {pid_of(worker)})" for worker in group.workers)
+
+
+def where_rows(parts: Parts, settings: Settings, issuer: str) -> list[tuple[str, str]]:
+    metrics = parts.metrics_urls
+    return [
+        ("API", f"{parts.api_url} (pid {pid_of(parts.api.workers[0])})"),
+        ("OpenAPI", f"{parts.api_url}/openapi.json, docs at {parts.api_url}/docs"),
+        ("API metrics", f"{parts.api_url}/metrics (scope ops:read: --client ops-console)"),
+        ("OIDC issuer", issuer),
+        ("clients", f"{CLIENT_DEFAULT}, partner-demo-2 (partners), ops-console (ops)"),
+        ("Kafka", settings.bootstrap),
+        ("workers", pids(parts.platform.workers)),
+        ("workers metrics", metrics.get("workers", "not served (--metrics-port 0)")),
+        ("sink", pids(parts.platform.sinks)),
+        ("sink metrics", metrics.get("sink", "not served (--sink-metrics-port 0)")),
+        ("logs", str(settings.data_dir / "logs")),
+    ]
