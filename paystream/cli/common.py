@@ -18,8 +18,9 @@ WORKER_NAME_LENGTH_MAX = 64
 WORKER_NAME_PATTERN = re.compile(rf"[A-Za-z0-9_-][A-Za-z0-9._-]{{0,{WORKER_NAME_LENGTH_MAX - 1}}}")
 LOCAL_HOST = "127.0.0.1"
 
-PIPE_WIDTH = 160
-"""Columns of output into a pipe or file (a terminal's own width otherwise, or COLUMNS)."""
+PIPE_WIDTH = 512
+"""Widest line into a pipe or file, so ids never fold there (a table is as wide as its
+content; a terminal's own width, or COLUMNS, rules otherwise)."""
 
 
 def _width() -> int | None:

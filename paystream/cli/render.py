@@ -41,8 +41,9 @@ def text(value: Any) -> str:
     return MISSING if value is None else str(value)
 
 
-def _fields(title: str, rows: list[tuple[str, str]]) -> Table:
-    table = Table(title=title, box=box.SIMPLE, show_header=False, title_justify="left")
+def _fields(rows: list[tuple[str, str]]) -> Table:
+    """One object, a field a row (its id first: a title would wrap a long id)."""
+    table = Table(box=box.SIMPLE, show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
     for name, value in rows:
@@ -55,8 +56,8 @@ def account(body: dict[str, Any]) -> Table:
     currency = body.get("currency")
     position = body.get("ledger_position")
     return _fields(
-        f"account {body['account_id']}",
         [
+            ("account", body["account_id"]),
             ("status", text(body.get("status") or "not applied yet")),
             ("currency", text(currency)),
             ("balance", money(body.get("balance_minor"), currency)),
@@ -98,8 +99,8 @@ def accounts(items: list[dict[str, Any]]) -> Table:
 def payment(body: dict[str, Any]) -> Table:
     """One payment: its state, amount and times."""
     return _fields(
-        f"payment {body['payment_id']}",
         [
+            ("payment", body["payment_id"]),
             ("type", text(body.get("type"))),
             ("status", text(body.get("status"))),
             ("code", text(body.get("code"))),
