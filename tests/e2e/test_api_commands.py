@@ -6,10 +6,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -21,10 +23,11 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis import checks
 
+from paystream import cli
 from paystream.api import openapi
 from paystream.api.app import create_app
 from paystream.services.keycloak import KeycloakServer
-from paystream.services.process import free_port, wait_until
+from paystream.services.process import free_port, pid_alive, wait_until
 from paystream.settings import Settings
 from tests.e2e.harness import platform
 from tests.support.api import HTTP_TIMEOUT_S, bearer, is_ready, problem, serving
@@ -387,3 +390,133 @@ def test_any_input_gets_an_answer_its_schema_allows(
         base_url=api, headers=bearer(tokens["partner-demo-1"]), timeout=HTTP_TIMEOUT_S,
         excluded_checks=[checks.positive_data_acceptance],
     )  # fmt: skip
+
+
+# --- the CLI for people: paystream accounts | deposit | pay | payments, and paystream up -------
+
+
+@pytest.fixture
+def person(
+    api: str, keycloak: KeycloakServer, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> Callable[..., tuple[int, str, str]]:  # fmt: skip
+    """``paystream ...`` in this process as partner-demo-1 against the module's API: its exit
+    code, stdout and stderr. The token comes the way ``paystream token`` gets it for an
+    external issuer (PAYSTREAM_CLIENT_SECRET)."""
+    monkeypatch.setenv("PAYSTREAM_OIDC_ISSUER", keycloak.issuer)
+    monkeypatch.setenv("PAYSTREAM_CLIENT_SECRET", keycloak.client("partner-demo-1").secret)
+    monkeypatch.setenv("PAYSTREAM_API_URL", api)
+
+    def run(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = cli.main(list(args))
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
+def test_cli_opens_accounts_pays_and_shows_the_payment(
+    api: str, tokens: dict[str, str], person: Callable[..., tuple[int, str, str]]
+) -> None:
+    code, shown, _ = person("accounts", "open", "--currency", "eur", "--wait", "20")
+    assert code == 0 and "open" in shown and "0.00 EUR" in shown, shown
+    source = re.search(r"^\s*account\s+(\S+)", shown, re.MULTILINE)[1]  # type: ignore[index]
+    code, opened, _ = person("accounts", "open", "--currency", "EUR", "--json", "--wait", "20")
+    target = json.loads(opened)["account_id"]
+    code, funded, _ = person("deposit", source, "1,900", "EUR", "--wait", "20")
+    assert code == 0 and "1,900.00 EUR" in funded and "completed" in funded, funded
+    code, paid, said = person("pay", source, target, "12.50", "EUR", "--wait", "20", "--json")
+    assert code == 0, said
+    payment = json.loads(paid)
+    assert (payment["status"], payment["amount_minor"]) == ("completed", 1250)
+    key = re.search(r"--key (\S+)\)", said)[1]  # type: ignore[index]
+    code, again, _ = person("pay", source, target, "12.50", "EUR", "--key", key, "--json")
+    assert json.loads(again)["payment_id"] == payment["payment_id"]  # a retry, not a payment
+    code, human, _ = person("payments", "show", payment["payment_id"])
+    assert code == 0 and "12.50 EUR" in human and "completed" in human and "Debited" in human
+    assert "1250" not in human  # people never see minor units
+    code, raw, _ = person("payments", "show", payment["payment_id"], "--json")
+    assert (
+        raw
+        == get(api, f"/v1/payments/{payment['payment_id']}", tokens["partner-demo-1"]).text + "\n"
+    )
+    code, listed, _ = person("accounts", "list", "--limit", "200")
+    rows = {line.split()[0]: line for line in listed.splitlines() if line.strip()}
+    assert "1,887.50 EUR" in rows[source] and "12.50 EUR" in rows[target], listed
+    code, mine, _ = person("payments", "list", "--account", target, "--status", "completed")
+    assert payment["payment_id"] in mine and "12.50 EUR" in mine, mine
+
+
+def test_cli_api_problems_exit_1_with_their_code(
+    api: str, tokens: dict[str, str], person: Callable[..., tuple[int, str, str]]
+) -> None:
+    source, target = (
+        open_funded(api, tokens["partner-demo-1"], 100),
+        open_funded(api, tokens["partner-demo-1"], 0),
+    )
+    code, _, said = person("pay", source, target, "1.01", "EUR", "--wait", "20")
+    assert code == 1 and "insufficient_funds: " in said, said
+    code, _, said = person("accounts", "show", f"nobody-{uuid.uuid4().hex}")
+    assert code == 1 and "not_found: " in said, said
+
+
+def test_cli_refuses_a_bad_amount_before_any_request_and_names_an_absent_api(
+    person: Callable[..., tuple[int, str, str]],
+) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    code, _, said = person("pay", "a", "b", "12.345", "EUR", "--api", nowhere)
+    assert code == 2 and "EUR has 2 decimals" in said and "connect" not in said, said
+    code, _, said = person("pay", "--api", nowhere, "a", "b", "--", "-5", "EUR")
+    assert code == 2 and "'-5' is not an amount" in said, said
+    code, _, said = person("accounts", "list", "--api", nowhere)
+    assert code == 2 and f"cannot connect to the API at {nowhere}" in said, said
+
+
+UP_TIMEOUT_S = 90.0
+
+
+def test_paystream_up_serves_the_api_and_stops_what_it_started(
+    settings: Settings, postgres_server_dsn: str, keycloak: KeycloakServer, tmp_path: Path
+) -> None:
+    """``paystream up`` on the session's Kafka, a database of its own and the session's
+    Keycloak: it prints the API's URL once /readyz is 200, and SIGINT stops every child."""
+    name = f"up_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(postgres_server_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    api_port, metrics_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAYSTREAM_")} | {
+        "PAYSTREAM_ENVIRONMENT": "test",
+        "PAYSTREAM_DATA_DIR": str(tmp_path / "data"),
+        "PAYSTREAM_KAFKA_BOOTSTRAP": settings.bootstrap,
+        "PAYSTREAM_TOPIC_PREFIX": f"{settings.topic_prefix}-up",
+        "PAYSTREAM_PARTITIONS": str(settings.partitions),
+        "PAYSTREAM_POSTGRES_DSN": psycopg.conninfo.make_conninfo(postgres_server_dsn, dbname=name),
+        "PAYSTREAM_OIDC_ISSUER": keycloak.issuer,
+        "PYTHONUNBUFFERED": "1",
+    }
+    command = [
+        sys.executable, "-m", "paystream.cli", "up", "--workers", "1", "--api-port", str(api_port),
+        "--metrics-port", str(metrics_port), "--sink-metrics-port", "0",
+    ]  # fmt: skip
+    printed = tmp_path / "up.out"
+    with printed.open("wb") as output:
+        up = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{api_port}"
+    try:
+        wait_until(lambda: url in printed.read_text() or up.poll() is not None,
+                   timeout_s=UP_TIMEOUT_S)  # fmt: skip
+        assert url in printed.read_text(), printed.read_text()
+        assert httpx.get(f"{url}/readyz", timeout=HTTP_TIMEOUT_S).status_code == 200
+        workers_metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10)
+        assert "paystream_worker" in workers_metrics.text
+        children = [int(pid) for pid in subprocess.run(
+            ["pgrep", "-P", str(up.pid)], capture_output=True, text=True
+        ).stdout.split()]  # fmt: skip
+        assert len(children) == 3, children  # one worker, one sink, the API
+    finally:
+        up.send_signal(signal.SIGINT)
+        code = up.wait(UP_TIMEOUT_S)
+    assert code == 0, printed.read_text()
+    assert not [pid for pid in children if pid_alive(pid)]
+    assert "the services are still running" in printed.read_text()
