@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     partitions: int = Field(default=8, ge=1, le=PARTITIONS_MAX)
     idempotency_retention_s: int = Field(default=7 * 24 * 3600, ge=60, le=RETENTION_MAX_S)
     """How long request ids and command ids are remembered, in log time (Stripe keeps 24 h)."""
+    read_model_lag_max: int = Field(default=100_000, ge=0)
+    """The API is not ready (``/readyz`` 503) while the Postgres read models are more than this
+    many records behind the ``ledger`` and ``events`` logs: about 20 s of the sink's measured
+    drain, so a burst does not take every API process out of rotation, a stopped sink does."""
     transaction_timeout_s: float = Field(default=10.0, ge=1.0, le=900.0)
     """Kafka's ``transaction.timeout.ms`` for the workers: a batch's transaction lasts
     milliseconds; a worker killed mid-batch and not restarted delays its partitions' new

@@ -26,7 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from paystream.api import metrics, problems
+from paystream.api import metrics, problems, read_models
 from paystream.api.auth import Principal, TokenVerifier
 from paystream.api.commands import CommandSender, EventFollower
 from paystream.api.deps import Context, RateLimiter, caller, known_query_parameters
@@ -36,7 +36,12 @@ from paystream.api.schemas import Health
 from paystream.settings import Settings
 from paystream.topology.avro import AvroSerde
 from paystream.topology.registry import registry_from_url
-from paystream.topology.topics import TopicLayoutError, Topics, ensure_topics
+from paystream.topology.topics import (
+    TopicLayoutError,
+    Topics,
+    ensure_topics,
+    postgres_sink_group,
+)
 
 AUDIENCE_DEFAULT = "paystream-api"
 logger = logging.getLogger("paystream.api")
@@ -110,7 +115,7 @@ def create_app(
     app.middleware("http")(_observe)
     app.include_router(accounts.router)
     app.include_router(payments.router)
-    _operations(app, context)
+    _operations(app, settings, context)
     return app
 
 
@@ -179,7 +184,7 @@ def _kafka(settings: Settings) -> tuple[CommandSender, EventFollower]:
     return sender, follower
 
 
-def _operations(app: FastAPI, context: Context) -> None:
+def _operations(app: FastAPI, settings: Settings, context: Context) -> None:
     @app.get("/healthz", response_model=Health, tags=["operations"])
     def healthz() -> Health:
         """The process answers."""
@@ -188,13 +193,15 @@ def _operations(app: FastAPI, context: Context) -> None:
     @app.get("/readyz", response_model=Health, tags=["operations"],
              responses={503: {"model": Health}})  # fmt: skip
     def readyz() -> Any:
-        """Kafka, Postgres and the identity provider are reachable."""
+        """Kafka, Postgres and the identity provider are reachable, and the read models are
+        within ``read_model_lag_max`` records of the logs."""
         follower = context.follower
         checks = {
             "kafka": "ok" if follower is not None and follower.healthy else "unreachable",
             "postgres": "ok" if _postgres_ok(context.pool) else "unreachable",
             "identity_provider": "ok" if context.verifier.ready() else "unreachable",
         }
+        checks["read_models"] = _freshness(settings, context)
         ok = all(v == "ok" for v in checks.values())
         body = Health(status="ok" if ok else "unavailable", checks=checks)
         return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
@@ -221,6 +228,23 @@ def _document(app: FastAPI) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _freshness(settings: Settings, context: Context) -> str:
+    """``ok``, or how far the sink's stored positions are behind the ledger and events logs."""
+    if context.follower is None:
+        return "unknown: not connected to Kafka"
+    topics = Topics.from_settings(settings)
+    try:
+        ends = context.follower.log_ends([topics.ledger, topics.events], settings.partitions)
+        with context.pool.connection(timeout=POOL_TIMEOUT_S) as conn:
+            behind = read_models.records_behind(conn, postgres_sink_group(settings), ends)
+    except (KafkaException, psycopg.Error) as error:  # a pool timeout is a psycopg.Error
+        return f"unknown: {type(error).__name__}"
+    metrics.READ_MODEL_LAG.set(behind)
+    if behind > settings.read_model_lag_max:
+        return f"behind by {behind} records (bound {settings.read_model_lag_max})"
+    return "ok"
 
 
 def _postgres_ok(pool: ConnectionPool[Connection]) -> bool:

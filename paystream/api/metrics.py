@@ -31,3 +31,8 @@ WAITS = Counter(
     " timed_out",
     ["stage", "outcome"],
 )
+READ_MODEL_LAG = Gauge(
+    "paystream_api_read_model_lag_records",
+    "Records of the ledger and events logs the Postgres read models do not reflect yet"
+    " (as of the last /readyz)",
+)

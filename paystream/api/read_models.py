@@ -199,3 +199,16 @@ def entries_of_payment(conn: Connection, payment_id: str) -> list[Row]:
             if line["entry_id"] == entry["entry_id"]
         ]
     return entries
+
+
+# --- freshness ---------------------------------------------------------------------------------
+
+
+def records_behind(conn: Connection, consumer: str, ends: dict[tuple[str, int], int]) -> int:
+    """How many records of ``ends``' partitions the sink ``consumer`` has not stored yet (a
+    partition it never stored counts from 0; each committed transaction's marker counts 1)."""
+    rows = conn.execute(
+        "SELECT topic, partition, next_offset FROM sink_offsets WHERE consumer = %s", (consumer,)
+    ).fetchall()
+    stored = {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
+    return sum(max(0, end - stored.get(position, 0)) for position, end in ends.items())

@@ -53,7 +53,7 @@ from paystream.topology.avro import AvroSerde
 from paystream.topology.dlq import PoisonMessage
 from paystream.topology.reader import drain
 from paystream.topology.registry import registry_from_url
-from paystream.topology.topics import Topics
+from paystream.topology.topics import Topics, postgres_sink_group
 
 __all__ = [
     "FETCH_ROWS_MAX",
@@ -106,20 +106,17 @@ class LedgerTopic:
     topic: str
     serde: AvroSerde
     consumer: str
-    """The sink's consumer group (``paystream.audit.sink.group_id``)."""
+    """The sink's consumer group (``topology.topics.postgres_sink_group``)."""
 
 
 def ledger_topic_of(settings: Settings) -> LedgerTopic:
     """The ledger topic, serde and sink consumer group that ``settings`` name."""
-    # Imported here: the sink's module registers its Prometheus metrics at import.
-    from paystream.audit.sink import group_id
-
     topics = Topics.from_settings(settings)
     serde = AvroSerde(
         registry_from_url(settings.schema_registry_url, settings.data_dir),
         topics=topics.payloads(),
     )
-    return LedgerTopic(settings.bootstrap, topics.ledger, serde, group_id(settings))
+    return LedgerTopic(settings.bootstrap, topics.ledger, serde, postgres_sink_group(settings))
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,7 +35,7 @@ from paystream.ledger.errors import InvariantViolation
 from paystream.settings import Settings
 from paystream.topology.avro import AvroSerde
 from paystream.topology.registry import registry_from_url
-from paystream.topology.topics import Topics, ensure_topics
+from paystream.topology.topics import Topics, ensure_topics, postgres_sink_group
 
 RECORDS_PER_BATCH_MAX = 5_000
 BATCH_WINDOW_S = 0.2
@@ -59,10 +59,6 @@ TransactionRollback, itself an OperationalError): worth retrying."""
 logger = logging.getLogger("paystream.sink")
 Kind = Literal["ledger", "events", "dlq", "directory"]
 T = TypeVar("T")
-
-
-def group_id(settings: Settings) -> str:
-    return f"{settings.topic_prefix}-sink-postgres"
 
 
 @dataclass(slots=True)
@@ -99,7 +95,7 @@ class PostgresSink:
             self._topics.dlq: "dlq",
             self._topics.directory: "directory",
         }
-        self._group = group_id(settings)
+        self._group = postgres_sink_group(settings)
         self._consumer = Consumer(
             {
                 "bootstrap.servers": settings.bootstrap,

@@ -95,6 +95,11 @@ def app_id_for(settings: Settings) -> str:
     return f"{settings.topic_prefix}-{APP_NAME}"
 
 
+def postgres_sink_group(settings: Settings) -> str:
+    """The Postgres sinks' consumer group: the name their stored positions go by."""
+    return f"{settings.topic_prefix}-sink-postgres"
+
+
 class TopicLayoutError(RuntimeError):
     """An existing topic has another partition count than the settings say."""
 

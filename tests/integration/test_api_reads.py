@@ -16,16 +16,18 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from paystream.api.app import create_app
 from paystream.api.commands import CommandSender, KafkaUnavailable
 from paystream.audit.migrate import migrate
+from paystream.ledger import Event
 from paystream.services.keycloak import KeycloakServer
-from paystream.services.process import free_port
+from paystream.services.process import free_port, wait_until
 from paystream.settings import Settings
 from paystream.topology.avro import AvroSerde
 from paystream.topology.registry import registry_from_url
-from paystream.topology.topics import Topics
+from paystream.topology.topics import Topics, ensure_topics, postgres_sink_group
 from tests.support.api import HTTP_TIMEOUT_S, problem, serving
 from tests.support.audit import Recorded
 from tests.support.keycloak import client_token
@@ -91,7 +93,9 @@ def test_health_needs_no_token_and_readiness_checks_its_services(api: str) -> No
     assert get(api, "/healthz", None).json() == {"status": "ok", "checks": {}}
     ready = get(api, "/readyz", None)
     assert ready.status_code == 200
-    assert ready.json()["checks"] == {"kafka": "ok", "postgres": "ok", "identity_provider": "ok"}
+    assert ready.json()["checks"] == {
+        "kafka": "ok", "postgres": "ok", "identity_provider": "ok", "read_models": "ok",
+    }  # fmt: skip
 
 
 def test_an_account_shows_its_balances_and_ledger_position(
@@ -259,6 +263,52 @@ def test_a_client_over_its_rate_is_told_when_to_come_back(
     problem(limited[0], 429, "rate_limited")
     assert int(limited[0].headers["retry-after"]) >= 1
     assert other.status_code == 200  # per client
+
+
+READ_MODEL_LAG_BOUND = 4
+
+
+def test_readiness_needs_the_read_models_within_their_lag_bound(
+    store_dsn: str, keycloak: KeycloakServer, tokens: dict[str, str], settings: Settings
+) -> None:
+    """Five events the sink has not stored: not ready with a bound of 4; ready once the sink's
+    stored positions reach the logs' ends. The lag is also a metric."""
+    own = settings.model_copy(
+        update={"topic_prefix": f"lag{uuid.uuid4().hex[:8]}", "read_model_lag_max": 4}
+    )
+    topics = Topics.from_settings(own)
+    ensure_topics(own.bootstrap, topics)
+    serde = AvroSerde(registry_from_url(None, own.data_dir), topics=topics.payloads())
+    producer = Producer({"bootstrap.servers": own.bootstrap, "acks": "all"})
+    for n in range(READ_MODEL_LAG_BOUND + 1):
+        event = Event(event_id=f"e{n}:completed", payment_id=f"e{n}", type="Completed",
+                      command_type="Deposit", partner_id="demo-1", account_id="a-src",
+                      issued_at_ms=1)  # fmt: skip
+        producer.produce(topics.events, serde.encode_event(event), key=event.payment_id)
+    assert producer.flush(HTTP_TIMEOUT_S) == 0
+    with serving(create_app(own, issuer=keycloak.issuer, dsn=store_dsn), ready=False) as url:
+        connected = lambda: get(url, "/readyz", None).json()["checks"]["kafka"] == "ok"  # noqa: E731
+        assert wait_until(connected, timeout_s=HTTP_TIMEOUT_S)
+        behind = get(url, "/readyz", None)
+        assert behind.status_code == 503, behind.text
+        assert behind.json()["checks"]["read_models"] == "behind by 5 records (bound 4)"
+        metrics = get(url, "/metrics", tokens["ops-console"]).text
+        assert "paystream_api_read_model_lag_records 5.0" in metrics
+        probe = Consumer({"bootstrap.servers": own.bootstrap, "group.id": "lag-probe"})
+        ends = [
+            probe.get_watermark_offsets(TopicPartition(topics.events, p), timeout=HTTP_TIMEOUT_S)[1]
+            for p in range(own.partitions)
+        ]
+        probe.close()
+        with psycopg.connect(store_dsn, autocommit=True) as conn:
+            for partition, end in enumerate(ends):
+                conn.execute(
+                    "INSERT INTO sink_offsets (consumer, topic, partition, next_offset)"
+                    " VALUES (%s, %s, %s, %s)",
+                    (postgres_sink_group(own), topics.events, partition, end),
+                )
+        ready = get(url, "/readyz", None)
+        assert ready.status_code == 200 and ready.json()["checks"]["read_models"] == "ok"
 
 
 def test_without_kafka_the_api_reads_and_refuses_commands_with_503(

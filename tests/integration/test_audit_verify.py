@@ -34,11 +34,10 @@ from paystream.audit.audit_verify import (
 )
 from paystream.audit.migrate import migrate
 from paystream.audit.records import Origin
-from paystream.audit.sink import group_id
 from paystream.audit.store import Batch
 from paystream.ledger import DirectoryEntry, Event, Input, JournalEntry, Output
 from paystream.settings import Settings
-from paystream.topology.topics import Topics, ensure_topics
+from paystream.topology.topics import Topics, ensure_topics, postgres_sink_group
 from tests.support.ledger import Cluster, deposit, of_type, open_account, transfer
 
 integration = pytest.mark.integration
@@ -396,7 +395,7 @@ def write_produced(dsn: str, facts: Facts, produced: Produced, *, skip_entry: in
         facts,
         ledger_origins=produced.origins,
         ledger_topic=produced.source.topic,
-        consumer=group_id(produced.settings),
+        consumer=postgres_sink_group(produced.settings),
         skip_entry=skip_entry,
     )
 
