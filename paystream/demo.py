@@ -1,9 +1,11 @@
-"""``paystream demo``: the platform on embedded defaults, with a workload.
+"""``paystream demo``: ``paystream up`` with a workload, on embedded defaults.
 
-Starts the services, two workers and a Postgres sink, opens accounts, funds them, runs a few
-thousand transfers (with exact duplicates, conflicting duplicates, overdrafts
-and transfers to accounts closed meanwhile), waits for every transfer's
-terminal event, then checks the recorded ledger and prints a summary.
+Starts what ``paystream up`` starts (the services, two workers, a Postgres sink and the
+API), opens accounts, funds them, runs a few thousand transfers straight into Kafka (with
+exact duplicates, conflicting duplicates, overdrafts and transfers to accounts closed
+meanwhile), waits for every transfer's terminal event, then sends payments through the
+REST API with a partner's client-credentials token and times them, then checks the recorded
+ledger and the audit store and prints a summary.
 """
 
 from __future__ import annotations
@@ -12,50 +14,60 @@ import time
 from collections import Counter
 from dataclasses import replace
 
-from paystream import services, workload
+from paystream import demo_api, services, workload
 from paystream.audit.audit_verify import ledger_topic_of, verify_store
 from paystream.audit.verify import LedgerReport
-from paystream.runner import TRAFFIC_TIMEOUT_S, running
+from paystream.cli.auth import CLIENT_DEFAULT, access_token
+from paystream.cli.up import API_READY_TIMEOUT_S, is_ready, started
+from paystream.runner import TRAFFIC_TIMEOUT_S
+from paystream.services.process import free_port, wait_until
 from paystream.settings import Settings
 
 DEMO_MIX = workload.Mix(accounts=200, transfers=5_000)
 DEMO_WORKERS = 2
-DEMO_SINKS = 1
 
 
-def run(settings: Settings) -> int:
+def _services(settings: Settings) -> Settings:
     endpoints = services.up(settings)
     print(f"services up: kafka {endpoints.kafka_bootstrap}, postgres, clickhouse")
     print(f"oidc issuer: {endpoints.oidc_issuer}")
-    settings = settings.model_copy(update={"kafka_bootstrap": endpoints.kafka_bootstrap})
-    run_id = f"demo{int(time.time())}"
+    return settings.model_copy(update={"kafka_bootstrap": endpoints.kafka_bootstrap})
+
+
+def run(settings: Settings) -> int:
+    settings = _services(settings)
     mix = replace(DEMO_MIX, partitions=settings.partitions)
-    load = workload.build(
-        seed=int(time.time()), mix=mix, run_id=run_id, now_ms=int(time.time() * 1000)
-    )
-    log_dir = settings.data_dir / "logs"
-    print(f"starting {DEMO_WORKERS} workers (logs in {log_dir}) ...")
-    with running(settings, workers=DEMO_WORKERS, log_dir=log_dir, sinks=DEMO_SINKS) as platform:
-        started = time.monotonic()
+    now_ms = int(time.time() * 1000)
+    load = workload.build(seed=now_ms, mix=mix, run_id=f"demo{now_ms // 1000}", now_ms=now_ms)
+    print(f"starting {DEMO_WORKERS} workers, a sink and the API (logs in "
+          f"{settings.data_dir / 'logs'}) ...")  # fmt: skip
+    with started(
+        settings, workers=DEMO_WORKERS, api_port=free_port(), metrics_ports=(0, 0)
+    ) as parts:
+        platform = parts.platform
+        began = time.monotonic()
         left = platform.run_setup(load)
         if left:
             print(f"{len(left)} setup commands got no answer{platform.logs()}")
             return 1
         print(f"opened {DEMO_MIX.accounts} accounts and funded "
               f"{DEMO_MIX.accounts - DEMO_MIX.closing_accounts} "
-              f"in {time.monotonic() - started:.1f}s")  # fmt: skip
-        started = time.monotonic()
+              f"in {time.monotonic() - began:.1f}s")  # fmt: skip
+        began = time.monotonic()
         platform.publish_paced(load, per_second=100_000).join()
         left = platform.wait_traffic(load, timeout_s=TRAFFIC_TIMEOUT_S)
-        elapsed_s = time.monotonic() - started
+        elapsed_s = time.monotonic() - began
         counts = platform.outcomes(load)
         codes = platform.rejection_codes(load)
+        platform.wait_audit_store()  # the API's answers wait for the read models (201)
+        through_api = _through_the_api(settings, parts.api_url)
         report = platform.verify()
         audit_rows = platform.wait_audit_store()
         audit = verify_store(
             services.postgres_dsn(settings), ledger_topic=ledger_topic_of(settings), progress=None
         )
     _print_summary(len(load.transfer_ids), elapsed_s, counts, report)
+    _print_api(through_api)
     print("\nPostgres audit store (paystream sink postgres), rows per table:")
     for table, rows in audit_rows.items():
         print(f"  {table:<16} {rows:>8,}")
@@ -65,6 +77,26 @@ def run(settings: Settings) -> int:
         print(f"  {code:<30} {n:>6}")
     print("services are still running: `.venv/bin/paystream services down` stops them")
     return 0 if report.balanced and audit.ok and not left else 1
+
+
+def _through_the_api(settings: Settings, api_url: str) -> demo_api.ApiFigures:
+    if not wait_until(lambda: is_ready(api_url), timeout_s=API_READY_TIMEOUT_S):
+        raise services.ServiceError(f"the API at {api_url} did not get ready")
+    token = access_token(settings, CLIENT_DEFAULT)
+    print(f"\nsending {demo_api.PAYMENTS} payments through the API at {api_url} ({CLIENT_DEFAULT}"
+          f"'s token, Prefer: {demo_api.WAIT}, {demo_api.CONCURRENCY} at once) ...")  # fmt: skip
+    return demo_api.run(api_url, token, seed=int(time.time()))
+
+
+def _print_api(figures: demo_api.ApiFigures) -> None:
+    count = len(figures.latencies_ms)
+    print(f"\n{count} payments through the REST API in {figures.elapsed_s:.1f}s "
+          f"({count / figures.elapsed_s:.0f}/s), request to final answer:")  # fmt: skip
+    print("  " + "  ".join(
+        f"P{q} {figures.percentile_ms(q):.0f} ms" for q in (50, 95, 99)
+    ) + f"  max {max(figures.latencies_ms):.0f} ms")  # fmt: skip
+    for answer, n in figures.answers.most_common():
+        print(f"  {answer:<30} {n:>6}")
 
 
 def _print_summary(
