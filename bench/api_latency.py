@@ -412,7 +412,7 @@ async def offer(
             else Shot(i / plan.rate, done_s, done_s, "error:unfinished", None, i % len(urls))
             for i, task in enumerate(tasks)
         ],
-        lanes.opened,
+        sum(lane.opened for lane in lanes),
     )
 
 
