@@ -1,0 +1,123 @@
+"""The analytics store on the real ClickHouse engine (chdb, one database per test): facts
+deduplicated by id, positions that only move forward, and the dashboard's queries over facts
+the real core produced."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import clickhouse_connect
+import pytest
+
+from paystream.analytics import queries, schema, store
+from paystream.analytics.rows import event_row, line_rows
+from paystream.ledger import Event, JournalEntry, is_own_event
+from tests.support.ledger import T0_MS, Cluster, cid, deposit, open_account, transfer
+
+pytestmark = pytest.mark.integration
+
+CONSUMER = "test-analytics"
+DAY_MS = 24 * 3600 * 1000
+
+
+@pytest.fixture
+def client(clickhouse_dsn: str) -> Iterator[tuple[Any, str]]:
+    """A client of the session's ClickHouse and a database of this test's own."""
+    connection = clickhouse_connect.get_client(dsn=clickhouse_dsn)
+    database = f"analytics_{uuid.uuid4().hex[:10]}"
+    schema.create(connection, database)
+    yield connection, database
+    connection.command(f"DROP DATABASE IF EXISTS {database}")
+
+
+def facts() -> tuple[Cluster, list[JournalEntry], list[Event]]:
+    """Deposits, a completed and a reversed transfer, an exact duplicate, an overdraft."""
+    cluster = Cluster()
+    cluster.apply([open_account(1, "src"), deposit(2, "src", 1_000)], partition=0)
+    cluster.apply([open_account(3, "dst", partition=1)], partition=1)
+    cluster.saga(transfer(4, "src", "dst", 100))
+    cluster.saga(transfer(5, "src", "nobody", 50))
+    cluster.apply([dataclasses.replace(transfer(4, "src", "dst", 100), command_id=cid(40))])
+    cluster.apply([transfer(6, "src", "dst", 10_000)])
+    return cluster, cluster.entries(), cluster.events()
+
+
+def rows(entries: list[JournalEntry], events: list[Event]) -> tuple[list[Any], list[Any]]:
+    event_rows = [
+        event_row(e, partition=0, offset=i, logged_at_ms=e.issued_at_ms)
+        for i, e in enumerate(events)
+    ]
+    lines = [r for i, e in enumerate(entries) for r in line_rows(e, partition=0, offset=i)]
+    return event_rows, lines
+
+
+def write(client: Any, database: str, entries: list[JournalEntry], events: list[Event]) -> None:
+    event_rows, lines = rows(entries, events)
+    ends = {("ledger", 0): len(entries), ("events", 0): len(events)}
+    store.write(client, database, consumer=CONSUMER, events=event_rows, lines=lines,
+                next_offsets=ends)  # fmt: skip
+
+
+def test_the_funnel_counts_each_payment_once_even_when_a_batch_is_written_twice(
+    client: tuple[Any, str],
+) -> None:
+    connection, database = client
+    _cluster, entries, events = facts()
+    write(connection, database, entries, events)
+    write(connection, database, entries, events)  # killed after its rows: the batch again
+    found = queries.funnel(connection, database, start_ms=T0_MS - DAY_MS, end_ms=T0_MS + DAY_MS)
+    own = [e for e in events if is_own_event(e) and e.command_type != "OpenAccount"]
+    expected = {
+        kind: len({e.payment_id for e in own if e.type == kind})
+        for kind in ("Debited", "Completed", "Reversed", "Rejected")
+    }
+    assert (found.debited, found.completed, found.reversed, found.rejected) == (
+        expected["Debited"], expected["Completed"], expected["Reversed"], expected["Rejected"],
+    )  # fmt: skip
+    assert (found.completed, found.reversed, found.rejected, found.duplicates) == (2, 1, 1, 1)
+    assert found.requested == len({e.payment_id for e in own if e.type != "Duplicate"}) == 4
+    assert found.compensation_rate == 0.5  # one of the two debited transfers came back
+    empty = queries.funnel(connection, database, start_ms=0, end_ms=T0_MS - DAY_MS)
+    assert empty.requested == 0 and empty.success_rate is None
+
+
+def test_the_ledger_balances_and_transit_drains_at_quiescence(client: tuple[Any, str]) -> None:
+    connection, database = client
+    _cluster, entries, events = facts()
+    write(connection, database, entries, events)
+    write(connection, database, entries[:3], [])  # a batch of lines again: counted once
+    [eur] = queries.ledger_consistency(connection, database)
+    assert (eur.currency, eur.difference_minor, eur.transit_minor) == ("EUR", 0, 0)
+    assert eur.debits_minor == sum(
+        line.amount_minor for e in entries for line in e.lines if line.side == "debit"
+    )
+
+
+def test_a_transfer_between_its_steps_2_and_3_is_in_transit(client: tuple[Any, str]) -> None:
+    connection, database = client
+    cluster = Cluster()
+    cluster.apply([open_account(1, "src"), deposit(2, "src", 2**62)], partition=0)
+    cluster.apply([open_account(3, "dst", partition=1)], partition=1)
+    steps = cluster.saga(transfer(4, "src", "dst", 2**62))  # Int128 sums: no Int64 wrap
+    written = len(cluster.entries()) - len(
+        [o for o in steps[-1].outputs if isinstance(o, JournalEntry)]
+    )
+    write(connection, database, cluster.entries()[:written], [])
+    [eur] = queries.ledger_consistency(connection, database)
+    assert (eur.difference_minor, eur.transit_minor) == (0, 2**62)
+    write(connection, database, cluster.entries(), [])  # step 3 lands
+    [eur] = queries.ledger_consistency(connection, database)
+    assert (eur.difference_minor, eur.transit_minor) == (0, 0)
+    assert eur.debits_minor > 2**63  # past Int64: the sums are Int128
+
+
+def test_positions_only_move_forward(client: tuple[Any, str]) -> None:
+    connection, database = client
+    for offset in (5, 9, 7):
+        store.write(connection, database, consumer=CONSUMER, events=[], lines=[],
+                    next_offsets={("events", 3): offset})  # fmt: skip
+    assert store.stored_positions(connection, database, CONSUMER) == {("events", 3): 9}
+    assert store.stored_positions(connection, database, "another") == {}
