@@ -268,6 +268,9 @@ class KeycloakServer:
             f"--http-management-port={self.port + 1}",
             f"--hostname={self.url}",
             "--import-realm",
+            # One node, no cluster: the production default (``ispn``) starts a JGroups
+            # channel listening on every interface, on ports of its own (7800, 57800).
+            "--cache=local",
         ]
 
     def _install(self, dist: Path) -> Path:

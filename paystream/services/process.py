@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -13,6 +14,10 @@ from pathlib import Path
 STOP_TIMEOUT_S = 30.0
 POLL_INTERVAL_S = 0.2
 PORT_PAIR_TRIES_MAX = 50
+LISTEN_PORT_LOW = 10_000
+"""The lowest port free_port hands out (above the well-known defaults people run)."""
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+EPHEMERAL_START_DEFAULT = 32_768
 
 
 class ServiceError(RuntimeError):
@@ -104,19 +109,44 @@ def port_open(host: str, port: int) -> bool:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now (for tests and one-off brokers)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A TCP port nobody holds right now (for tests and one-off servers).
+
+    Drawn below the kernel's ephemeral range, so the local end of some outgoing
+    connection cannot take it between this check and the server's start (a port
+    the kernel hands out for ``bind(0)`` can be). Checked by binding it.
+    """
+    return _free_port(host, pair=False)
 
 
-def free_port_pair() -> int:
+def free_port_pair(host: str = "127.0.0.1") -> int:
     """A free port p with p+1 free too (a service's second listener takes p+1)."""
+    return _free_port(host, pair=True)
+
+
+def _free_port(host: str, *, pair: bool) -> int:
+    high = _ephemeral_start() - 2
     for _ in range(PORT_PAIR_TRIES_MAX):
-        port = free_port()
-        if port < 65535 and not port_open("127.0.0.1", port + 1):
+        port = random.randint(LISTEN_PORT_LOW, high)
+        if _bindable(host, port) and (not pair or _bindable(host, port + 1)):
             return port
-    raise ServiceError("no free pair of ports")
+    raise ServiceError(f"no free {'pair of ports' if pair else 'port'} on {host}")
+
+
+def _ephemeral_start() -> int:
+    try:
+        start = int(EPHEMERAL_RANGE_FILE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        start = EPHEMERAL_START_DEFAULT
+    return max(start, LISTEN_PORT_LOW + 1_000)
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def tail(path: Path, *, lines: int) -> str:
