@@ -41,9 +41,23 @@ TABLES: Final[dict[str, str]] = {
             side LowCardinality(String),
             amount_minor Int128,
             issued_at DateTime64(3, 'UTC'),
+            logged_at DateTime64(3, 'UTC'),
             ledger_partition UInt32,
             ledger_offset UInt64
         ) ENGINE = ReplacingMergeTree ORDER BY (entry_id, line_no)""",
+    "dead_letters": """
+        CREATE TABLE IF NOT EXISTS {db}.dead_letters (
+            dlq_partition UInt32,
+            dlq_offset UInt64,
+            reason LowCardinality(String),
+            detail Nullable(String),
+            origin_topic Nullable(String),
+            origin_partition Nullable(Int64),
+            origin_offset Nullable(Int64),
+            payload_size UInt64,
+            payload_sha256 String,
+            logged_at DateTime64(3, 'UTC')
+        ) ENGINE = ReplacingMergeTree ORDER BY (dlq_partition, dlq_offset)""",
     "positions": """
         CREATE TABLE IF NOT EXISTS {db}.positions (
             consumer String,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from paystream.analytics.rows import EVENT_COLUMNS, LINE_COLUMNS
+from paystream.analytics.rows import COLUMNS
 from paystream.analytics.schema import Client
 
 Position = tuple[str, int]
@@ -23,20 +23,19 @@ def write(
     database: str,
     *,
     consumer: str,
-    events: Sequence[Sequence[Any]],
-    lines: Sequence[Sequence[Any]],
+    rows: Mapping[str, Sequence[Sequence[Any]]],
     next_offsets: Mapping[Position, int],
 ) -> None:
-    """Insert the batch's rows, then the positions after it."""
-    if events:
-        client.insert(f"{database}.events", events, column_names=EVENT_COLUMNS)
-    if lines:
-        client.insert(f"{database}.ledger_lines", lines, column_names=LINE_COLUMNS)
-    rows = [
+    """Insert the batch's rows (table -> rows, tables of ``rows.COLUMNS``), then the positions
+    after it."""
+    for table, found in rows.items():
+        if found:
+            client.insert(f"{database}.{table}", found, column_names=COLUMNS[table])
+    positions = [
         [consumer, topic, partition, offset] for (topic, partition), offset in next_offsets.items()
     ]
-    if rows:
-        client.insert(f"{database}.positions", rows, column_names=POSITION_COLUMNS)
+    if positions:
+        client.insert(f"{database}.positions", positions, column_names=POSITION_COLUMNS)
 
 
 def stored_positions(client: Client, database: str, consumer: str) -> dict[Position, int]:

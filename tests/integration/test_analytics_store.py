@@ -13,7 +13,7 @@ import clickhouse_connect
 import pytest
 
 from paystream.analytics import queries, schema, store
-from paystream.analytics.rows import event_row, line_rows
+from paystream.analytics.rows import dead_letter_row, event_row, line_rows
 from paystream.ledger import Event, JournalEntry, is_own_event
 from tests.support.ledger import T0_MS, Cluster, cid, deposit, open_account, transfer
 
@@ -50,15 +50,19 @@ def rows(entries: list[JournalEntry], events: list[Event]) -> tuple[list[Any], l
         event_row(e, partition=0, offset=i, logged_at_ms=e.issued_at_ms)
         for i, e in enumerate(events)
     ]
-    lines = [r for i, e in enumerate(entries) for r in line_rows(e, partition=0, offset=i)]
+    lines = [
+        r
+        for i, e in enumerate(entries)
+        for r in line_rows(e, partition=0, offset=i, logged_at_ms=e.issued_at_ms)
+    ]
     return event_rows, lines
 
 
 def write(client: Any, database: str, entries: list[JournalEntry], events: list[Event]) -> None:
     event_rows, lines = rows(entries, events)
     ends = {("ledger", 0): len(entries), ("events", 0): len(events)}
-    store.write(client, database, consumer=CONSUMER, events=event_rows, lines=lines,
-                next_offsets=ends)  # fmt: skip
+    store.write(client, database, consumer=CONSUMER,
+                rows={"events": event_rows, "ledger_lines": lines}, next_offsets=ends)  # fmt: skip
 
 
 def test_the_funnel_counts_each_payment_once_even_when_a_batch_is_written_twice(
@@ -117,7 +121,73 @@ def test_a_transfer_between_its_steps_2_and_3_is_in_transit(client: tuple[Any, s
 def test_positions_only_move_forward(client: tuple[Any, str]) -> None:
     connection, database = client
     for offset in (5, 9, 7):
-        store.write(connection, database, consumer=CONSUMER, events=[], lines=[],
+        store.write(connection, database, consumer=CONSUMER, rows={},
                     next_offsets={("events", 3): offset})  # fmt: skip
     assert store.stored_positions(connection, database, CONSUMER) == {("events", 3): 9}
     assert store.stored_positions(connection, database, "another") == {}
+
+
+def test_latency_and_time_to_consistency_per_interval(client: tuple[Any, str]) -> None:
+    connection, database = client
+    _cluster, entries, events = facts()
+    delay_ms = {e.event_id: 10 * (i + 1) for i, e in enumerate(events)}
+    event_rows = [
+        event_row(e, partition=0, offset=i, logged_at_ms=e.issued_at_ms + delay_ms[e.event_id])
+        for i, e in enumerate(events)
+    ]
+    lines = [
+        r
+        for i, e in enumerate(entries)
+        for r in line_rows(e, partition=0, offset=i, logged_at_ms=e.issued_at_ms + 7 * (i + 1))
+    ]
+    store.write(connection, database, consumer=CONSUMER,
+                rows={"events": event_rows, "ledger_lines": lines}, next_offsets={})  # fmt: skip
+    window = {"start_ms": T0_MS - DAY_MS, "end_ms": T0_MS + DAY_MS, "step_s": 2 * 86_400}
+    [bucket] = queries.latency(connection, database, **window)
+    terminal = sorted(
+        delay_ms[e.event_id]
+        for e in events
+        if is_own_event(e) and e.type in queries.TERMINAL_EVENTS and e.command_type != "OpenAccount"
+    )
+    assert bucket.payments == len(terminal) == 4  # a deposit, completed, reversed, rejected
+    assert bucket.p50_ms >= terminal[0] and bucket.p99_ms <= terminal[-1]
+    [settled] = queries.time_to_consistency(connection, database, **window)
+    assert settled.payments == 3  # the rejected transfer has no journal entry
+    assert 0 < settled.p50_ms <= settled.p99_ms <= 7 * len(entries)
+
+
+def test_the_funnel_series_sums_to_the_funnel(client: tuple[Any, str]) -> None:
+    connection, database = client
+    _cluster, entries, events = facts()
+    write(connection, database, entries, events)
+    window = {"start_ms": T0_MS - DAY_MS, "end_ms": T0_MS + DAY_MS}
+    series = queries.funnel_series(connection, database, **window, step_s=1)
+    total = queries.funnel(connection, database, **window)
+    assert len(series) >= 1
+    assert sum(f.completed for _start, f in series) == total.completed
+    assert sum(f.duplicates for _start, f in series) == total.duplicates == 1
+    assert total.dedupe_rate == 1 / (total.requested + 1)
+    assert queries.series_step_s(0, 10_000) == 1
+    assert queries.series_step_s(0, 30 * DAY_MS) == 3 * 3600
+
+
+def test_dead_letters_depth_reasons_and_freshness(client: tuple[Any, str]) -> None:
+    connection, database = client
+    assert all(f.newest_ms is None for f in queries.freshness(connection, database, now_ms=T0_MS))
+    dead = [
+        dead_letter_row({"dlq.reason": reason.encode(), "dlq.topic": b"commands"}, b"\x00garbage",
+                        partition=0, offset=i, logged_at_ms=T0_MS + 1_000 * i)
+        for i, reason in enumerate(["malformed", "wrong_partition", "malformed"])
+    ]  # fmt: skip
+    for _ in range(2):  # written twice: counted once
+        store.write(connection, database, consumer=CONSUMER, rows={"dead_letters": dead},
+                    next_offsets={("dlq", 0): 3})  # fmt: skip
+    window = {"start_ms": T0_MS + 500, "end_ms": T0_MS + 10_000}
+    depth = queries.dlq_depth(connection, database, **window, step_s=1)
+    assert [(d.arrived, d.depth) for d in depth] == [(1, 2), (1, 3)]  # one before the window
+    newest = queries.newest_dead_letters(connection, database, **window, limit=10)
+    assert [(d.offset, d.reason, d.origin_topic) for d in newest] == [
+        (2, "malformed", "commands"), (1, "wrong_partition", "commands"),
+    ]  # fmt: skip
+    fresh = {f.source: f for f in queries.freshness(connection, database, now_ms=T0_MS + 5_000)}
+    assert fresh["dlq"].age_ms == 3_000 and fresh["events"].newest_ms is None
