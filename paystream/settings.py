@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     kafka_port: int = Field(default=19092, ge=1024, le=65535)
     postgres_dsn: str | None = None
     clickhouse_url: str | None = None
+    clickhouse_database: str = Field(default="paystream", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    """The analytics store's database in ClickHouse."""
     schema_registry_url: str | None = None
     oidc_issuer: str | None = None
     """An OIDC issuer URL (tokens' ``iss``); unset: the local Keycloak's ``paystream`` realm."""

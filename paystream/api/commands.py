@@ -26,15 +26,15 @@ from dataclasses import dataclass
 
 from confluent_kafka import (
     Consumer,
-    IsolationLevel,
     KafkaException,
     Message,
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
+from confluent_kafka.admin import AdminClient
 
 from paystream.ledger import Command, Event
+from paystream.topology import offsets
 from paystream.topology.avro import AvroSerde
 
 DELIVERY_TIMEOUT_MS = 10_000
@@ -191,18 +191,8 @@ class EventFollower:
         self._consumer.close()
 
     def log_ends(self, topics: list[str], partitions: int) -> dict[tuple[str, int], int]:
-        """Each partition's end as read_committed readers see it (its last stable offset), in
-        one ListOffsets round trip. Not the consumer's watermark query: that took 0.5 s per
-        partition here, and blocked past its timeout while this consumer polled."""
-        latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
-        wanted = {TopicPartition(t, p): latest for t in topics for p in range(partitions)}
-        found = self._admin.list_offsets(
-            wanted, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=LOG_END_TIMEOUT_S
-        )
-        return {
-            (tp.topic, tp.partition): int(future.result(LOG_END_TIMEOUT_S).offset)
-            for tp, future in found.items()
-        }
+        """Each partition's end as read_committed readers see it (:func:`offsets.log_ends`)."""
+        return offsets.log_ends(self._admin, topics, partitions, timeout_s=LOG_END_TIMEOUT_S)
 
     def seen(self, payment_id: str) -> list[Seen]:
         with self._lock:

@@ -7,7 +7,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Protocol
 
 import psycopg
 from fastapi import Depends, Request, Security
@@ -72,6 +72,13 @@ def context(request: Request) -> Context:
     return found
 
 
+class Guard(Protocol):
+    """What :func:`caller` needs of an app's ``state.context`` (the API's, the analytics')."""
+
+    verifier: TokenVerifier
+    limiter: RateLimiter
+
+
 def caller(scope: Scope) -> Callable[..., Principal]:
     """A dependency: the verified caller, who must hold ``scope``."""
 
@@ -79,15 +86,16 @@ def caller(scope: Scope) -> Callable[..., Principal]:
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
     ) -> Principal:
+        guard: Guard = request.app.state.context
         if credentials is None or credentials.scheme.lower() != "bearer":
             metrics.AUTH_FAILURES.labels(reason="missing").inc()
             raise Unauthorized("a bearer token is required")
         try:
-            principal = context(request).verifier.verify(credentials.credentials)
+            principal = guard.verifier.verify(credentials.credentials)
         except Unauthorized:
             metrics.AUTH_FAILURES.labels(reason="invalid").inc()
             raise
-        context(request).limiter.check(principal.client_id)
+        guard.limiter.check(principal.client_id)
         if not principal.has(scope):
             metrics.AUTH_FAILURES.labels(reason="scope").inc()
             raise Problem(

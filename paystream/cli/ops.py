@@ -12,6 +12,7 @@ import typer
 
 from paystream import services
 from paystream.cli.common import (
+    ANALYTICS_PORT_DEFAULT,
     API_PORT_DEFAULT,
     LOCAL_HOST,
     METRICS_PORT_DEFAULT,
@@ -148,6 +149,26 @@ def api(
     print(f"api: http://{host}:{port} (tokens from {issuer})", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
     return 0
+
+
+def analytics(
+    host: Annotated[str, typer.Option(help="address to listen on")] = LOCAL_HOST,
+    port: Annotated[int, typer.Option(min=0, max=PORT_MAX)] = ANALYTICS_PORT_DEFAULT,
+    name: Annotated[str, typer.Option(parser=worker_name, help="unique per copy")] = "analytics-1",
+    stale_after_s: Annotated[
+        float, typer.Option(min=1.0, help="the page warns when data is older than this")
+    ] = 30.0,
+    sink: Annotated[bool, typer.Option(help="run the sink (--no-sink: serve only)")] = True,
+) -> int:
+    """the analytics sink into ClickHouse and the ops dashboard (/ops, /v1/analytics)"""
+    from paystream.analytics.process import Options, run
+
+    settings = Settings()
+    issuer = services.oidc_issuer(settings)
+    print(f"analytics: http://{host}:{port}/ops (tokens from {issuer})", flush=True)
+    options = Options(host=host, port=port, name=name, issuer=issuer,
+                      stale_after_s=stale_after_s, sink=sink)  # fmt: skip
+    return run(settings, options)
 
 
 @db_app.command("migrate", help="apply the migrations not applied yet (forward only)")

@@ -100,6 +100,11 @@ def postgres_sink_group(settings: Settings) -> str:
     return f"{settings.topic_prefix}-sink-postgres"
 
 
+def analytics_group(settings: Settings) -> str:
+    """The analytics sinks' consumer group: the name their stored positions go by."""
+    return f"{settings.topic_prefix}-analytics"
+
+
 class TopicLayoutError(RuntimeError):
     """An existing topic has another partition count than the settings say."""
 

@@ -1,0 +1,115 @@
+"""The analytics sink: ``ledger``, ``events`` and ``dlq`` into ClickHouse, exactly once in effect.
+
+The loop is the batching sinks' (:mod:`paystream.topology.batching`); this module is the
+ClickHouse side: decode a batch into rows, insert them, then insert the positions after
+them (:mod:`paystream.analytics.store`). A process killed between the two reads the batch
+again from the old positions and inserts the same rows, which the tables collapse by id.
+
+With the embedded engine one process owns the data directory, and the page's queries run
+in the same process: every use of the client holds ``lock``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+from clickhouse_connect.driver.exceptions import OperationalError
+from confluent_kafka import Message
+
+from paystream.analytics import metrics, store
+from paystream.analytics.rows import dead_letter_row, event_row, line_rows
+from paystream.analytics.schema import Client
+from paystream.topology.avro import AvroSerde
+from paystream.topology.batching import Limits, Observer, Position, headers
+from paystream.topology.topics import Topics
+
+LIMITS: Final = Limits(records_max=20_000, window_s=0.5)
+"""ClickHouse likes few big inserts (a part per insert): bigger batches than Postgres'."""
+
+
+class ClickHouseTarget:
+    """The analytics store as a batching sink's target."""
+
+    retriable: tuple[type[Exception], ...] = (OperationalError,)
+
+    def __init__(
+        self,
+        client: Client,
+        database: str,
+        *,
+        consumer: str,
+        topics: Topics,
+        serde: AvroSerde,
+        lock: threading.Lock,
+    ) -> None:
+        self._client = client
+        self._database = database
+        self._consumer = consumer
+        self._topics = topics
+        self._serde = serde
+        self._lock = lock
+
+    def positions(self, assigned: Sequence[Position]) -> Mapping[Position, int]:
+        with self._lock:
+            stored = store.stored_positions(self._client, self._database, self._consumer)
+        return {position: stored[position] for position in assigned if position in stored}
+
+    def write(
+        self,
+        messages: Sequence[Message],
+        *,
+        next_offsets: Mapping[Position, int],
+        started_at: Mapping[Position, int | None],
+    ) -> Mapping[str, int]:
+        """Rows of the batch, then its positions. ``started_at`` plays no part: a second
+        copy can only run against a server, where both write the same rows (collapsed)."""
+        rows = self._rows(messages)
+        with self._lock:
+            store.write(
+                self._client, self._database, consumer=self._consumer, rows=rows,
+                next_offsets=next_offsets,
+            )  # fmt: skip
+        return {table: len(found) for table, found in rows.items()}
+
+    def _rows(self, messages: Sequence[Message]) -> dict[str, list[Any]]:
+        rows: dict[str, list[Any]] = {"events": [], "ledger_lines": [], "dead_letters": []}
+        for message in messages:
+            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            logged_at_ms = max(message.timestamp()[1], 0)
+            if partition is None or offset is None:
+                continue
+            where = {"partition": partition, "offset": offset, "logged_at_ms": logged_at_ms}
+            if topic == self._topics.events:
+                event = self._serde.decode_event(message.value() or b"")
+                rows["events"].append(event_row(event, **where))
+            elif topic == self._topics.ledger:
+                entry = self._serde.decode_journal_entry(message.value() or b"")
+                rows["ledger_lines"].extend(line_rows(entry, **where))
+            elif topic == self._topics.dlq:
+                rows["dead_letters"].append(dead_letter_row(headers(message), message.value(),
+                                                            **where))  # fmt: skip
+        return rows
+
+
+def observer(topic_kinds: Mapping[str, str]) -> Observer:
+    """The sink's reports as this process's metrics (topics labelled by their kind)."""
+
+    def written(
+        counts: Mapping[str, int], _offsets: Mapping[Position, int], records: int, seconds: float
+    ) -> None:
+        for table, rows in counts.items():
+            metrics.ROWS.labels(table=table).inc(rows)
+        metrics.BATCH_SECONDS.observe(seconds)
+        metrics.BATCH_RECORDS.observe(records)
+
+    def lag(topic: str, partition: int, records: int, seconds: float) -> None:
+        labels = {"topic": topic_kinds.get(topic, topic), "partition": str(partition)}
+        metrics.LAG_RECORDS.labels(**labels).set(records)
+        metrics.LAG_SECONDS.labels(**labels).set(seconds)
+
+    return Observer(
+        written=written, retried=lambda reason: metrics.RETRIES.labels(reason=reason).inc(),
+        lag=lag,
+    )  # fmt: skip

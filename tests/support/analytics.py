@@ -1,0 +1,110 @@
+"""``paystream analytics`` as a child process of a test: start, SIGKILL, stop, ask."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from paystream.services.process import free_port, wait_until
+
+START_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 60.0
+HTTP_TIMEOUT_S = 30.0
+
+
+class AnalyticsProcess:
+    """One analytics process on its own embedded ClickHouse directory."""
+
+    def __init__(self, env: dict[str, str], *, log_file: Path, extra: tuple[str, ...] = ()) -> None:
+        self.env = env
+        self.log_file = log_file
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._extra = extra
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        command = [sys.executable, "-m", "paystream.cli", "analytics", "--port", str(self.port),
+                   *self._extra]  # fmt: skip
+        with self.log_file.open("ab") as log:
+            self._process = subprocess.Popen(command, env=self.env, stdout=log, stderr=log)
+        if not wait_until(self._answers, timeout_s=START_TIMEOUT_S):
+            raise AssertionError(f"analytics did not answer:\n{self.log()}")
+
+    def _answers(self) -> bool:
+        if self._process is not None and self._process.poll() is not None:
+            raise AssertionError(f"analytics exited with {self._process.returncode}:\n{self.log()}")
+        try:
+            return httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL, and wait until it is gone."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGKILL)
+            self._process.wait(STOP_TIMEOUT_S)
+            self._process = None
+
+    def stop(self) -> int:
+        """SIGTERM: the sink finishes its batch, the server stops; the exit code."""
+        if self._process is None:
+            return 0
+        self._process.send_signal(signal.SIGTERM)
+        code = self._process.wait(STOP_TIMEOUT_S)
+        self._process = None
+        return code
+
+    def get(self, path: str, token: str, **params: Any) -> Any:
+        response = httpx.get(f"{self.url}{path}", params=params, timeout=HTTP_TIMEOUT_S,
+                             headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+        response.raise_for_status()
+        return response.json()
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace")[-6_000:] if self.log_file.exists() else ""
+
+
+COUNT_SCRIPT = """
+import json, sys
+import clickhouse_connect
+client = clickhouse_connect.get_client(dsn=sys.argv[1])
+db = sys.argv[2]
+found = {}
+for table, key in (("events", "event_id"), ("ledger_lines", "(entry_id, line_no)"),
+                   ("dead_letters", "(dlq_partition, dlq_offset)")):
+    final, distinct = client.query(
+        f"SELECT count(), uniqExact({key}) FROM {db}.{table} FINAL").result_rows[0]
+    found[table] = {"final": int(final), "distinct": int(distinct)}
+print(json.dumps(found))
+"""
+
+
+def stored_counts(dsn: str, database: str) -> dict[str, dict[str, int]]:
+    """Rows per table as the dashboard sees them (FINAL) and distinct ids, read by a process
+    of its own (one embedded engine per process; run it after the analytics process stops)."""
+    result = subprocess.run(
+        [sys.executable, "-c", COUNT_SCRIPT, dsn, database], capture_output=True, text=True,
+        timeout=STOP_TIMEOUT_S, env=os.environ.copy(), check=True,
+    )  # fmt: skip
+    found: dict[str, dict[str, int]] = json.loads(result.stdout)
+    return found
+
+
+def wait_caught_up(analytics: AnalyticsProcess, token: str, group: str, *, timeout_s: float) -> Any:
+    """The lag report once the analytics group has stored every record of its logs."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        report = analytics.get("/v1/analytics/lag", token)
+        behind = {g["group"]: g["records_behind"] for g in report["groups"]}
+        if behind.get(group) == 0 or time.monotonic() > deadline:
+            return report
+        time.sleep(0.5)
