@@ -83,12 +83,13 @@ def create_app(
     dsn: str,
     audience: str = AUDIENCE_DEFAULT,
     rate_limit_per_s: int = RATE_LIMIT_PER_S,
+    rate_window_s: int = 1,
 ) -> FastAPI:
     context = Context(
         verifier=TokenVerifier(issuer=issuer, audience=audience),
         pool=make_pool(dsn),
         partitions=settings.partitions,
-        limiter=RateLimiter(rate_limit_per_s),
+        limiter=RateLimiter(rate_limit_per_s * rate_window_s, window_s=rate_window_s),
     )
 
     @asynccontextmanager

@@ -27,11 +27,13 @@ from paystream.api.read_models import Connection
 
 
 class RateLimiter:
-    """Requests per second per OAuth client, a moving window (the ``limits`` library), in
-    this process's memory: each API process enforces it on what it serves."""
+    """Requests per window (a second by default) per OAuth client, a moving window (the
+    ``limits`` library), in this process's memory: each API process enforces it on what it
+    serves."""
 
-    def __init__(self, per_second: int) -> None:
-        self._item = RateLimitItemPerSecond(per_second)
+    def __init__(self, per_window: int, *, window_s: int = 1) -> None:
+        self._item = RateLimitItemPerSecond(per_window, window_s)
+        self._window_s = window_s
         self._limiter = MovingWindowRateLimiter(MemoryStorage())
 
     def check(self, client_id: str) -> None:
@@ -42,7 +44,7 @@ class RateLimiter:
         raise Problem(
             429,
             "rate_limited",
-            f"more than {self._item.amount} requests per second from client {client_id}",
+            f"more than {self._item.amount} requests in {self._window_s} s from client {client_id}",
             headers={"Retry-After": str(max(1, math.ceil(reset_s)))},
         )
 
