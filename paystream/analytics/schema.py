@@ -28,7 +28,8 @@ TABLES: Final[dict[str, str]] = {
             logged_at DateTime64(3, 'UTC'),
             events_partition UInt32,
             events_offset UInt64
-        ) ENGINE = ReplacingMergeTree ORDER BY event_id""",
+        ) ENGINE = ReplacingMergeTree PARTITION BY toYYYYMM(logged_at)
+          ORDER BY (issued_at, event_id)""",
     "ledger_lines": """
         CREATE TABLE IF NOT EXISTS {db}.ledger_lines (
             entry_id String,
@@ -44,7 +45,8 @@ TABLES: Final[dict[str, str]] = {
             logged_at DateTime64(3, 'UTC'),
             ledger_partition UInt32,
             ledger_offset UInt64
-        ) ENGINE = ReplacingMergeTree ORDER BY (entry_id, line_no)""",
+        ) ENGINE = ReplacingMergeTree PARTITION BY toYYYYMM(logged_at)
+          ORDER BY (issued_at, entry_id, line_no)""",
     "dead_letters": """
         CREATE TABLE IF NOT EXISTS {db}.dead_letters (
             dlq_partition UInt32,
@@ -57,7 +59,8 @@ TABLES: Final[dict[str, str]] = {
             payload_size UInt64,
             payload_sha256 String,
             logged_at DateTime64(3, 'UTC')
-        ) ENGINE = ReplacingMergeTree ORDER BY (dlq_partition, dlq_offset)""",
+        ) ENGINE = ReplacingMergeTree PARTITION BY toYYYYMM(logged_at)
+          ORDER BY (logged_at, dlq_partition, dlq_offset)""",
     "positions": """
         CREATE TABLE IF NOT EXISTS {db}.positions (
             consumer String,
@@ -66,11 +69,36 @@ TABLES: Final[dict[str, str]] = {
             next_offset UInt64
         ) ENGINE = ReplacingMergeTree(next_offset) ORDER BY (consumer, topic, partition)""",
 }
-"""Table -> DDL. ``positions`` keeps the greatest offset per key: offsets only move forward."""
+"""Table -> DDL. ``positions`` keeps the greatest offset per key: offsets only move forward.
+
+Facts are sorted by their time first (the dashboard asks for time ranges: the primary index
+skips the rest) and partitioned by month of log time (the Kafka record's, always sane, where
+a hostile command's own time may not be). A fact read twice has the same times, so its
+copies share a partition and a sorting key: ``FINAL`` collapses them partition by
+partition."""
+
+SCHEMA_VERSION: Final = 2
+"""Bumped with any change to TABLES. The store is a projection of logs retained forever, so
+a store of another version is dropped and rebuilt by reading the logs again."""
 
 
-def create(client: Client, database: str) -> None:
-    """The database and its tables, if they are not there yet."""
+def create(client: Client, database: str) -> bool:
+    """The database and its tables, if they are not there yet; False when the store was made
+    afresh (new, or of another schema version and dropped: the sink then reads every log
+    from its beginning)."""
     client.command(f"CREATE DATABASE IF NOT EXISTS {database}")
+    client.command(
+        f"CREATE TABLE IF NOT EXISTS {database}.schema_version (version UInt32) "
+        "ENGINE = ReplacingMergeTree(version) ORDER BY tuple()"
+    )
+    found = client.command(f"SELECT max(version) FROM {database}.schema_version")
+    kept = int(found or 0) == SCHEMA_VERSION
+    if not kept:
+        for table in TABLES:
+            client.command(f"DROP TABLE IF EXISTS {database}.{table}")
     for ddl in TABLES.values():
         client.command(ddl.format(db=database))
+    if not kept:
+        client.command(f"TRUNCATE TABLE {database}.schema_version")
+        client.command(f"INSERT INTO {database}.schema_version VALUES ({SCHEMA_VERSION})")
+    return kept

@@ -191,3 +191,16 @@ def test_dead_letters_depth_reasons_and_freshness(client: tuple[Any, str]) -> No
     ]  # fmt: skip
     fresh = {f.source: f for f in queries.freshness(connection, database, now_ms=T0_MS + 5_000)}
     assert fresh["dlq"].age_ms == 3_000 and fresh["events"].newest_ms is None
+
+
+def test_a_store_of_another_schema_version_is_rebuilt(client: tuple[Any, str]) -> None:
+    connection, database = client
+    _cluster, entries, events = facts()
+    write(connection, database, entries, events)
+    assert schema.create(connection, database) is True  # same version: kept as it is
+    assert store.stored_positions(connection, database, CONSUMER)
+    connection.command(f"INSERT INTO {database}.schema_version VALUES (999)")
+    assert schema.create(connection, database) is False  # dropped: read the logs again
+    assert store.stored_positions(connection, database, CONSUMER) == {}
+    assert queries.funnel(connection, database, start_ms=0, end_ms=2**41).requested == 0
+    assert schema.create(connection, database) is True
