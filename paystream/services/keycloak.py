@@ -9,6 +9,12 @@ on 127.0.0.1 only. The ``paystream`` realm is imported from
 bootstrap admin's password are generated for each home, kept in
 ``<home>/secrets.json`` (mode 0600), and handed to the import through the
 environment (Keycloak resolves ``${ENV}`` placeholders in realm files).
+
+The realm file holds no user: a deployment's people come from its own directory. For
+this machine, :meth:`KeycloakServer.start` makes one person, ``ops`` (realm role ``ops``:
+the ``ops:read`` scope is granted only to its holders), through the admin API once the
+server answers, with a password generated for the home and kept in the same secrets
+file; :meth:`KeycloakServer.ops_login` returns it, to print a login for the ops page.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import secrets
 import shutil
 import subprocess
 import tarfile
+import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -31,6 +38,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from paystream.services.kafka import cache_dir, java_major
 from paystream.services.process import (
@@ -59,6 +68,12 @@ BUILD_TIMEOUT_S = 600.0
 START_TIMEOUT_S = 300.0
 START_TRIES_MAX = 3
 HTTP_TIMEOUT_S = 5.0
+ADMIN_TIMEOUT_S = 30.0
+OPS_USER = "ops"
+OPS_ROLE = "ops"
+"""The realm role whose holders get the ``ops:read`` scope (the realm's scope mapping)."""
+OPS_PROFILE = {"firstName": "Ops", "lastName": "Analyst", "email": "ops@paystream.example"}
+"""Keycloak 26's user profile asks for these at the first login when they are missing."""
 SECRET_ENV_PREFIX = "PAYSTREAM_KC_SECRET_"
 _PLACEHOLDER = re.compile(r"^\$\{(" + SECRET_ENV_PREFIX + r"[A-Z0-9_]+)\}$")
 _REALM_FILE = Path(__file__).resolve().parents[2] / "deploy" / "keycloak" / "realm.json"
@@ -243,6 +258,10 @@ class KeycloakServer:
             pid = self._spawn(dist, java_home)
         if not wait_until(lambda: self._ready(pid), timeout_s=START_TIMEOUT_S):
             raise ServiceError(f"Keycloak did not become ready:\n{tail(self.log_file, lines=40)}")
+        try:
+            self._ensure_ops_user()
+        except httpx.HTTPError as error:
+            raise ServiceError(f"Keycloak's admin API did not answer: {error}") from error
 
     def _spawn(self, dist: Path, java_home: Path) -> int:
         stored = self._secrets()
@@ -285,13 +304,18 @@ class KeycloakServer:
         return mine
 
     def _secrets(self) -> dict[str, Any]:
-        """This home's admin password and client secrets, made once."""
+        """This home's admin password, client secrets and people's passwords, made once (a
+        file from before people had passwords gets theirs added)."""
         if self.secrets_file.is_file():
             stored: dict[str, Any] = json.loads(self.secrets_file.read_text())
+            if "users" not in stored:
+                stored["users"] = _passwords()
+                _replace_private(self.secrets_file, stored)
             return stored
         stored = {
             "admin_password": secrets.token_urlsafe(24),
             "clients": {client: secrets.token_urlsafe(32) for client in realm_secret_clients()},
+            "users": _passwords(),
         }
         self.home.mkdir(parents=True, exist_ok=True)
         descriptor = os.open(self.secrets_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -309,6 +333,45 @@ class KeycloakServer:
     @property
     def admin_password(self) -> str:
         return str(self._secrets()["admin_password"])
+
+    def ops_login(self) -> tuple[str, str]:
+        """The ops page's login on this machine: (username, password), from this home."""
+        return OPS_USER, str(self._secrets()["users"][OPS_USER])
+
+    def admin_token(self) -> str:
+        """An access token of the bootstrap admin (master realm) for the admin API."""
+        response = httpx.post(
+            f"{self.url}/realms/master/protocol/openid-connect/token",
+            data={"grant_type": "password", "client_id": "admin-cli", "username": ADMIN_USER,
+                  "password": self.admin_password},
+            timeout=ADMIN_TIMEOUT_S,
+        )  # fmt: skip
+        _admin_ok(response, "the bootstrap admin's token")
+        return str(response.json()["access_token"])
+
+    def _ensure_ops_user(self) -> None:
+        """The person ``ops`` with this home's password and the role ``ops`` (idempotent:
+        a user that exists keeps the password it has now)."""
+        username, password = self.ops_login()
+        base = f"{self.url}/admin/realms/{REALM}"
+        with httpx.Client(
+            headers={"Authorization": f"Bearer {self.admin_token()}"}, timeout=ADMIN_TIMEOUT_S
+        ) as admin:
+            role = admin.get(f"{base}/roles/{OPS_ROLE}")
+            if role.status_code == httpx.codes.NOT_FOUND:
+                raise ServiceError(
+                    f"the {REALM} realm in {self.home} predates the ops page (no role "
+                    f"{OPS_ROLE!r}): stop the services and remove {self.home} to import "
+                    f"{realm_file()} again"
+                )
+            _admin_ok(role, f"the role {OPS_ROLE}")
+            user_id = _user_id(admin, base, username)
+            if user_id is None:
+                created = admin.post(f"{base}/users", json=_ops_user(username, password))
+                _admin_ok(created, f"creating the user {username}")
+                user_id = created.headers["Location"].rsplit("/", 1)[-1]
+            mapped = admin.post(f"{base}/users/{user_id}/role-mappings/realm", json=[role.json()])
+            _admin_ok(mapped, f"giving {username} the role {OPS_ROLE}")
 
     def _ready(self, pid: int) -> bool:
         if read_pid(self.pid_file) != pid:
@@ -379,6 +442,42 @@ def realm_secret_clients() -> list[str]:
                 )
             found.append(str(client["clientId"]))
     return found
+
+
+def _ops_user(username: str, password: str) -> dict[str, Any]:
+    return {
+        "username": username, "enabled": True, "emailVerified": True, **OPS_PROFILE,
+        "credentials": [{"type": "password", "value": password, "temporary": False}],
+    }  # fmt: skip
+
+
+def _user_id(admin: httpx.Client, base: str, username: str) -> str | None:
+    found = admin.get(f"{base}/users", params={"username": username, "exact": "true"})
+    _admin_ok(found, f"looking up the user {username}")
+    users = found.json()
+    return str(users[0]["id"]) if users else None
+
+
+def _admin_ok(response: httpx.Response, what: str) -> None:
+    if not response.is_success:
+        raise ServiceError(f"Keycloak's admin API, {what}: HTTP {response.status_code} "
+                           f"{response.text[:500]}")  # fmt: skip
+
+
+def _passwords() -> dict[str, str]:
+    return {OPS_USER: secrets.token_urlsafe(16)}
+
+
+def _replace_private(path: Path, content: dict[str, Any]) -> None:
+    """Rewrite JSON readable by this user only, atomically (a crash leaves the old file)."""
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(descriptor, "w") as handle:  # mkstemp makes it 0600
+            json.dump(content, handle)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def _link_or_copy(source: str, destination: str) -> None:
