@@ -7,17 +7,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from paystream.analytics import remote
 from paystream.services.process import free_port, wait_until
 
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 60.0
-HTTP_TIMEOUT_S = 30.0
 
 
 class AnalyticsProcess:
@@ -64,10 +63,7 @@ class AnalyticsProcess:
         return code
 
     def get(self, path: str, token: str, **params: Any) -> Any:
-        response = httpx.get(f"{self.url}{path}", params=params, timeout=HTTP_TIMEOUT_S,
-                             headers={"Authorization": f"Bearer {token}"})  # fmt: skip
-        response.raise_for_status()
-        return response.json()
+        return remote.get(self.url, path, token, **params)
 
     def log(self) -> str:
         return self.log_file.read_text(errors="replace")[-6_000:] if self.log_file.exists() else ""
@@ -97,14 +93,3 @@ def stored_counts(dsn: str, database: str) -> dict[str, dict[str, int]]:
     )  # fmt: skip
     found: dict[str, dict[str, int]] = json.loads(result.stdout)
     return found
-
-
-def wait_caught_up(analytics: AnalyticsProcess, token: str, group: str, *, timeout_s: float) -> Any:
-    """The lag report once the analytics group has stored every record of its logs."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        report = analytics.get("/v1/analytics/lag", token)
-        behind = {g["group"]: g["records_behind"] for g in report["groups"]}
-        if behind.get(group) == 0 or time.monotonic() > deadline:
-            return report
-        time.sleep(0.5)
