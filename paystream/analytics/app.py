@@ -20,7 +20,7 @@ from fastapi import Depends, FastAPI, Query
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from paystream.analytics import metrics, queries, store
+from paystream.analytics import metrics, page, queries, store
 from paystream.analytics.schema import Client
 from paystream.api import problems
 from paystream.api.auth import Principal, TokenVerifier
@@ -50,6 +50,8 @@ class Analytics:
     settings: Settings
     admin: AdminClient
     stale_after_s: float = STALE_AFTER_S_DEFAULT
+    refresh_s: float = page.REFRESH_S_DEFAULT
+    """How often the ops page asks for its data."""
 
     def ask(self, query: Callable[..., T], **arguments: Any) -> T:
         """``query(client, database, **arguments)`` under the lock, timed by its name."""
@@ -111,6 +113,10 @@ def create_app(analytics: Analytics, *, extra: Callable[[FastAPI], None] | None 
     problems.install(app)
     _operations(app, analytics)
     _dashboard(app, analytics)
+    page.install(app, page.PageOptions(
+        issuer=analytics.verifier.issuer, refresh_s=analytics.refresh_s,
+        stale_after_s=analytics.stale_after_s, sink_group=analytics_group(analytics.settings),
+    ))  # fmt: skip
     if extra is not None:
         extra(app)
     return app

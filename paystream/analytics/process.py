@@ -20,6 +20,7 @@ from confluent_kafka.admin import AdminClient
 
 from paystream.analytics import schema
 from paystream.analytics.app import Analytics, create_app
+from paystream.analytics.page import REFRESH_S_DEFAULT
 from paystream.analytics.sink import LIMITS, ClickHouseTarget, observer
 from paystream.api.app import AUDIENCE_DEFAULT
 from paystream.api.auth import TokenVerifier
@@ -46,6 +47,8 @@ class Options:
     stale_after_s: float
     sink: bool = True
     """False: serve the dashboard only (another copy, against a server, writes)."""
+    refresh_s: float = REFRESH_S_DEFAULT
+    """How often the ops page asks for its data."""
 
 
 def run(settings: Settings, options: Options) -> int:
@@ -63,7 +66,7 @@ def run(settings: Settings, options: Options) -> int:
         limiter=RateLimiter(RATE_LIMIT_PER_S), client=client,
         database=settings.clickhouse_database, lock=threading.Lock(), settings=settings,
         admin=AdminClient({"bootstrap.servers": settings.bootstrap}),
-        stale_after_s=options.stale_after_s,
+        stale_after_s=options.stale_after_s, refresh_s=options.refresh_s,
     )  # fmt: skip
     server = uvicorn.Server(
         uvicorn.Config(

@@ -159,6 +159,9 @@ def analytics(
         float, typer.Option(min=1.0, help="the page warns when data is older than this")
     ] = 30.0,
     sink: Annotated[bool, typer.Option(help="run the sink (--no-sink: serve only)")] = True,
+    refresh_s: Annotated[
+        float, typer.Option(min=1.0, max=3600.0, help="the page asks for new data this often")
+    ] = 5.0,
 ) -> int:
     """the analytics sink into ClickHouse and the ops dashboard (/ops, /v1/analytics)"""
     from paystream.analytics.process import Options, run
@@ -167,7 +170,7 @@ def analytics(
     issuer = services.oidc_issuer(settings)
     print(f"analytics: http://{host}:{port}/ops (tokens from {issuer})", flush=True)
     options = Options(host=host, port=port, name=name, issuer=issuer,
-                      stale_after_s=stale_after_s, sink=sink)  # fmt: skip
+                      stale_after_s=stale_after_s, sink=sink, refresh_s=refresh_s)  # fmt: skip
     return run(settings, options)
 
 
