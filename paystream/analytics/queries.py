@@ -32,13 +32,20 @@ PAYMENTS_IN_RANGE = f"""
       AND {OWN_EVENT}
 """
 FUNNEL_COUNTS = """
-        uniqExactIf(payment_id, type != 'Duplicate') AS requested,
-        uniqExactIf(payment_id, type = 'Debited') AS debited,
-        uniqExactIf(payment_id, type = 'Completed') AS completed,
-        uniqExactIf(payment_id, type = 'Reversed') AS reversed,
-        uniqExactIf(payment_id, type = 'Rejected') AS rejected,
+        countIf(type = 'Debited' OR type = 'Rejected'
+                OR (type IN ('Completed', 'Reversed') AND command_type != 'Transfer'))
+            AS requested,
+        countIf(type = 'Debited') AS debited,
+        countIf(type = 'Completed') AS completed,
+        countIf(type = 'Reversed') AS reversed,
+        countIf(type = 'Rejected') AS rejected,
         countIf(type = 'Duplicate') AS duplicates
 """
+"""Counts of own events, each of which ``FINAL`` leaves once: a payment has at most one own
+event of each type, and exactly one that starts it: ``Debited`` (a transfer's step 1),
+``Rejected`` (refused at its first step; a refused credit is ``Reversed``), or the one
+terminal event of a single-step payment (deposit, withdrawal). Counting is 5x cheaper here
+than ``uniqExact`` over payment ids (``bench/analytics_queries.py``)."""
 BUCKET = "toStartOfInterval({column}, toIntervalSecond({{step_s:UInt32}}), 'UTC')"
 
 
