@@ -10,21 +10,35 @@ ledger and the audit store and prints a summary.
 
 from __future__ import annotations
 
+import signal
 import time
 from collections import Counter
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 from paystream import demo_api, services, workload
+from paystream.analytics import remote
 from paystream.audit.audit_verify import ledger_topic_of, verify_store
 from paystream.audit.verify import LedgerReport
 from paystream.cli.auth import CLIENT_DEFAULT, access_token
-from paystream.cli.up import API_READY_TIMEOUT_S, is_ready, started
+from paystream.cli.common import ANALYTICS_PORT_DEFAULT, LOCAL_HOST
+from paystream.cli.up import (
+    API_READY_TIMEOUT_S,
+    Parts,
+    dashboard_login,
+    is_ready,
+    keep_running,
+    started,
+)
 from paystream.runner import TRAFFIC_TIMEOUT_S
-from paystream.services.process import free_port, wait_until
+from paystream.services.process import free_port, port_open, wait_until
 from paystream.settings import Settings
+from paystream.topology.topics import analytics_group
 
 DEMO_MIX = workload.Mix(accounts=200, transfers=5_000)
 DEMO_WORKERS = 2
+OPS_CLIENT = "ops-console"
+ANALYTICS_TIMEOUT_S = 300.0
 
 
 def _services(settings: Settings) -> Settings:
@@ -34,38 +48,51 @@ def _services(settings: Settings) -> Settings:
     return settings.model_copy(update={"kafka_bootstrap": endpoints.kafka_bootstrap})
 
 
-def run(settings: Settings) -> int:
+def run(settings: Settings, *, serve: bool = True) -> int:
+    """The workload and its checks; then, with ``serve``, the platform keeps running (the
+    dashboard with it) until Ctrl-C."""
     settings = _services(settings)
     mix = replace(DEMO_MIX, partitions=settings.partitions)
     now_ms = int(time.time() * 1000)
     load = workload.build(seed=now_ms, mix=mix, run_id=f"demo{now_ms // 1000}", now_ms=now_ms)
-    print(f"starting {DEMO_WORKERS} workers, a sink and the API (logs in "
+    print(f"starting {DEMO_WORKERS} workers, the sinks, the API and the dashboard (logs in "
           f"{settings.data_dir / 'logs'}) ...")  # fmt: skip
     with started(
-        settings, workers=DEMO_WORKERS, api_port=free_port(), metrics_ports=(0, 0)
-    ) as parts:
-        platform = parts.platform
-        began = time.monotonic()
-        left = platform.run_setup(load)
-        if left:
-            print(f"{len(left)} setup commands got no answer{platform.logs()}")
-            return 1
-        print(f"opened {DEMO_MIX.accounts} accounts and funded "
-              f"{DEMO_MIX.accounts - DEMO_MIX.closing_accounts} "
-              f"in {time.monotonic() - began:.1f}s")  # fmt: skip
-        began = time.monotonic()
-        platform.publish_paced(load, per_second=100_000).join()
-        left = platform.wait_traffic(load, timeout_s=TRAFFIC_TIMEOUT_S)
-        elapsed_s = time.monotonic() - began
-        counts = platform.outcomes(load)
-        codes = platform.rejection_codes(load)
-        platform.wait_audit_store()  # the API's answers wait for the read models (201)
-        through_api = _through_the_api(settings, parts.api_url)
-        report = platform.verify()
-        audit_rows = platform.wait_audit_store()
-        audit = verify_store(
-            services.postgres_dsn(settings), ledger_topic=ledger_topic_of(settings), progress=None
-        )
+        settings, workers=DEMO_WORKERS, api_port=free_port(), analytics_port=_analytics_port(),
+        metrics_ports=(0, 0),
+    ) as parts:  # fmt: skip
+        ok = _workload(settings, parts, load)
+        ok = _dashboard(settings, parts) and ok
+        if serve and ok:
+            return _serve(parts, settings)
+    print("services are still running: `.venv/bin/paystream services down` stops them")
+    return 0 if ok else 1
+
+
+def _workload(settings: Settings, parts: Parts, load: workload.Workload) -> bool:
+    """The Kafka workload, payments through the API, the checks; True when all hold."""
+    platform = parts.platform
+    began = time.monotonic()
+    left = platform.run_setup(load)
+    if left:
+        print(f"{len(left)} setup commands got no answer{platform.logs()}")
+        return False
+    print(f"opened {DEMO_MIX.accounts} accounts and funded "
+          f"{DEMO_MIX.accounts - DEMO_MIX.closing_accounts} "
+          f"in {time.monotonic() - began:.1f}s")  # fmt: skip
+    began = time.monotonic()
+    platform.publish_paced(load, per_second=100_000).join()
+    left = platform.wait_traffic(load, timeout_s=TRAFFIC_TIMEOUT_S)
+    elapsed_s = time.monotonic() - began
+    counts = platform.outcomes(load)
+    codes = platform.rejection_codes(load)
+    platform.wait_audit_store()  # the API's answers wait for the read models (201)
+    through_api = _through_the_api(settings, parts.api_url)
+    report = platform.verify()
+    audit_rows = platform.wait_audit_store()
+    audit = verify_store(
+        services.postgres_dsn(settings), ledger_topic=ledger_topic_of(settings), progress=None
+    )
     _print_summary(len(load.transfer_ids), elapsed_s, counts, report)
     _print_api(through_api)
     print("\nPostgres audit store (paystream sink postgres), rows per table:")
@@ -75,8 +102,53 @@ def run(settings: Settings) -> int:
     print("\nevery record's answer, by code (hostile and mistaken records included):")
     for code, n in codes.most_common():
         print(f"  {code:<30} {n:>6}")
-    print("services are still running: `.venv/bin/paystream services down` stops them")
-    return 0 if report.balanced and audit.ok and not left else 1
+    return report.balanced and audit.ok and not left
+
+
+def _analytics_port() -> int:
+    """The usual port when it is free (a URL to remember), else any free one."""
+    return (
+        ANALYTICS_PORT_DEFAULT if not port_open(LOCAL_HOST, ANALYTICS_PORT_DEFAULT) else free_port()
+    )
+
+
+def _dashboard(settings: Settings, parts: Parts) -> bool:
+    """Wait until the analytics store holds every record, show its numbers and where the
+    dashboard is. False when it did not catch up in time."""
+    url = parts.analytics_url
+    token = access_token(settings, OPS_CLIENT)
+    print("\nwaiting until the analytics store (ClickHouse) holds every record ...")
+    group = analytics_group(settings)
+    if remote.wait_caught_up(url, token, group, timeout_s=ANALYTICS_TIMEOUT_S) is None:
+        print(f"the analytics process did not catch up in {ANALYTICS_TIMEOUT_S:.0f}s; its log: "
+              f"{settings.data_dir / 'logs' / 'analytics-1.out.log'}")  # fmt: skip
+        return False
+    day = {"since": (datetime.now(UTC) - timedelta(days=1)).isoformat()}
+    funnel = remote.get(url, "/v1/analytics/funnel", token, **day)["total"]
+    currencies = remote.get(url, "/v1/analytics/consistency", token)["currencies"]
+    print(f"ClickHouse: {funnel['requested']:,} payments, {funnel['completed']:,} completed, "
+          f"{funnel['reversed']:,} reversed, {funnel['rejected']:,} rejected, "
+          f"{funnel['duplicates']:,} duplicates; success rate {funnel['success_rate']:.1%}, "
+          f"compensation rate {funnel['compensation_rate']:.2%}")  # fmt: skip
+    for currency in currencies:
+        print(f"  {currency['currency']}: debits - credits {currency['difference_minor']}, "
+              f"in transit {currency['transit_minor']}")  # fmt: skip
+    print(f"\nthe ops dashboard: {url}/ops")
+    for line in dashboard_login(settings):
+        print(f"  {line}")
+    return all(c["difference_minor"] == "0" for c in currencies)
+
+
+def _serve(parts: Parts, settings: Settings) -> int:
+    print("\nserving until Ctrl-C (`paystream demo --exit` ends here instead)", flush=True)
+    for signum in (signal.SIGINT, signal.SIGTERM):  # both unwind as Ctrl-C does
+        signal.signal(signum, signal.default_int_handler)
+    try:
+        return keep_running(parts.groups, log_dir=settings.data_dir / "logs")
+    except KeyboardInterrupt:
+        for signum in (signal.SIGINT, signal.SIGTERM):  # let the children stop in peace
+            signal.signal(signum, signal.SIG_IGN)
+        return 0
 
 
 def _through_the_api(settings: Settings, api_url: str) -> demo_api.ApiFigures:

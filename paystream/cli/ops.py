@@ -72,11 +72,15 @@ def services_logs(
     return 0
 
 
-def demo() -> int:
-    """services, two workers, a workload and a summary"""
+def demo(
+    serve: Annotated[
+        bool, typer.Option("--serve/--exit", help="keep serving after the summary, or end")
+    ] = True,
+) -> int:
+    """the platform with a workload, its checks, then the dashboard until Ctrl-C"""
     from paystream import demo
 
-    return demo.run(Settings())
+    return demo.run(Settings(), serve=serve)
 
 
 def worker(

@@ -25,6 +25,7 @@ from rich.table import Table
 from paystream import services
 from paystream.cli.auth import CLIENT_DEFAULT
 from paystream.cli.common import (
+    ANALYTICS_PORT_DEFAULT,
     API_PORT_DEFAULT,
     LOCAL_HOST,
     METRICS_PORT_DEFAULT,
@@ -59,12 +60,16 @@ def up(
     api_port: Annotated[
         int, typer.Option(min=1, max=PORT_MAX, help="the API's port")
     ] = API_PORT_DEFAULT,
+    analytics_port: Annotated[
+        int, typer.Option(min=1, max=PORT_MAX, help="the analytics process's port (/ops)")
+    ] = ANALYTICS_PORT_DEFAULT,
     metrics_port: MetricsPort = METRICS_PORT_DEFAULT,
     sink_metrics_port: MetricsPort = SINK_METRICS_PORT_DEFAULT,
 ) -> int:
-    """the whole platform in the foreground: services, workers, a sink and the API
+    """the whole platform in the foreground: services, workers, sinks, the API, the dashboard
 
-    Ctrl-C (or SIGTERM) stops the workers, the sink and the API; the services stay up.
+    Ctrl-C (or SIGTERM) stops the workers, the sinks, the API and the analytics process; the
+    services stay up.
     """
     for signum in (signal.SIGINT, signal.SIGTERM):  # both unwind as Ctrl-C does, even when
         signal.signal(signum, signal.default_int_handler)  # a shell started us with SIGINT ignored
@@ -74,31 +79,45 @@ def up(
     settings = settings.model_copy(update={"kafka_bootstrap": endpoints.kafka_bootstrap})
     ports = (metrics_port, sink_metrics_port)
     try:
-        with started(settings, workers=workers, api_port=api_port, metrics_ports=ports) as parts:
+        with started(
+            settings, workers=workers, api_port=api_port, analytics_port=analytics_port,
+            metrics_ports=ports,
+        ) as parts:  # fmt: skip
             return serve(parts, settings, endpoints.oidc_issuer)
     finally:
         err.print("the services are still running: `paystream services down` stops them")
 
 
 class Parts:
-    """What ``up`` started: the platform, the API child, the metrics URLs it serves."""
+    """What ``up`` started: the platform, the API and analytics children, the metrics URLs."""
 
-    def __init__(self, platform: Platform, api: WorkerGroup, api_url: str) -> None:
+    def __init__(
+        self, platform: Platform, api: WorkerGroup, api_url: str, analytics: WorkerGroup,
+        analytics_url: str,
+    ) -> None:  # fmt: skip
         self.platform = platform
         self.api = api
         self.api_url = api_url
+        self.analytics = analytics
+        self.analytics_url = analytics_url
         self.metrics_urls: dict[str, str] = {}
 
     @property
     def groups(self) -> tuple[WorkerGroup, ...]:
-        return (self.platform.workers, self.platform.sinks, self.api)
+        return (self.platform.workers, self.platform.sinks, self.api, self.analytics)
 
 
 @contextlib.contextmanager
 def started(
-    settings: Settings, *, workers: int, api_port: int, metrics_ports: tuple[int, int]
+    settings: Settings,
+    *,
+    workers: int,
+    api_port: int,
+    analytics_port: int,
+    metrics_ports: tuple[int, int],
 ) -> Iterator[Parts]:
-    """Workers and a sink (runner.running), the API child and the metrics servers."""
+    """Workers and a sink (runner.running), the API and analytics children, the metrics
+    servers."""  # fmt: skip
     from paystream.agents.supervisor import WorkerGroup
     from paystream.runner import child_env, running
 
@@ -109,20 +128,33 @@ def started(
     api = WorkerGroup(
         count=1, env=env, log_dir=log_dir, prefix="api", command=lambda _name: api_command(api_port)
     )
+    analytics = WorkerGroup(
+        count=1, env=env, log_dir=log_dir, prefix="analytics",
+        command=lambda _name: analytics_command(analytics_port),
+    )  # fmt: skip
     with contextlib.ExitStack() as stack:
-        with err.status(f"starting {workers} workers, a Postgres sink and the API ..."):
+        with err.status(f"starting {workers} workers, the sinks, the API and the dashboard ..."):
             platform = stack.enter_context(
                 running(settings, workers=workers, log_dir=log_dir, sinks=SINKS)
             )
-            parts = Parts(platform, stack.enter_context(api), f"http://{LOCAL_HOST}:{api_port}")
+            parts = Parts(
+                platform, stack.enter_context(api), f"http://{LOCAL_HOST}:{api_port}",
+                stack.enter_context(analytics), f"http://{LOCAL_HOST}:{analytics_port}",
+            )  # fmt: skip
         parts.metrics_urls = stack.enter_context(metrics_servers(settings, platform, metrics_ports))
         yield parts
-        err.print("stopping the workers, the sink and the API ...")
+        err.print("stopping the workers, the sinks, the API and the dashboard ...")
 
 
 def api_command(port: int) -> tuple[str, ...]:
     """``paystream api --port <port>`` as a child process."""
     return (sys.executable, "-m", "paystream.cli", "api", "--host", LOCAL_HOST, "--port", str(port))
+
+
+def analytics_command(port: int) -> tuple[str, ...]:
+    """``paystream analytics --port <port>``: the analytics sink and the dashboard."""
+    cli = (sys.executable, "-m", "paystream.cli")
+    return (*cli, "analytics", "--host", LOCAL_HOST, "--port", str(port))
 
 
 @contextlib.contextmanager
@@ -161,6 +193,16 @@ def serve(parts: Parts, settings: Settings, issuer: str) -> int:
         if not is_ready(parts.api_url):
             err.print(f"the API did not get ready:\n{tail(api.log_file, lines=LOG_TAIL_LINES)}")
             return 1
+        analytics = parts.analytics.workers[0]
+        with err.status(f"waiting until the dashboard at {parts.analytics_url} answers ..."):
+            wait_until(
+                lambda: answers(parts.analytics_url) or not analytics.alive,
+                timeout_s=API_READY_TIMEOUT_S,
+            )
+        if not answers(parts.analytics_url):
+            log = tail(analytics.log_file, lines=LOG_TAIL_LINES)
+            err.print(f"the analytics process does not answer:\n{log}")
+            return 1
         print_where(parts, settings, issuer)
         return keep_running(parts.groups, log_dir=settings.data_dir / "logs")
     except KeyboardInterrupt:
@@ -170,8 +212,18 @@ def serve(parts: Parts, settings: Settings, issuer: str) -> int:
 
 
 def is_ready(url: str) -> bool:
+    """``url``/readyz answers 200."""
+    return _ok(f"{url}/readyz")
+
+
+def answers(url: str) -> bool:
+    """``url``/healthz answers 200 (the process serves; its dependencies may still be away)."""
+    return _ok(f"{url}/healthz")
+
+
+def _ok(url: str) -> bool:
     try:
-        return httpx.get(f"{url}/readyz", timeout=READY_PROBE_TIMEOUT_S).status_code == 200
+        return httpx.get(url, timeout=READY_PROBE_TIMEOUT_S).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -202,9 +254,17 @@ def print_where(parts: Parts, settings: Settings, issuer: str) -> None:
         f"  {token}",
         f'  curl -s -H "Authorization: Bearer $({token})" {parts.api_url}/v1/accounts',
         f"  paystream accounts open --currency EUR{api}",
-        "Ctrl-C stops the workers, the sink and the API (the services stay up)",
+        "Ctrl-C stops the workers, the sinks, the API and the dashboard (the services stay up)",
     ):
         out.print(line, markup=False, soft_wrap=True)
+
+
+def dashboard_login(settings: Settings) -> list[str]:
+    """How a person logs in to the ops page (lines to print)."""
+    if settings.oidc_issuer is not None:
+        return ["log in with an account of your identity provider that holds the ops:read scope"]
+    user, password = services.local_keycloak(settings).ops_login()
+    return [f"log in as {user} / {password} (this machine's Keycloak; kept in its secrets file)"]
 
 
 def pid_of(worker: WorkerProcess) -> str:
@@ -221,6 +281,10 @@ def where_rows(parts: Parts, settings: Settings, issuer: str) -> list[tuple[str,
         ("API", f"{parts.api_url} (pid {pid_of(parts.api.workers[0])})"),
         ("OpenAPI", f"{parts.api_url}/openapi.json, docs at {parts.api_url}/docs"),
         ("API metrics", f"{parts.api_url}/metrics (scope ops:read: --client ops-console)"),
+        ("dashboard", f"{parts.analytics_url}/ops (pid {pid_of(parts.analytics.workers[0])})"),
+        ("dashboard login", "; ".join(dashboard_login(settings))),
+        ("analytics JSON", f"{parts.analytics_url}/v1/analytics/funnel (scope ops:read)"),
+        ("analytics metrics", f"{parts.analytics_url}/metrics"),
         ("OIDC issuer", issuer),
         ("clients", f"{CLIENT_DEFAULT}, partner-demo-2 (partners), ops-console (ops)"),
         ("Kafka", settings.bootstrap),

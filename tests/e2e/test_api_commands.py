@@ -486,11 +486,12 @@ def test_paystream_up_serves_the_api_and_stops_what_it_started(
     settings: Settings, postgres_server_dsn: str, keycloak: KeycloakServer, tmp_path: Path
 ) -> None:
     """``paystream up`` on the session's Kafka, a database of its own and the session's
-    Keycloak: it prints the API's URL once /readyz is 200, and SIGINT stops every child."""
+    Keycloak: it prints the API's and the dashboard's URLs once the API's /readyz is 200,
+    and SIGINT stops every child."""
     name = f"up_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(postgres_server_dsn, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    api_port, metrics_port = free_port(), free_port()
+    api_port, metrics_port, analytics_port = free_port(), free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PAYSTREAM_")} | {
         "PAYSTREAM_ENVIRONMENT": "test",
         "PAYSTREAM_DATA_DIR": str(tmp_path / "data"),
@@ -504,6 +505,7 @@ def test_paystream_up_serves_the_api_and_stops_what_it_started(
     command = [
         sys.executable, "-m", "paystream.cli", "up", "--workers", "1", "--api-port", str(api_port),
         "--metrics-port", str(metrics_port), "--sink-metrics-port", "0",
+        "--analytics-port", str(analytics_port),
     ]  # fmt: skip
     printed = tmp_path / "up.out"
     with printed.open("wb") as output:
@@ -516,10 +518,13 @@ def test_paystream_up_serves_the_api_and_stops_what_it_started(
         assert httpx.get(f"{url}/readyz", timeout=HTTP_TIMEOUT_S).status_code == 200
         workers_metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10)
         assert "paystream_worker" in workers_metrics.text
+        dashboard = f"http://127.0.0.1:{analytics_port}"
+        assert f"{dashboard}/ops" in printed.read_text()
+        assert httpx.get(f"{dashboard}/healthz", timeout=HTTP_TIMEOUT_S).status_code == 200
         children = [int(pid) for pid in subprocess.run(
             ["pgrep", "-P", str(up.pid)], capture_output=True, text=True
         ).stdout.split()]  # fmt: skip
-        assert len(children) == 3, children  # one worker, one sink, the API
+        assert len(children) == 4, children  # one worker, one sink, the API, the analytics
     finally:
         up.send_signal(signal.SIGINT)
         code = up.wait(UP_TIMEOUT_S)
