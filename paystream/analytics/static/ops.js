@@ -9,6 +9,7 @@
   const RENEW_BEFORE_MIN_S = 5;
   const ERROR_TEXT_MAX = 300;
   const DEFAULT_SPAN_S = 3600;
+  const SERIES_POINTS_MAX = 500; // as the server's queries.SERIES_POINTS_MAX
   const page = {
     config: null,
     auth: { access: null, refresh: null, idToken: null, renewAt: 0, expiresAt: 0, renewing: null },
@@ -273,9 +274,9 @@
 
   // --- drawing ------------------------------------------------------------------------------
 
-  const PLOT_CONFIG = {
-    displaylogo: false, displayModeBar: "hover", responsive: true, modeBarButtonsToRemove: ["select2d", "lasso2d"],
-  };
+  // No mode bar: plotly.js 4 shows it over the data at all times; drag zooms, a double
+  // click zooms back out.
+  const PLOT_CONFIG = { displaylogo: false, displayModeBar: false, responsive: true };
   const COLORS = {
     requested: "#2458b3", debited: "#7a8ca6", completed: "#2a9d5b", reversed: "#d9822b",
     rejected: "#c0392b", duplicates: "#8e5bb5", p50: "#2a9d5b", p95: "#d9822b", p99: "#c0392b",
@@ -298,7 +299,7 @@
 
   // An empty chart still draws its axes, and says why it is empty.
   function plot(id, traces, extra) {
-    const points = traces.reduce((n, t) => n + (t.x || []).length, 0);
+    const points = traces.points ?? traces.reduce((n, t) => n + (t.x || []).length, 0);
     const note = points ? [] : [{
       text: "no data in this range", showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5,
       font: { color: "#5f6b7a", size: 12 },
@@ -332,34 +333,56 @@
     $("kpi-success-rate").textContent = percent(total.success_rate);
     $("kpi-compensation-rate").textContent = percent(total.compensation_rate);
     $("kpi-dedupe-rate").textContent = percent(total.dedupe_rate);
-    const x = funnel.series.map((p) => p.start_ms);
+    const series = everyInterval(funnel.series, w, funnel.step_s, (start_ms) => ({ start_ms }));
+    const x = series.map((p) => p.start_ms);
     const lines = ["requested", "completed", "reversed", "rejected", "duplicates"].map((name) => ({
       type: "scatter", mode: x.length > 40 ? "lines" : "lines+markers", name, x,
-      y: funnel.series.map((p) => p[name]), line: { color: COLORS[name], width: 1.5, shape: "hv" },
+      y: series.map((p) => p[name] || 0), line: { color: COLORS[name], width: 1.5 },
     }));
+    lines.points = funnel.series.length;
     plot("chart-funnel-series", lines, { xaxis: timeAxis(w), yaxis: { title: { text: "payments" }, rangemode: "tozero" } });
     // Not a strict funnel: deposits and withdrawals complete without a debit step.
     const stages = ["requested", "debited", "completed", "reversed", "rejected", "duplicates"];
+    const most = Math.max(1, ...stages.map((s) => total[s]));
     plot("chart-funnel-totals", [{
       type: "bar", orientation: "h", y: stages, x: stages.map((s) => total[s]),
       text: stages.map((s) => integer(total[s])), textposition: "outside", cliponaxis: false,
       marker: { color: stages.map((s) => COLORS[s]) }, hovertemplate: "%{y}: %{text}<extra></extra>",
     }], { margin: { l: 80, r: 40, t: 8, b: 28 }, hovermode: "closest", showlegend: false,
-          yaxis: { autorange: "reversed" }, xaxis: { rangemode: "tozero" } });
+          yaxis: { autorange: "reversed" }, xaxis: { range: [0, most * 1.15] } });
   }
 
-  function percentileTraces(points) {
-    const x = points.map((p) => p.start_ms);
-    return ["p50", "p95", "p99"].map((q) => ({
-      type: "scatter", mode: x.length > 40 ? "lines" : "lines+markers", name: q.toUpperCase(), x,
-      y: points.map((p) => p[q + "_ms"]), line: { color: COLORS[q], width: 1.5 },
+  // Every interval of the range, in order: the server sends only those with data. Counts
+  // are 0 in the others; a percentile is null there (the line breaks, nothing is invented).
+  function everyInterval(points, w, stepS, empty) {
+    const stepMs = stepS * 1000;
+    const first = Math.floor(w.since.getTime() / stepMs) * stepMs;
+    const found = new Map(points.map((p) => [p.start_ms, p]));
+    const all = [];
+    const most = SERIES_POINTS_MAX + 1; // the range's first interval may start before it
+    for (let at = first; at < w.until.getTime() && all.length <= most; at += stepMs) {
+      all.push(found.get(at) || empty(at));
+    }
+    return all.length > most ? points : all;
+  }
+
+  function percentileTraces(points, w, stepS) {
+    const all = everyInterval(points, w, stepS, (start_ms) => ({ start_ms, p50_ms: null, p95_ms: null, p99_ms: null }));
+    const x = all.map((p) => p.start_ms);
+    const traces = ["p50", "p95", "p99"].map((q) => ({
+      type: "scatter", mode: points.length > 40 ? "lines" : "lines+markers", name: q.toUpperCase(), x,
+      y: all.map((p) => p[q + "_ms"]), line: { color: COLORS[q], width: 1.5 },
     }));
+    traces.points = points.length;
+    return traces;
   }
 
   function drawLatency(latency, w) {
     const yaxis = { title: { text: "ms" }, rangemode: "tozero" };
-    plot("chart-latency", percentileTraces(latency.end_to_end), { xaxis: timeAxis(w), yaxis });
-    plot("chart-consistency-time", percentileTraces(latency.time_to_consistency), { xaxis: timeAxis(w), yaxis });
+    const endToEnd = percentileTraces(latency.end_to_end, w, latency.step_s);
+    plot("chart-latency", endToEnd, { xaxis: timeAxis(w), yaxis });
+    const settled = percentileTraces(latency.time_to_consistency, w, latency.step_s);
+    plot("chart-consistency-time", settled, { xaxis: timeAxis(w), yaxis });
   }
 
   function drawConsistency(consistency) {
