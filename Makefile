@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint venv services-down clean
+.PHONY: demo test lint venv browser services-down clean
 
 $(BIN)/.installed: pyproject.toml
 	@echo "==> creating the virtualenv $(VENV) and installing paystream with its dev tools"
@@ -24,7 +24,21 @@ lint: venv
 	$(BIN)/ruff format --check paystream tests bench
 	$(BIN)/mypy
 
-test: lint
+# The ops page's tests drive a real headless Chromium (Selenium); browser builds are not
+# downloaded at run time: Debian's chromium and chromium-driver (and a font for the page's
+# text in screenshots), installed only when missing.
+BROWSER_PACKAGES := chromium chromium-driver fonts-dejavu-core
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; else \
+	  echo "==> installing $(BROWSER_PACKAGES) from Debian (the ops page's browser tests)"; \
+	  $(SUDO) apt-get update -q && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+	    $(BROWSER_PACKAGES); \
+	fi
+
+test: lint browser
 	@echo "==> pytest: unit, property, integration and end-to-end tests on real Kafka, Postgres, ClickHouse"
 	$(BIN)/python -m pytest
 
