@@ -28,6 +28,7 @@ import re
 import secrets
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
 import urllib.error
@@ -247,7 +248,23 @@ class KeycloakServer:
         return self.home / "secrets.json"
 
     def start(self) -> None:
-        """Idempotent: a running server is left alone; waits until the realm answers."""
+        """Idempotent: a running server is left alone; waits until the realm answers.
+
+        A realm imported before the ops page (no role ``ops``) is imported again: the
+        server's own database (H2, under ``dist/data``) is removed and the server
+        restarted. The clients' secrets and the people's passwords live in this home's
+        secrets file and stay; tokens signed by the old realm's keys are refused after."""
+        self._started()
+        try:
+            self._ensure_ops_user()
+        except RealmOutdated as outdated:
+            print(f"paystream: {outdated}; importing {realm_file()} again", file=sys.stderr)
+            self.stop()
+            shutil.rmtree(self.home / "dist" / "data" / "h2", ignore_errors=True)
+            self._started()
+            self._ensure_ops_user()
+
+    def _started(self) -> None:
         pid = read_pid(self.pid_file)
         if pid is None:
             for port in (self.port, self.port + 1):
@@ -258,10 +275,6 @@ class KeycloakServer:
             pid = self._spawn(dist, java_home)
         if not wait_until(lambda: self._ready(pid), timeout_s=START_TIMEOUT_S):
             raise ServiceError(f"Keycloak did not become ready:\n{tail(self.log_file, lines=40)}")
-        try:
-            self._ensure_ops_user()
-        except httpx.HTTPError as error:
-            raise ServiceError(f"Keycloak's admin API did not answer: {error}") from error
 
     def _spawn(self, dist: Path, java_home: Path) -> int:
         stored = self._secrets()
@@ -350,6 +363,12 @@ class KeycloakServer:
         return str(response.json()["access_token"])
 
     def _ensure_ops_user(self) -> None:
+        try:
+            self._ops_user()
+        except httpx.HTTPError as error:
+            raise ServiceError(f"Keycloak's admin API did not answer: {error}") from error
+
+    def _ops_user(self) -> None:
         """The person ``ops`` with this home's password and the role ``ops`` (idempotent:
         a user that exists keeps the password it has now)."""
         username, password = self.ops_login()
@@ -359,10 +378,8 @@ class KeycloakServer:
         ) as admin:
             role = admin.get(f"{base}/roles/{OPS_ROLE}")
             if role.status_code == httpx.codes.NOT_FOUND:
-                raise ServiceError(
-                    f"the {REALM} realm in {self.home} predates the ops page (no role "
-                    f"{OPS_ROLE!r}): stop the services and remove {self.home} to import "
-                    f"{realm_file()} again"
+                raise RealmOutdated(
+                    f"the {REALM} realm in {self.home} predates the ops page (no role {OPS_ROLE!r})"
                 )
             _admin_ok(role, f"the role {OPS_ROLE}")
             user_id = _user_id(admin, base, username)
@@ -393,6 +410,10 @@ class KeycloakServer:
             version=KEYCLOAK_VERSION,
             healthy=pid is not None and _http_ok(f"{self.issuer}/.well-known/openid-configuration"),
         )
+
+
+class RealmOutdated(ServiceError):
+    """The realm the server holds was imported from an older realm file."""
 
 
 def client_credentials_token(issuer: str, client_id: str, secret: str) -> str:
