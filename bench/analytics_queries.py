@@ -14,8 +14,9 @@ A fresh embedded ClickHouse (chdb, a temporary directory) is filled by ClickHous
 Every row is inserted twice (as a sink killed between its rows and its positions would),
 so the queries' ``FINAL`` has duplicates to collapse: the worst case, not the merged one.
 Then each query of ``paystream.analytics.queries`` runs ``--runs`` times over the
-dashboard's default range (the last hour of the data) and over all 30 days; the table
-shows the median and the slowest run.
+dashboard's default range (the last hour of the data) and over all 30 days, first as
+written (copies not merged yet: the worst case) and again after ``OPTIMIZE ... FINAL`` (the
+state background merges reach); the median and the slowest run of each.
 
     .venv/bin/python -m bench.analytics_queries [--payments 4900000] [--runs 5]
         [--output bench/results/analytics_queries.json]
@@ -173,14 +174,21 @@ def main() -> None:
         print(f"filling the store: {args.payments:,} transfers x {INSERTS} inserts ...", flush=True)
         filled = fill(client, args.payments)
         print(f"  rows stored: {filled['rows_stored']}, seconds: {filled['fill_seconds']}")
-        timings = time_queries(client, args.runs)
+        load = os.getloadavg()[0]
+        print(f"as written (copies not merged yet), load average {load:.2f}:", flush=True)
+        unmerged = time_queries(client, args.runs)
+        for table in ("events", "ledger_lines", "dead_letters"):
+            client.command(f"OPTIMIZE TABLE {DATABASE}.{table} FINAL")
+        print("after OPTIMIZE ... FINAL (copies merged):", flush=True)
+        merged = time_queries(client, args.runs)
         engine = str(client.command("SELECT version()"))
     result = {
         "command": "python -m bench.analytics_queries " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "output"),
         "machine": {"cores": os.cpu_count(), "python": host.python_version(),
                     "clickhouse": engine},
-        **filled, "queries": timings,
+        "load_average_1m_at_start": load, **filled,
+        "queries": {"unmerged": unmerged, "merged": merged},
     }  # fmt: skip
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")

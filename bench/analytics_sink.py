@@ -157,7 +157,8 @@ def visibility(platform: Platform, sink: Sink, rate: int, traffic_s: float) -> d
 
 
 def _poll(sink: Sink, seen: list[float], stop: threading.Event) -> None:
-    since_ms = int(time.time() * 1000) - 60_000
+    """Terminal events logged since this phase began (the drain's are older), each once."""
+    floor_ms = since_ms = int(time.time() * 1000)
     known: set[str] = set()
     while not stop.is_set():
         with sink.lock:
@@ -172,7 +173,7 @@ def _poll(sink: Sink, seen: list[float], stop: threading.Event) -> None:
                 known.add(event_id)
                 seen.append(now_ms - int(logged_ms))
         if rows:
-            since_ms = max(int(r[1]) for r in rows) - 5_000  # late rows of earlier times
+            since_ms = max(floor_ms, max(int(r[1]) for r in rows) - 5_000)  # late rows too
         time.sleep(POLL_S)
 
 
@@ -183,6 +184,7 @@ def main() -> None:
     parser.add_argument("--traffic-s", type=float, default=20.0)
     parser.add_argument("--output", type=Path, default=Path("bench/results/analytics_sink.json"))
     args = parser.parse_args()
+    load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-analytics-sink-") as directory:
         home = Path(directory)
         with platform(home) as started:
@@ -197,6 +199,7 @@ def main() -> None:
         "command": f"python -m bench.analytics_sink --backlog {args.backlog} --rate {args.rate} "
                    f"--traffic-s {args.traffic_s:g}",
         "machine": {"cores": os.cpu_count(), "python": host.python_version()},
+        "load_average_1m_at_start": load, "load_average_1m_at_end": os.getloadavg()[0],
         "limits": {"records_max": LIMITS.records_max, "window_s": LIMITS.window_s},
         "drain": drained, "visibility": visible,
     }  # fmt: skip
