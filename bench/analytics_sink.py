@@ -41,14 +41,13 @@ import clickhouse_connect
 from confluent_kafka.admin import AdminClient
 
 from paystream import workload
-from paystream.analytics import metrics, schema, store
+from paystream.analytics import metrics, schema, sink, store
 from paystream.analytics.rows import at
-from paystream.analytics.sink import LIMITS, ClickHouseTarget, observer
+from paystream.analytics.sink import LIMITS
 from paystream.runner import TRAFFIC_TIMEOUT_S, Platform, running
 from paystream.services.kafka import start_on_free_ports
 from paystream.settings import Settings
 from paystream.topology import offsets
-from paystream.topology.batching import BatchingSink
 from paystream.topology.topics import analytics_group
 
 DATABASE = "bench"
@@ -81,12 +80,8 @@ class Sink:
         self.group = analytics_group(platform.settings)
         topics = platform.topics
         self.topics = [topics.events, topics.ledger, topics.dlq]
-        target = ClickHouseTarget(self.client, DATABASE, consumer=self.group, topics=topics,
-                                  serde=platform.serde, lock=self.lock)  # fmt: skip
-        kinds = {topics.events: "events", topics.ledger: "ledger", topics.dlq: "dlq"}
-        self.loop = BatchingSink(bootstrap=platform.bootstrap, group=self.group, name="bench",
-                                 topics=self.topics, target=target, limits=LIMITS,
-                                 observer=observer(kinds))  # fmt: skip
+        self.loop = sink.build(platform.settings, "bench", client=self.client, database=DATABASE,
+                               lock=self.lock)  # fmt: skip
         self.thread = threading.Thread(target=self.loop.run, name="sink", daemon=True)
         self.admin = AdminClient({"bootstrap.servers": platform.bootstrap})
         self.partitions = platform.settings.partitions
@@ -188,13 +183,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-analytics-sink-") as directory:
         home = Path(directory)
         with platform(home) as started:
-            sink = Sink(started, f"chdb://{home / 'clickhouse'}")
+            analytics = Sink(started, f"chdb://{home / 'clickhouse'}")
             try:
-                drained = drain(started, sink, args.backlog)
-                visible = visibility(started, sink, args.rate, args.traffic_s)
+                drained = drain(started, analytics, args.backlog)
+                visible = visibility(started, analytics, args.rate, args.traffic_s)
             finally:
-                sink.loop.stop()
-                sink.thread.join(30)
+                analytics.loop.stop()
+                analytics.thread.join(30)
     result = {
         "command": f"python -m bench.analytics_sink --backlog {args.backlog} --rate {args.rate} "
                    f"--traffic-s {args.traffic_s:g}",

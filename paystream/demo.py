@@ -10,7 +10,6 @@ ledger and the audit store and prints a summary.
 
 from __future__ import annotations
 
-import signal
 import time
 from collections import Counter
 from dataclasses import replace
@@ -27,7 +26,7 @@ from paystream.cli.up import (
     Parts,
     dashboard_login,
     is_ready,
-    keep_running,
+    run_until_interrupted,
     started,
 )
 from paystream.runner import TRAFFIC_TIMEOUT_S
@@ -141,14 +140,7 @@ def _dashboard(settings: Settings, parts: Parts) -> bool:
 
 def _serve(parts: Parts, settings: Settings) -> int:
     print("\nserving until Ctrl-C (`paystream demo --exit` ends here instead)", flush=True)
-    for signum in (signal.SIGINT, signal.SIGTERM):  # both unwind as Ctrl-C does
-        signal.signal(signum, signal.default_int_handler)
-    try:
-        return keep_running(parts.groups, log_dir=settings.data_dir / "logs")
-    except KeyboardInterrupt:
-        for signum in (signal.SIGINT, signal.SIGTERM):  # let the children stop in peace
-            signal.signal(signum, signal.SIG_IGN)
-        return 0
+    return run_until_interrupted(parts.groups, log_dir=settings.data_dir / "logs")
 
 
 def _through_the_api(settings: Settings, api_url: str) -> demo_api.ApiFigures:

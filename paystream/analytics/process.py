@@ -1,9 +1,10 @@
 """``paystream analytics``: the analytics sink and the dashboard, in one process.
 
 With the embedded engine (``chdb://``) only this process may open the data directory, so
-it runs the sink in a thread and serves the page and the JSON endpoints from the same
-client (every use under one lock). Against a ClickHouse server several copies can run:
-they share the sink's consumer group, and every copy serves the dashboard.
+it runs the sink in its main thread and serves the page and the JSON endpoints from uvicorn
+in another, with the same client (every use under one lock). Against a ClickHouse server
+several copies can run: they share the sink's consumer group, and every copy serves the
+dashboard.
 """
 
 from __future__ import annotations
@@ -18,18 +19,14 @@ from typing import Final
 import uvicorn
 from confluent_kafka.admin import AdminClient
 
-from paystream.analytics import schema
+from paystream.analytics import schema, sink
 from paystream.analytics.app import Analytics, create_app
 from paystream.analytics.page import REFRESH_S_DEFAULT
-from paystream.analytics.sink import LIMITS, ClickHouseTarget, observer
 from paystream.api.app import AUDIENCE_DEFAULT
 from paystream.api.auth import TokenVerifier
 from paystream.api.deps import RateLimiter
 from paystream.settings import Settings
-from paystream.topology.avro import AvroSerde
 from paystream.topology.batching import BatchingSink
-from paystream.topology.registry import registry_from_url
-from paystream.topology.topics import Topics, analytics_group, ensure_topics
 
 RATE_LIMIT_PER_S: Final = 50
 SERVER_START_TIMEOUT_S: Final = 60.0
@@ -75,13 +72,17 @@ def run(settings: Settings, options: Options) -> int:
         )
     )  # fmt: skip
     http = threading.Thread(target=server.run, name="http")
-    sink = _sink(settings, options.name, analytics) if options.sink else None
+    loop = (
+        sink.build(settings, options.name, client=client, database=analytics.database,
+                   lock=analytics.lock)
+        if options.sink else None
+    )  # fmt: skip
     stopping = threading.Event()
 
     def stop(_signum: int, _frame: object) -> None:
         stopping.set()
-        if sink is not None:
-            sink.stop()
+        if loop is not None:
+            loop.stop()
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, stop)
@@ -90,7 +91,7 @@ def run(settings: Settings, options: Options) -> int:
         if not _listening(server, http):
             logger.error("the dashboard could not listen on %s:%d", options.host, options.port)
             return EXIT_FAILED
-        return _serve(sink, stopping)
+        return _serve(loop, stopping)
     finally:
         server.should_exit = True
         http.join(SERVER_STOP_TIMEOUT_S)
@@ -105,32 +106,13 @@ def _listening(server: uvicorn.Server, http: threading.Thread) -> bool:
     return server.started
 
 
-def _serve(sink: BatchingSink | None, stopping: threading.Event) -> int:
-    if sink is None:
+def _serve(loop: BatchingSink | None, stopping: threading.Event) -> int:
+    if loop is None:
         stopping.wait()
         return 0
     try:
-        sink.run()
+        loop.run()
     except Exception:
         logger.exception("the analytics sink failed; stopping the process")
         return EXIT_FAILED
     return 0
-
-
-def _sink(settings: Settings, name: str, analytics: Analytics) -> BatchingSink:
-    topics = Topics.from_settings(settings)
-    ensure_topics(settings.bootstrap, topics)
-    serde = AvroSerde(
-        registry_from_url(settings.schema_registry_url, settings.data_dir),
-        topics=topics.payloads(),
-    )
-    group = analytics_group(settings)
-    target = ClickHouseTarget(
-        analytics.client, analytics.database, consumer=group, topics=topics, serde=serde,
-        lock=analytics.lock,
-    )  # fmt: skip
-    kinds = {topics.events: "events", topics.ledger: "ledger", topics.dlq: "dlq"}
-    return BatchingSink(
-        bootstrap=settings.bootstrap, group=group, name=name, topics=list(kinds), target=target,
-        limits=LIMITS, observer=observer(kinds),
-    )  # fmt: skip

@@ -21,9 +21,11 @@ from confluent_kafka import Message
 from paystream.analytics import metrics, store
 from paystream.analytics.rows import dead_letter_row, event_row, line_rows
 from paystream.analytics.schema import Client
+from paystream.settings import Settings
 from paystream.topology.avro import AvroSerde
-from paystream.topology.batching import Limits, Observer, Position, headers
-from paystream.topology.topics import Topics
+from paystream.topology.batching import BatchingSink, Limits, Observer, Position, headers
+from paystream.topology.registry import registry_from_url
+from paystream.topology.topics import Topics, analytics_group, ensure_topics
 
 LIMITS: Final = Limits(records_max=20_000, window_s=0.5)
 """ClickHouse likes few big inserts (a part per insert): bigger batches than Postgres'."""
@@ -112,4 +114,26 @@ def observer(topic_kinds: Mapping[str, str]) -> Observer:
     return Observer(
         written=written, retried=lambda reason: metrics.RETRIES.labels(reason=reason).inc(),
         lag=lag,
+    )  # fmt: skip
+
+
+def build(
+    settings: Settings, name: str, *, client: Client, database: str, lock: threading.Lock
+) -> BatchingSink:
+    """The analytics sink of ``settings``' topics into ``database``: a member ``name`` of the
+    analytics group, every ClickHouse call under ``lock``."""
+    topics = Topics.from_settings(settings)
+    ensure_topics(settings.bootstrap, topics)
+    serde = AvroSerde(
+        registry_from_url(settings.schema_registry_url, settings.data_dir),
+        topics=topics.payloads(),
+    )
+    group = analytics_group(settings)
+    target = ClickHouseTarget(
+        client, database, consumer=group, topics=topics, serde=serde, lock=lock
+    )
+    kinds = {topics.events: "events", topics.ledger: "ledger", topics.dlq: "dlq"}
+    return BatchingSink(
+        bootstrap=settings.bootstrap, group=group, name=name, topics=list(kinds), target=target,
+        limits=LIMITS, observer=observer(kinds),
     )  # fmt: skip

@@ -13,7 +13,7 @@ import contextlib
 import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -182,33 +182,44 @@ def metrics_servers(
 
 
 def serve(parts: Parts, settings: Settings, issuer: str) -> int:
-    """Wait for the API, say where everything is, then keep the children running until
-    Ctrl-C/SIGTERM (0) or until a crash loop spends the restart budget (1)."""
-    api = parts.api.workers[0]
+    """Wait for the API and the dashboard, say where everything is, then keep the children
+    running until Ctrl-C/SIGTERM (0) or until a crash loop spends the restart budget (1)."""
     try:
-        with err.status(f"waiting until {parts.api_url}/readyz answers 200 ..."):
-            wait_until(
-                lambda: is_ready(parts.api_url) or not api.alive, timeout_s=API_READY_TIMEOUT_S
-            )
-        if not is_ready(parts.api_url):
-            err.print(f"the API did not get ready:\n{tail(api.log_file, lines=LOG_TAIL_LINES)}")
-            return 1
-        analytics = parts.analytics.workers[0]
-        with err.status(f"waiting until the dashboard at {parts.analytics_url} answers ..."):
-            wait_until(
-                lambda: answers(parts.analytics_url) or not analytics.alive,
-                timeout_s=API_READY_TIMEOUT_S,
-            )
-        if not answers(parts.analytics_url):
-            log = tail(analytics.log_file, lines=LOG_TAIL_LINES)
-            err.print(f"the analytics process does not answer:\n{log}")
+        api = _answering("the API", parts.api_url, parts.api.workers[0], is_ready)
+        if not api or not _answering(
+            "the dashboard", parts.analytics_url, parts.analytics.workers[0], answers
+        ):
             return 1
         print_where(parts, settings, issuer)
-        return keep_running(parts.groups, log_dir=settings.data_dir / "logs")
     except KeyboardInterrupt:
-        for signum in (signal.SIGINT, signal.SIGTERM):  # let the children stop in peace
-            signal.signal(signum, signal.SIG_IGN)
-        return 0
+        return _interrupted()
+    return run_until_interrupted(parts.groups, log_dir=settings.data_dir / "logs")
+
+
+def run_until_interrupted(groups: Sequence[WorkerGroup], *, log_dir: Path) -> int:
+    """:func:`keep_running` until Ctrl-C or SIGTERM (0), or until it gives up (1)."""
+    for signum in (signal.SIGINT, signal.SIGTERM):  # both unwind as Ctrl-C does
+        signal.signal(signum, signal.default_int_handler)
+    try:
+        return keep_running(groups, log_dir=log_dir)
+    except KeyboardInterrupt:
+        return _interrupted()
+
+
+def _interrupted() -> int:
+    for signum in (signal.SIGINT, signal.SIGTERM):  # let the children stop in peace
+        signal.signal(signum, signal.SIG_IGN)
+    return 0
+
+
+def _answering(what: str, url: str, child: WorkerProcess, probe: Callable[[str], bool]) -> bool:
+    """Wait (bounded) until ``probe(url)`` holds or the child died; say why when it did not."""
+    with err.status(f"waiting until {what} at {url} answers ..."):
+        wait_until(lambda: probe(url) or not child.alive, timeout_s=API_READY_TIMEOUT_S)
+    if probe(url):
+        return True
+    err.print(f"{what} does not answer:\n{tail(child.log_file, lines=LOG_TAIL_LINES)}")
+    return False
 
 
 def is_ready(url: str) -> bool:

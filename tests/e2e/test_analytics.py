@@ -4,7 +4,6 @@ dashboard's numbers are the logs' numbers, and no row is missing or counted twic
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from collections import Counter
@@ -15,15 +14,14 @@ import pytest
 
 from paystream import workload
 from paystream.analytics.queries import PAYMENT_COMMANDS
-from paystream.analytics.remote import wait_caught_up
 from paystream.ledger import is_own_event
-from paystream.runner import TRAFFIC_TIMEOUT_S, Platform, child_env
+from paystream.runner import TRAFFIC_TIMEOUT_S, Platform
 from paystream.services.keycloak import KeycloakServer
 from paystream.settings import Settings
 from paystream.topology.reader import read_to_end
 from paystream.topology.topics import analytics_group
 from tests.e2e.harness import platform, setup_or_fail
-from tests.support.analytics import AnalyticsProcess, stored_counts
+from tests.support.analytics import AnalyticsProcess, analytics_env, stored_counts
 from tests.support.keycloak import client_token
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -42,11 +40,7 @@ def test_the_dashboard_equals_the_logs_after_five_sigkills(
     token = client_token(keycloak, "ops-console")
     with platform(settings, tmp_path, workers=2) as running:
         dsn = f"chdb://{tmp_path / 'clickhouse'}"
-        env = {
-            **os.environ, **child_env(running.settings, bootstrap=running.bootstrap,
-                                      log_level="info"),
-            "PAYSTREAM_CLICKHOUSE_URL": dsn, "PAYSTREAM_OIDC_ISSUER": keycloak.issuer,
-        }  # fmt: skip
+        env = analytics_env(running, keycloak.issuer, tmp_path / "clickhouse")
         analytics = AnalyticsProcess(env, log_file=tmp_path / "analytics.log")
         setup_or_fail(running, load)
         publisher = running.publish_paced(load, per_second=TRAFFIC_PER_S)
@@ -69,8 +63,7 @@ def test_the_dashboard_equals_the_logs_after_five_sigkills(
 
 def _check_dashboard(running: Platform, analytics: AnalyticsProcess, token: str) -> None:
     group = analytics_group(running.settings)
-    lag = wait_caught_up(analytics.url, token, group, timeout_s=CATCH_UP_TIMEOUT_S)
-    assert lag is not None, analytics.get("/v1/analytics/lag", token)
+    lag = analytics.wait_caught_up(token, group, timeout_s=CATCH_UP_TIMEOUT_S)
     assert lag["stale"] is False
     now = datetime.now(UTC)
     span = {

@@ -28,12 +28,12 @@ from selenium.webdriver.support.ui import WebDriverWait
 from paystream import workload
 from paystream.analytics.page import CLIENT_ID
 from paystream.money import format_money
-from paystream.runner import TRAFFIC_TIMEOUT_S, Platform, child_env
+from paystream.runner import TRAFFIC_TIMEOUT_S, Platform
 from paystream.services.keycloak import REALM, KeycloakServer
 from paystream.settings import Settings
 from paystream.topology.topics import analytics_group
 from tests.e2e.harness import platform, setup_or_fail
-from tests.support.analytics import AnalyticsProcess
+from tests.support.analytics import AnalyticsProcess, analytics_env
 from tests.support.browser import chromium, console
 from tests.support.keycloak import client_token
 
@@ -65,7 +65,7 @@ def test_the_ops_page_signs_in_draws_filters_and_warns_when_stale(
     username, password = keycloak.ops_login()
     ops_token = client_token(keycloak, "ops-console")
     with platform(settings, tmp_path, workers=1) as running:
-        env = _analytics_env(running, keycloak, tmp_path / "clickhouse")
+        env = analytics_env(running, keycloak.issuer, tmp_path / "clickhouse")
         analytics = AnalyticsProcess(env, log_file=tmp_path / "analytics.log",
                                      extra=("--refresh-s", str(REFRESH_S)))  # fmt: skip
         analytics.start()
@@ -74,7 +74,9 @@ def test_the_ops_page_signs_in_draws_filters_and_warns_when_stale(
             early_ms = _traffic(running, seed=161, mix=EARLY)
             _sleep_until_ms(early_ms + GAP_MS)
             _traffic(running, seed=162, mix=LATE)
-            _wait_caught_up(analytics, ops_token, analytics_group(running.settings))
+            analytics.wait_caught_up(
+                ops_token, analytics_group(running.settings), timeout_s=CATCH_UP_TIMEOUT_S
+            )
             with _short_tokens(keycloak), chromium(tmp_path / "chromium") as browser:
                 _sign_in(browser, analytics.url, keycloak.issuer, username, password)
                 _check_drawn(browser, analytics, ops_token, shots)
@@ -137,14 +139,6 @@ def _sleep_until_ms(at_ms: int) -> None:
     time.sleep(max(0.0, at_ms / 1000 - time.time()))
 
 
-def _analytics_env(running: Platform, keycloak: KeycloakServer, chdb: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        **child_env(running.settings, bootstrap=running.bootstrap, log_level="info"),
-        "PAYSTREAM_CLICKHOUSE_URL": f"chdb://{chdb}", "PAYSTREAM_OIDC_ISSUER": keycloak.issuer,
-    }  # fmt: skip
-
-
 def _serve_only(env: dict[str, str], before: AnalyticsProcess, log: Path) -> AnalyticsProcess:
     """The same store and port, without the sink, stale after 1 s (the page stays open)."""
     again = AnalyticsProcess(env, log_file=log, extra=(
@@ -152,17 +146,6 @@ def _serve_only(env: dict[str, str], before: AnalyticsProcess, log: Path) -> Ana
     again.port, again.url = before.port, before.url
     again.start()
     return again
-
-
-def _wait_caught_up(analytics: AnalyticsProcess, token: str, group: str) -> None:
-    deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        behind = {g["group"]: g["records_behind"]
-                  for g in analytics.get("/v1/analytics/lag", token)["groups"]}  # fmt: skip
-        if behind.get(group) == 0:
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"the analytics sink did not catch up:\n{analytics.log()}")
 
 
 @contextlib.contextmanager

@@ -10,13 +10,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from paystream.analytics import remote
+from paystream.cli.up import answers
+from paystream.runner import Platform, child_env
 from paystream.services.process import free_port, wait_until
 
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 60.0
+
+
+def analytics_env(running: Platform, issuer: str, chdb: Path) -> dict[str, str]:
+    """The environment of an analytics process of ``running``'s platform, on its own embedded
+    ClickHouse directory ``chdb``, taking tokens from ``issuer``."""
+    return {
+        **os.environ,
+        **child_env(running.settings, bootstrap=running.bootstrap, log_level="info"),
+        "PAYSTREAM_CLICKHOUSE_URL": f"chdb://{chdb}", "PAYSTREAM_OIDC_ISSUER": issuer,
+    }  # fmt: skip
 
 
 class AnalyticsProcess:
@@ -41,10 +51,7 @@ class AnalyticsProcess:
     def _answers(self) -> bool:
         if self._process is not None and self._process.poll() is not None:
             raise AssertionError(f"analytics exited with {self._process.returncode}:\n{self.log()}")
-        try:
-            return httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return answers(self.url)
 
     def kill(self) -> None:
         """SIGKILL, and wait until it is gone."""
@@ -64,6 +71,14 @@ class AnalyticsProcess:
 
     def get(self, path: str, token: str, **params: Any) -> Any:
         return remote.get(self.url, path, token, **params)
+
+    def wait_caught_up(self, token: str, group: str, *, timeout_s: float) -> Any:
+        """The lag report once ``group`` has stored every record (fails the test at the
+        timeout, with the process's log)."""
+        report = remote.wait_caught_up(self.url, token, group, timeout_s=timeout_s)
+        if report is None:
+            raise AssertionError(f"the analytics sink did not catch up:\n{self.log()}")
+        return report
 
     def log(self) -> str:
         return self.log_file.read_text(errors="replace")[-6_000:] if self.log_file.exists() else ""
