@@ -46,6 +46,7 @@ HOUR_MS = 3_600_000
 START_MS = 1_790_000_000_000
 DEAD_LETTERS = 10_000
 INSERTS = 2
+TABLES = ("events", "ledger_lines", "dead_letters", "balances", "tallies")
 """Each fact is written this many times (a batch written again after a kill)."""
 
 EVENTS_SQL = """
@@ -54,8 +55,8 @@ SELECT
     concat('p', toString(n), ':', step) AS event_id,
     concat('p', toString(n)) AS payment_id,
     type, 'Transfer', 'partner-' || toString(n % 7), 'acct-' || toString(n % 100000),
-    toInt128(100 + n % 5000), 'EUR', if(type = 'Rejected', 'insufficient_funds', NULL),
-    issued, issued + toIntervalMillisecond(5 + (n * 7919) % 495), 0, n
+    toInt128(100 + n % 5000), 'EUR', if(type = 'Rejected', 'insufficient_funds', NULL), true,
+    issued, issued + toIntervalMillisecond(5 + (n * 7919) % 495), n % 8, n
 FROM (
     SELECT number AS n,
         fromUnixTimestamp64Milli(toInt64({start_ms:Int64} + intDiv(number * {span_ms:Int64},
@@ -74,23 +75,70 @@ FROM (
 
 LINES_SQL = """
 INSERT INTO {db}.ledger_lines
-SELECT concat('p', toString(n), ':', phase), line, concat('p', toString(n)), 'transfer',
-    phase,
-    if(line = 0, if(phase = 'debit', 'acct-', '@transit:EUR:') , if(phase = 'debit',
-        '@transit:EUR:', 'acct-')) || toString(n % 8),
-    'EUR', if(line = 0, 'debit', 'credit'), toInt128(100 + n % 5000),
-    issued, issued + toIntervalMillisecond(5 + (n * 7919) % 495), 0, n
+SELECT concat('p', toString(n), ':', step), line, concat('p', toString(n)), 'transfer',
+    'posted', account, 'EUR', side, amount,
+    if(side = 'debit', amount, 0), if(side = 'credit', amount, 0),
+    if(startsWith(account, '@transit:'), if(side = 'debit', amount, -amount), 0),
+    if(side = 'debit', amount, 0), if(side = 'credit', amount, 0), 0, 0,
+    issued, issued + toIntervalMillisecond(5 + (n * 7919) % 495), n % 8, n
 FROM (
     SELECT number AS n,
         fromUnixTimestamp64Milli(toInt64({start_ms:Int64} + intDiv(number * {span_ms:Int64},
             {payments:Int64})), 'UTC') AS issued,
-        arrayJoin(if(number % 1000 < 3, [], ['debit', 'credit'])) AS phase,
-        arrayJoin([0, 1]) AS line
+        arrayJoin(if(number % 1000 < 3, [], ['debit', 'credit'])) AS step,
+        arrayJoin([0, 1]) AS line,
+        if(line = 0, 'debit', 'credit') AS side,
+        toInt128(100 + n % 5000) AS amount,
+        '@transit:EUR:' || toString(n % 8) AS transit,
+        if(line = 0, if(step = 'debit', 'acct-' || toString(n % 100000), transit),
+           if(step = 'debit', transit, 'acct-' || toString((n * 31) % 100000))) AS account
     FROM numbers({payments:UInt64})
 )
 """
-"""J1 (debit the source, credit transit) and J2 (debit transit, credit the destination);
-transit shards are posted on both sides, so it drains to 0 as in a quiet ledger."""
+"""J1 (debit the source, credit transit) and J2 (debit transit, credit the destination) over
+100,000 accounts, with the money columns the sink computes (``rows.line_money``); transit
+shards are posted on both sides, so it drains to 0 as in a quiet ledger."""
+
+BALANCES_SQL = """
+INSERT INTO {db}.balances
+SELECT account_id, currency, sum(posted_debits_minor), sum(posted_credits_minor),
+    sum(pending_debits_minor), sum(pending_credits_minor), 0, 1, max(logged_at)
+FROM {db}.ledger_lines FINAL GROUP BY account_id, currency
+"""
+"""The workers' accounts: the journal's projection (the changelog's newest record each)."""
+
+RECORDS_PER_BATCH = 1_000
+"""Tallies as a sink writing batches of this many records per partition would leave them."""
+TALLY_RANGES_SQL = """
+INSERT INTO {db}.tallies (topic, partition, first_offset, next_offset, covered)
+SELECT topic, p, b * {per:UInt64}, (b + 1) * {per:UInt64}, {per:UInt64}
+FROM (SELECT arrayJoin(['events', 'ledger']) AS topic, number % 8 AS p,
+             intDiv(number, 8) AS b
+      FROM numbers(8 * intDiv({payments:UInt64} * 3, 8 * {per:UInt64}) + 8))
+"""
+TALLY_FUNNEL_SQL = """
+INSERT INTO {db}.tallies (topic, partition, hour, command_type, type, first_offset,
+                          next_offset, events)
+SELECT 'events', p, toStartOfHour(issued_at), command_type, type, any(b) * {per:UInt64},
+    (any(b) + 1) * {per:UInt64}, count()
+FROM (SELECT *, events_partition AS p, intDiv(events_offset, 8 * {per:UInt64}) AS b
+      FROM {db}.events FINAL WHERE own)
+GROUP BY p, b, toStartOfHour(issued_at), command_type, type
+"""
+TALLY_MONEY_SQL = """
+INSERT INTO {db}.tallies (topic, partition, currency, first_offset, next_offset,
+    debits_minor, credits_minor, transit_minor, posted_debits_minor, posted_credits_minor,
+    pending_debits_minor, pending_credits_minor)
+SELECT 'ledger', p, currency, any(b) * {per:UInt64}, (any(b) + 1) * {per:UInt64},
+    sum(debits_minor), sum(credits_minor), sum(transit_minor), sum(posted_debits_minor),
+    sum(posted_credits_minor), sum(pending_debits_minor), sum(pending_credits_minor)
+FROM (SELECT *, ledger_partition AS p, intDiv(ledger_offset, 8 * {per:UInt64}) AS b
+      FROM {db}.ledger_lines FINAL)
+GROUP BY p, b, currency
+"""
+"""Tallies as the sink counts them (each record once), one row per partition and batch for
+its range, and per partition, batch and hour, type or currency for its counts and sums: the
+rows background merges add up, not yet merged."""
 
 DEAD_LETTERS_SQL = """
 INSERT INTO {db}.dead_letters
@@ -111,15 +159,18 @@ def fill(client: Any, payments: int) -> dict[str, Any]:
     }  # fmt: skip
     seconds: dict[str, float] = {}
     for table, sql in (("events", EVENTS_SQL), ("ledger_lines", LINES_SQL),
-                       ("dead_letters", DEAD_LETTERS_SQL)):  # fmt: skip
+                       ("dead_letters", DEAD_LETTERS_SQL), ("balances", BALANCES_SQL)):  # fmt: skip
         started = time.perf_counter()
         for _ in range(INSERTS):
             client.command(sql.replace("{db}", DATABASE), parameters=parameters)
         seconds[table] = time.perf_counter() - started
-    store.write(client, DATABASE, consumer="bench", rows={}, next_offsets={("events", 0): 1})
+    started = time.perf_counter()
+    for sql in (TALLY_RANGES_SQL, TALLY_FUNNEL_SQL, TALLY_MONEY_SQL):
+        client.command(sql.replace("{db}", DATABASE),
+                       parameters={**parameters, "per": RECORDS_PER_BATCH})  # fmt: skip
+    seconds["tallies"] = time.perf_counter() - started
     rows = {
-        table: int(client.command(f"SELECT count() FROM {DATABASE}.{table}"))
-        for table in ("events", "ledger_lines", "dead_letters")
+        table: int(client.command(f"SELECT count() FROM {DATABASE}.{table}")) for table in TABLES
     }
     return {"rows_stored": rows, "fill_seconds": seconds}
 
@@ -140,7 +191,8 @@ def questions(end_ms: int, span_ms: int) -> dict[str, Callable[[Any], Any]]:
         "newest_dead_letters": lambda c: queries.newest_dead_letters(
             c, DATABASE, start_ms=start_ms, end_ms=end_ms, limit=20
         ),
-        "stored_positions": lambda c: store.stored_positions(c, DATABASE, "bench"),
+        "stored_positions": lambda c: store.stored_positions(c, DATABASE),
+        "tallies_tile": lambda c: queries.tallies_tile(c, DATABASE),
     }
 
 
@@ -177,7 +229,7 @@ def main() -> None:
         load = os.getloadavg()[0]
         print(f"as written (copies not merged yet), load average {load:.2f}:", flush=True)
         unmerged = time_queries(client, args.runs)
-        for table in ("events", "ledger_lines", "dead_letters"):
+        for table in TABLES:
             client.command(f"OPTIMIZE TABLE {DATABASE}.{table} FINAL")
         print("after OPTIMIZE ... FINAL (copies merged):", flush=True)
         merged = time_queries(client, args.runs)

@@ -89,7 +89,7 @@ class Sink:
     def behind(self) -> int:
         ends = offsets.log_ends(self.admin, self.topics, self.partitions)
         with self.lock:
-            stored = store.stored_positions(self.client, DATABASE, self.group)
+            stored = store.stored_positions(self.client, DATABASE)
         return sum(max(0, end - stored.get(p, 0)) for p, end in ends.items())
 
 

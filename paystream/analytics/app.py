@@ -29,7 +29,12 @@ from paystream.api.problems import Problem
 from paystream.settings import Settings
 from paystream.topology import offsets
 from paystream.topology.offsets import Position
-from paystream.topology.topics import Topics, analytics_group, app_id_for
+from paystream.topology.topics import (
+    Topics,
+    analytics_group,
+    app_id_for,
+    postgres_sink_group,
+)
 
 RANGE_MAX = timedelta(days=400)
 RANGE_DEFAULT = timedelta(hours=1)
@@ -172,7 +177,8 @@ def _dashboard(app: FastAPI, analytics: Analytics) -> None:
 
     @app.get("/v1/analytics/consistency", tags=["analytics"])
     def consistency(_who: Ops) -> dict[str, Any]:
-        """Per currency: Σ debits - Σ credits (0 while every entry balances), money in transit."""
+        """Per currency: Σ debits - Σ credits (0 while every entry balances), money in transit,
+        and the workers' accounts against the journal's projection of them."""
         return {"currencies": [_consistency(row) for row in ask(queries.ledger_consistency)]}
 
     @app.get("/v1/analytics/latency", tags=["analytics"])
@@ -223,21 +229,27 @@ def freshness_report(analytics: Analytics) -> dict[str, Any]:
 
 
 def _groups_behind(analytics: Analytics) -> dict[str, int | None]:
-    """Records behind per consumer group (None: Kafka did not answer)."""
+    """Records behind per consumer group (None: Kafka did not answer): the workers, this
+    sink, and the Postgres sink when one has committed positions."""
     settings = analytics.settings
     topics = Topics.from_settings(settings)
-    sinked = [topics.events, topics.ledger, topics.dlq]
+    facts = [topics.events, topics.ledger, topics.dlq]
+    sinked = [*facts, topics.balances_changelog]
     workers = [topics.commands, topics.legs]
     try:
         ends = offsets.log_ends(analytics.admin, [*sinked, *workers], settings.partitions)
         worker_at = offsets.committed(analytics.admin, app_id_for(settings))
+        postgres_at = offsets.committed(analytics.admin, postgres_sink_group(settings))
     except Exception:  # the admin client raises KafkaException and timeouts alike
         return {app_id_for(settings): None, analytics_group(settings): None}
-    mine = analytics.ask(store.stored_positions, consumer=analytics_group(settings))
-    return {
+    mine = analytics.ask(store.stored_positions)
+    found: dict[str, int | None] = {
         app_id_for(settings): _behind(ends, worker_at, workers),
         analytics_group(settings): _behind(ends, mine, sinked),
     }
+    if postgres_at:  # a Postgres sink runs here (it commits its positions to Kafka too)
+        found[postgres_sink_group(settings)] = _behind(ends, postgres_at, facts)
+    return found
 
 
 def _behind(ends: dict[Position, int], at: dict[Position, int], topics: list[str]) -> int:
@@ -255,9 +267,15 @@ def _funnel(found: queries.Funnel) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _consistency(row: queries.CurrencyConsistency) -> dict[str, str]:
+def _consistency(row: queries.CurrencyConsistency) -> dict[str, Any]:
+    totals = zip(queries.TOTALS_NAMES, row.ledger_totals, row.account_totals, strict=True)
     return {
         "currency": row.currency, "debits_minor": str(row.debits_minor),
         "credits_minor": str(row.credits_minor), "difference_minor": str(row.difference_minor),
-        "transit_minor": str(row.transit_minor),
+        "transit_minor": str(row.transit_minor), "accounts": row.accounts,
+        "projection_difference_minor": str(row.projection_difference_minor),
+        "totals": [
+            {"total": name, "ledger_minor": str(ledger), "accounts_minor": str(held)}
+            for name, ledger, held in totals
+        ],
     }  # fmt: skip

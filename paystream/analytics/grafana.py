@@ -20,7 +20,7 @@ import re
 import textwrap
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from importlib import import_module
 from pathlib import Path
 from typing import Final, Literal
@@ -28,6 +28,7 @@ from typing import Final, Literal
 from prometheus_client.metrics import MetricWrapperBase
 
 from paystream.analytics import queries, schema
+from paystream.analytics.tallies import PAYMENT_COMMANDS
 from paystream.ledger.errors import InvariantViolation, ensure
 
 with warnings.catch_warnings():
@@ -95,7 +96,7 @@ PARAMETERS: Final[dict[tuple[str, str], str]] = {
     ("start", "DateTime64(3)"): "$__fromTime_ms",
     ("end", "DateTime64(3)"): "$__toTime_ms",
     ("step_s", "UInt32"): "$__interval_s",
-    ("commands", "Array(String)"): _sql_list(queries.PAYMENT_COMMANDS),
+    ("commands", "Array(String)"): _sql_list(PAYMENT_COMMANDS),
     ("terminal", "Array(String)"): _sql_list(queries.TERMINAL_EVENTS),
     ("limit", "UInt32"): str(queries.DEAD_LETTERS_SHOWN_MAX),
 }
@@ -136,6 +137,15 @@ def _by_position(sql: str, columns: Sequence[str], *, order_by: str) -> str:
     return (
         f"SELECT\n    {selected}\nFROM (SELECT tuple(*) AS r FROM (\n{sql}\n))\nORDER BY {order_by}"
     )
+
+
+FUNNEL_FIELDS: Final = tuple(field.name for field in fields(queries.Funnel))
+
+
+def _funnel_total(series: str) -> str:
+    """The funnel over the whole range: the sum of its intervals, as ``funnel`` adds them up."""
+    sums = ",\n    ".join(f"sum({name}) AS {name}" for name in FUNNEL_FIELDS)
+    return f"SELECT\n    {sums}\nFROM (\n{series}\n)"
 
 
 def _with_funnel_rates(sql: str) -> str:
@@ -230,20 +240,31 @@ def _doc(function: object) -> str:
     return " ".join(text.split("\n\n")[0].split())
 
 
+ACCOUNTS_DESCRIPTION: Final = (
+    "The four totals of the workers' accounts (their balances changelog), to hold against the"
+    " journal's projection in the panel above: equal at rest."
+)
+
+
 def _funnel_panels() -> list[SqlPanel]:
     return [
         SqlPanel(
             "Payment funnel", _doc(queries.funnel), "stat",
-            _with_funnel_rates(translate(queries.FUNNEL_SQL)), span=GRID_WIDTH, height=5,
+            _with_funnel_rates(_funnel_total(translate(queries.FUNNEL_SERIES_SQL))),
+            span=GRID_WIDTH, height=5,
             overrides=(Override("_rate$", "percentunit"),),
         ),
         SqlPanel(
             "Funnel per interval", _doc(queries.funnel_series), "timeseries",
-            translate(queries.FUNNEL_SERIES_SQL),
+            translate(queries.FUNNEL_SERIES_SQL), span=GRID_WIDTH,
         ),
         SqlPanel(
             "Ledger consistency per currency", _doc(queries.ledger_consistency), "table",
             _with_difference(translate(queries.CONSISTENCY_SQL)), unit="none",
+        ),
+        SqlPanel(
+            "Workers' accounts per currency", ACCOUNTS_DESCRIPTION, "table",
+            translate(queries.ACCOUNTS_SQL), unit="none",
         ),
     ]  # fmt: skip
 

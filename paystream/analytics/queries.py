@@ -6,54 +6,65 @@ deduplicated state (``FINAL``), so a batch written twice never counts twice.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from paystream.analytics.rows import at
+from paystream.analytics.rows import MONEY_COLUMNS, at
 from paystream.analytics.schema import Client
+from paystream.analytics.tallies import HOUR_MS, PAYMENT_COMMANDS
 
-PAYMENT_COMMANDS = ("Transfer", "Deposit", "Withdrawal")
 TERMINAL_EVENTS = ("Completed", "Reversed", "Rejected")
 SERIES_POINTS_MAX = 500
 """A series has at most this many intervals: a wider range gets wider intervals."""
 STEPS_S = (1, 5, 10, 30, 60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 86_400, 7 * 86_400)
+HOURLY_AFTER_S = 2 * 86_400
+"""A range longer than this has intervals of an hour at least: whole hours are read from the
+tallies, not the facts."""
 DEAD_LETTERS_SHOWN_MAX = 100
 
-OWN_EVENT = """
-      position(event_id, concat(payment_id, ':')) = 1
-      AND position(substring(event_id, length(payment_id) + 2), ':') = 0
+PAYMENTS_IN_RANGE = """
+    command_type IN {commands:Array(String)}
+      AND issued_at >= {start:DateTime64(3)} AND issued_at < {end:DateTime64(3)}
+      AND own
 """
-"""A payment's own events only (``<payment id>:<step>``): answers to records that reused an
-id (``<id>:<step>:<partition>.<offset>``) are not steps of that payment."""
-PAYMENTS_IN_RANGE = f"""
-    command_type IN {{commands:Array(String)}}
-      AND issued_at >= {{start:DateTime64(3)}} AND issued_at < {{end:DateTime64(3)}}
-      AND {OWN_EVENT}
-"""
-FUNNEL_COUNTS = """
-        countIf(type = 'Debited' OR type = 'Rejected'
+"""A payment's own events (``<payment id>:<step>``; :func:`paystream.ledger.is_own_event`):
+answers to records that reused an id are not steps of that payment."""
+
+
+def _funnel_counts(events: str) -> str:
+    """The funnel's counts over rows of ``events`` own events each (1 for a fact, a count
+    for a tally row).
+
+    Each own event counts once (``FINAL`` leaves one copy of a fact; a tally counts a record
+    once): a payment has at most one own event of each type, and exactly one that starts it:
+    ``Debited`` (a transfer's step 1), ``Rejected`` (refused at its first step; a refused
+    credit is ``Reversed``), or the one terminal event of a single-step payment (deposit,
+    withdrawal). Counting is 5x cheaper than ``uniqExact`` over payment ids
+    (``bench/analytics_queries.py``)."""
+    return f"""
+        sumIf({events}, type = 'Debited' OR type = 'Rejected'
                 OR (type IN ('Completed', 'Reversed') AND command_type != 'Transfer'))
             AS requested,
-        countIf(type = 'Debited') AS debited,
-        countIf(type = 'Completed') AS completed,
-        countIf(type = 'Reversed') AS reversed,
-        countIf(type = 'Rejected') AS rejected,
-        countIf(type = 'Duplicate') AS duplicates
-"""
-"""Counts of own events, each of which ``FINAL`` leaves once: a payment has at most one own
-event of each type, and exactly one that starts it: ``Debited`` (a transfer's step 1),
-``Rejected`` (refused at its first step; a refused credit is ``Reversed``), or the one
-terminal event of a single-step payment (deposit, withdrawal). Counting is 5x cheaper here
-than ``uniqExact`` over payment ids (``bench/analytics_queries.py``)."""
+        sumIf({events}, type = 'Debited') AS debited,
+        sumIf({events}, type = 'Completed') AS completed,
+        sumIf({events}, type = 'Reversed') AS reversed,
+        sumIf({events}, type = 'Rejected') AS rejected,
+        sumIf({events}, type = 'Duplicate') AS duplicates
+    """
+
+
 BUCKET = "toStartOfInterval({column}, toIntervalSecond({{step_s:UInt32}}), 'UTC')"
 
 
 def series_step_s(start_ms: int, end_ms: int) -> int:
-    """The narrowest of STEPS_S that cuts [start, end) into at most SERIES_POINTS_MAX."""
+    """The narrowest of STEPS_S that cuts [start, end) into at most SERIES_POINTS_MAX, and
+    an hour at least for a range longer than HOURLY_AFTER_S."""
     span_s = max(end_ms - start_ms, 0) / 1000
+    least_s = 3600 if span_s > HOURLY_AFTER_S else 0
     for step_s in STEPS_S:
-        if span_s / step_s <= SERIES_POINTS_MAX:
+        if step_s >= least_s and span_s / step_s <= SERIES_POINTS_MAX:
             return step_s
     return STEPS_S[-1]
 
@@ -66,13 +77,6 @@ def _ms(value: datetime) -> int:
     return int(value.timestamp() * 1000)
 
 
-FUNNEL_SQL = f"""
-    SELECT {FUNNEL_COUNTS}
-    FROM {{db}}.events FINAL
-    WHERE {PAYMENTS_IN_RANGE}
-"""
-
-
 @dataclass(frozen=True, slots=True)
 class Funnel:
     requested: int
@@ -81,6 +85,13 @@ class Funnel:
     reversed: int
     rejected: int
     duplicates: int
+
+    def __add__(self, other: Funnel) -> Funnel:
+        return Funnel(
+            self.requested + other.requested, self.debited + other.debited,
+            self.completed + other.completed, self.reversed + other.reversed,
+            self.rejected + other.rejected, self.duplicates + other.duplicates,
+        )  # fmt: skip
 
     @property
     def success_rate(self) -> float | None:
@@ -99,43 +110,104 @@ class Funnel:
         return None if arrived == 0 else self.duplicates / arrived
 
 
+NO_PAYMENTS = Funnel(0, 0, 0, 0, 0, 0)
+WHOLE_RANGE_STEP_S = 400 * 86_400
+"""Whole hours, and longer than any range the API takes: the total is at most two intervals."""
+
+
 def funnel(client: Client, database: str, *, start_ms: int, end_ms: int) -> Funnel:
     """Payments issued in [start, end): requested -> debited -> completed / reversed / rejected."""
-    row = client.query(
-        FUNNEL_SQL.replace("{db}", database), parameters=_range(start_ms, end_ms)
-    ).result_rows[0]
-    return Funnel(*(int(value) for value in row))
+    found = funnel_series(
+        client, database, start_ms=start_ms, end_ms=end_ms, step_s=WHOLE_RANGE_STEP_S
+    )
+    return sum((counts for _start, counts in found), NO_PAYMENTS)
 
 
 FUNNEL_SERIES_SQL = f"""
-    SELECT {BUCKET.format(column="issued_at")} AS bucket, {FUNNEL_COUNTS}
+    SELECT {BUCKET.format(column="issued_at")} AS bucket, {_funnel_counts("1")}
     FROM {{db}}.events FINAL
     WHERE {PAYMENTS_IN_RANGE}
     GROUP BY bucket ORDER BY bucket
 """
+TALLIES_FUNNEL_SQL = f"""
+    SELECT {BUCKET.format(column="hour")} AS bucket, {_funnel_counts("events")}
+    FROM {{db}}.tallies
+    WHERE command_type IN {{commands:Array(String)}}
+      AND hour >= {{start:DateTime64(3)}} AND hour < {{end:DateTime64(3)}}
+    GROUP BY bucket ORDER BY bucket
+"""
+"""The same counts from the tallies, whole hours of command time (no ``FINAL``: the tallies
+count each record once, and their rows add up)."""
 
 
 def funnel_series(
     client: Client, database: str, *, start_ms: int, end_ms: int, step_s: int
 ) -> list[tuple[int, Funnel]]:
-    """The funnel per interval of ``step_s`` (interval start in ms), intervals with payments."""
-    rows = client.query(
-        FUNNEL_SERIES_SQL.replace("{db}", database),
-        parameters={**_range(start_ms, end_ms), "step_s": step_s},
-    ).result_rows
-    return [(_ms(bucket), Funnel(*(int(v) for v in values))) for bucket, *values in rows]
+    """The funnel per interval of ``step_s`` (interval start in ms), intervals with payments.
+
+    With intervals of whole hours the whole hours of [start, end) are read from the tallies
+    (when they tile) and only the edges from the facts."""
+    found: dict[int, Funnel] = {}
+    for sql, lo_ms, hi_ms in _funnel_parts(client, database, start_ms, end_ms, step_s):
+        parameters = {**_range(lo_ms, hi_ms), "step_s": step_s}
+        for bucket, *values in client.query(
+            sql.replace("{db}", database), parameters=parameters
+        ).result_rows:
+            counts = Funnel(*(int(v) for v in values))
+            found[_ms(bucket)] = found.get(_ms(bucket), NO_PAYMENTS) + counts
+    return sorted(found.items())
 
 
-CONSISTENCY_SQL = """
-    SELECT
-        currency,
-        sumIf(amount_minor, side = 'debit') AS debits_minor,
-        sumIf(amount_minor, side = 'credit') AS credits_minor,
-        sumIf(if(side = 'debit', amount_minor, -amount_minor),
-              startsWith(account_id, '@transit') AND phase IN ('posted', 'post')) AS transit_minor
-    FROM {db}.ledger_lines FINAL
+def _funnel_parts(
+    client: Client, database: str, start_ms: int, end_ms: int, step_s: int
+) -> list[tuple[str, int, int]]:
+    first_hour_ms = -(-start_ms // HOUR_MS) * HOUR_MS
+    last_hour_ms = end_ms // HOUR_MS * HOUR_MS
+    if step_s % 3600 or first_hour_ms >= last_hour_ms or not tallies_tile(client, database):
+        return [(FUNNEL_SERIES_SQL, start_ms, end_ms)]
+    edges = [(start_ms, first_hour_ms), (last_hour_ms, end_ms)]
+    return [
+        (TALLIES_FUNNEL_SQL, first_hour_ms, last_hour_ms),
+        *((FUNNEL_SERIES_SQL, lo, hi) for lo, hi in edges if lo < hi),
+    ]
+
+
+TALLIES_TILE_SQL = """
+    SELECT count() FROM (
+        SELECT sum(covered) AS covered_sum, max(next_offset) - min(first_offset) AS span
+        FROM {db}.tallies GROUP BY topic, partition
+        HAVING covered_sum != span)
+"""
+
+
+def tallies_tile(client: Client, database: str) -> bool:
+    """Whether each partition's tallied ranges add up to its span exactly: no range counted
+    twice (a second copy of the sink), none missing. Only then are sums of tallies exact."""
+    return int(client.query(TALLIES_TILE_SQL.replace("{db}", database)).result_rows[0][0]) == 0
+
+
+MONEY_SUMS = ", ".join(f"sum({column}) AS {column}" for column in MONEY_COLUMNS)
+TALLIES_CONSISTENCY_SQL = f"""
+    SELECT currency, {MONEY_SUMS}
+    FROM {{db}}.tallies WHERE currency != ''
     GROUP BY currency ORDER BY currency
 """
+CONSISTENCY_SQL = f"""
+    SELECT currency, {MONEY_SUMS}
+    FROM {{db}}.ledger_lines FINAL
+    GROUP BY currency ORDER BY currency
+"""
+"""The same sums from the facts: what the tallies answer for when they do not tile."""
+ACCOUNTS_SQL = """
+    SELECT currency, count(), sum(posted_debits_minor), sum(posted_credits_minor),
+        sum(pending_debits_minor), sum(pending_credits_minor)
+    FROM {db}.balances FINAL
+    GROUP BY currency ORDER BY currency
+"""
+"""The workers' accounts (their balances table, as its changelog last recorded each)."""
+Totals = tuple[int, int, int, int]
+"""TigerBeetle's four totals: posted debits, posted credits, pending debits, pending credits."""
+TOTALS_NAMES = ("posted_debits", "posted_credits", "pending_debits", "pending_credits")
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,20 +218,61 @@ class CurrencyConsistency:
     transit_minor: int
     """Money credited to destinations and not yet posted from the sources: transfers between
     their steps 2 and 3 (the transit shards' posted debits less credits); 0 at quiescence."""
+    ledger_totals: Totals
+    """The four totals of every account of this currency, projected from the journal."""
+    accounts: int
+    account_totals: Totals
+    """The same four totals as the workers' accounts hold them."""
 
     @property
     def difference_minor(self) -> int:
         """Σ debits - Σ credits: 0 while every journal entry balances."""
         return self.debits_minor - self.credits_minor
 
+    @property
+    def projection_difference_minor(self) -> int:
+        """How far the accounts are from the journal's projection (Σ |difference| over the
+        four totals): 0 when the workers' balances are exactly what the ledger says. While
+        traffic flows the sink may have read one log further than the other; at rest it is
+        0 or something is wrong."""
+        return sum(abs(a - b) for a, b in zip(self.account_totals, self.ledger_totals, strict=True))
+
 
 def ledger_consistency(client: Client, database: str) -> list[CurrencyConsistency]:
-    """Per currency: the ledger's debits, credits, their difference, and money in transit."""
-    rows = client.query(CONSISTENCY_SQL.replace("{db}", database)).result_rows
-    return [
-        CurrencyConsistency(str(currency), int(debits), int(credits), int(transit))
-        for currency, debits, credits, transit in rows
-    ]
+    """Per currency: the ledger's debits, credits, their difference, money in transit, and the
+    balance projection against the workers' accounts. All time: read from the tallies when
+    they tile, else from the facts."""
+    sql = TALLIES_CONSISTENCY_SQL if tallies_tile(client, database) else CONSISTENCY_SQL
+    ledger = {
+        str(currency): tuple(int(v) for v in values)
+        for currency, *values in client.query(sql.replace("{db}", database)).result_rows
+    }
+    accounts = {
+        str(currency): (int(count), tuple(int(v) for v in totals))
+        for currency, count, *totals in client.query(
+            ACCOUNTS_SQL.replace("{db}", database)
+        ).result_rows
+    }
+    found = []
+    for currency in sorted({*ledger, *accounts}):
+        debits, credits, transit, *totals = ledger.get(currency, (0,) * len(MONEY_COLUMNS))
+        count, held = accounts.get(currency, (0, (0, 0, 0, 0)))
+        found.append(
+            CurrencyConsistency(
+                currency,
+                debits,
+                credits,
+                transit,
+                ledger_totals=_totals(totals),
+                accounts=count,
+                account_totals=_totals(held),
+            )
+        )
+    return found
+
+
+def _totals(values: Sequence[int]) -> Totals:
+    return (values[0], values[1], values[2], values[3])
 
 
 @dataclass(frozen=True, slots=True)

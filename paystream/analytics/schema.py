@@ -24,6 +24,7 @@ TABLES: Final[dict[str, str]] = {
             amount_minor Nullable(Int128),
             currency LowCardinality(Nullable(String)),
             code LowCardinality(Nullable(String)),
+            own Bool,
             issued_at DateTime64(3, 'UTC'),
             logged_at DateTime64(3, 'UTC'),
             events_partition UInt32,
@@ -41,6 +42,13 @@ TABLES: Final[dict[str, str]] = {
             currency LowCardinality(String),
             side LowCardinality(String),
             amount_minor Int128,
+            debits_minor Int128,
+            credits_minor Int128,
+            transit_minor Int128,
+            posted_debits_minor Int128,
+            posted_credits_minor Int128,
+            pending_debits_minor Int128,
+            pending_credits_minor Int128,
             issued_at DateTime64(3, 'UTC'),
             logged_at DateTime64(3, 'UTC'),
             ledger_partition UInt32,
@@ -61,15 +69,46 @@ TABLES: Final[dict[str, str]] = {
             logged_at DateTime64(3, 'UTC')
         ) ENGINE = ReplacingMergeTree PARTITION BY toYYYYMM(logged_at)
           ORDER BY (logged_at, dlq_partition, dlq_offset)""",
-    "positions": """
-        CREATE TABLE IF NOT EXISTS {db}.positions (
-            consumer String,
+    "balances": """
+        CREATE TABLE IF NOT EXISTS {db}.balances (
+            account_id String,
+            currency LowCardinality(String),
+            posted_debits_minor Int128,
+            posted_credits_minor Int128,
+            pending_debits_minor Int128,
+            pending_credits_minor Int128,
+            changelog_partition UInt32,
+            changelog_offset UInt64,
+            logged_at DateTime64(3, 'UTC')
+        ) ENGINE = ReplacingMergeTree(changelog_offset) ORDER BY account_id""",
+    "tallies": """
+        CREATE TABLE IF NOT EXISTS {db}.tallies (
             topic String,
             partition UInt32,
-            next_offset UInt64
-        ) ENGINE = ReplacingMergeTree(next_offset) ORDER BY (consumer, topic, partition)""",
+            hour DateTime64(3, 'UTC'),
+            command_type LowCardinality(String),
+            type LowCardinality(String),
+            currency LowCardinality(String),
+            first_offset SimpleAggregateFunction(min, UInt64),
+            next_offset SimpleAggregateFunction(max, UInt64),
+            covered SimpleAggregateFunction(sum, UInt64),
+            events SimpleAggregateFunction(sum, UInt64),
+            debits_minor SimpleAggregateFunction(sum, Int128),
+            credits_minor SimpleAggregateFunction(sum, Int128),
+            transit_minor SimpleAggregateFunction(sum, Int128),
+            posted_debits_minor SimpleAggregateFunction(sum, Int128),
+            posted_credits_minor SimpleAggregateFunction(sum, Int128),
+            pending_debits_minor SimpleAggregateFunction(sum, Int128),
+            pending_credits_minor SimpleAggregateFunction(sum, Int128)
+        ) ENGINE = AggregatingMergeTree
+          ORDER BY (topic, partition, hour, command_type, type, currency)
+          SETTINGS non_replicated_deduplication_window = 1000""",
 }
-"""Table -> DDL. ``positions`` keeps the greatest offset per key: offsets only move forward.
+"""Table -> DDL. ``balances`` is the workers' table (their changelog), the newest record per
+account. ``tallies`` holds the batches' positions, counts and sums
+(:mod:`paystream.analytics.tallies`): merges add rows of one key together, so it stays one
+row per partition, hour and kind; the same batch inserted twice (the same block) is dropped
+by the insert deduplication window.
 
 Facts are sorted by their time first (the dashboard asks for time ranges: the primary index
 skips the rest) and partitioned by month of log time (the Kafka record's, always sane, where
@@ -77,7 +116,9 @@ a hostile command's own time may not be). A fact read twice has the same times, 
 copies share a partition and a sorting key: ``FINAL`` collapses them partition by
 partition."""
 
-SCHEMA_VERSION: Final = 2
+RETIRED_TABLES: Final = ("positions",)
+"""Tables of earlier versions (v2's positions are v3's tallies), dropped with the rest."""
+SCHEMA_VERSION: Final = 3
 """Bumped with any change to TABLES. The store is a projection of logs retained forever, so
 a store of another version is dropped and rebuilt by reading the logs again."""
 
@@ -94,7 +135,7 @@ def create(client: Client, database: str) -> bool:
     found = client.command(f"SELECT max(version) FROM {database}.schema_version")
     kept = int(found or 0) == SCHEMA_VERSION
     if not kept:
-        for table in TABLES:
+        for table in (*TABLES, *RETIRED_TABLES):
             client.command(f"DROP TABLE IF EXISTS {database}.{table}")
     for ddl in TABLES.values():
         client.command(ddl.format(db=database))

@@ -1,9 +1,12 @@
-"""The analytics sink: ``ledger``, ``events`` and ``dlq`` into ClickHouse, exactly once in effect.
+"""The analytics sink: ``ledger``, ``events``, ``dlq`` and the workers' balances changelog
+into ClickHouse, exactly once in effect.
 
 The loop is the batching sinks' (:mod:`paystream.topology.batching`); this module is the
-ClickHouse side: decode a batch into rows, insert them, then insert the positions after
-them (:mod:`paystream.analytics.store`). A process killed between the two reads the batch
-again from the old positions and inserts the same rows, which the tables collapse by id.
+ClickHouse side: decode a batch into facts and tallies, insert the facts, then the tallies
+-- the positions after the batch, with its counts and sums -- in one insert
+(:mod:`paystream.analytics.store`). A process killed between the two reads the batch again
+from the old positions and inserts the same facts, which the tables collapse by id, and its
+tallies once.
 
 With the embedded engine one process owns the data directory, and the page's queries run
 in the same process: every use of the client holds ``lock``.
@@ -13,15 +16,16 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from typing import Final
 
 from clickhouse_connect.driver.exceptions import OperationalError
 from confluent_kafka import Message
 
 from paystream.analytics import metrics, store
-from paystream.analytics.rows import dead_letter_row, event_row, line_rows
 from paystream.analytics.schema import Client
+from paystream.analytics.tallies import Batch, Place
 from paystream.settings import Settings
+from paystream.tables import codecs
 from paystream.topology.avro import AvroSerde
 from paystream.topology.batching import BatchingSink, Limits, Observer, Position, headers
 from paystream.topology.registry import registry_from_url
@@ -41,21 +45,19 @@ class ClickHouseTarget:
         client: Client,
         database: str,
         *,
-        consumer: str,
         topics: Topics,
         serde: AvroSerde,
         lock: threading.Lock,
     ) -> None:
         self._client = client
         self._database = database
-        self._consumer = consumer
         self._topics = topics
         self._serde = serde
         self._lock = lock
 
     def positions(self, assigned: Sequence[Position]) -> Mapping[Position, int]:
         with self._lock:
-            stored = store.stored_positions(self._client, self._database, self._consumer)
+            stored = store.stored_positions(self._client, self._database)
         return {position: stored[position] for position in assigned if position in stored}
 
     def write(
@@ -65,34 +67,37 @@ class ClickHouseTarget:
         next_offsets: Mapping[Position, int],
         started_at: Mapping[Position, int | None],
     ) -> Mapping[str, int]:
-        """Rows of the batch, then its positions. ``started_at`` plays no part: a second
-        copy can only run against a server, where both write the same rows (collapsed)."""
-        rows = self._rows(messages)
-        with self._lock:
-            store.write(
-                self._client, self._database, consumer=self._consumer, rows=rows,
-                next_offsets=next_offsets,
-            )  # fmt: skip
-        return {table: len(found) for table, found in rows.items()}
-
-    def _rows(self, messages: Sequence[Message]) -> dict[str, list[Any]]:
-        rows: dict[str, list[Any]] = {"events": [], "ledger_lines": [], "dead_letters": []}
+        """Facts of the batch, then its tallies (its positions). ``started_at`` is where each
+        tally's range begins. Nothing is fenced: a second copy can only run against a
+        server, where both write the same facts (collapsed), and the queries check that the
+        tallies' ranges do not overlap before they sum them."""
+        batch = Batch(next_offsets=next_offsets, started_at=started_at)
         for message in messages:
-            topic, partition, offset = message.topic(), message.partition(), message.offset()
-            logged_at_ms = max(message.timestamp()[1], 0)
-            if partition is None or offset is None:
-                continue
-            where = {"partition": partition, "offset": offset, "logged_at_ms": logged_at_ms}
-            if topic == self._topics.events:
-                event = self._serde.decode_event(message.value() or b"")
-                rows["events"].append(event_row(event, **where))
-            elif topic == self._topics.ledger:
-                entry = self._serde.decode_journal_entry(message.value() or b"")
-                rows["ledger_lines"].extend(line_rows(entry, **where))
-            elif topic == self._topics.dlq:
-                rows["dead_letters"].append(dead_letter_row(headers(message), message.value(),
-                                                            **where))  # fmt: skip
-        return rows
+            self._add(batch, message)
+        tallies = batch.tallies()
+        with self._lock:
+            store.write(self._client, self._database, rows=batch.facts, tallies=tallies)
+        return {
+            **{table: len(found) for table, found in batch.facts.items()},
+            "tallies": len(tallies),
+        }
+
+    def _add(self, batch: Batch, message: Message) -> None:
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        if topic is None or partition is None or offset is None:
+            return
+        value = message.value()
+        at = Place(topic, partition, offset, max(message.timestamp()[1], 0))
+        if topic == self._topics.events:
+            batch.event(self._serde.decode_event(value or b""), at)
+        elif topic == self._topics.ledger:
+            batch.entry(self._serde.decode_journal_entry(value or b""), at)
+        elif topic == self._topics.dlq:
+            batch.dead_letter(headers(message), value, at)
+        elif topic == self._topics.balances_changelog and value is not None:
+            batch.account(codecs.decode_account(value), at)
+        else:
+            batch.skipped(at)
 
 
 def observer(topic_kinds: Mapping[str, str]) -> Observer:
@@ -129,10 +134,11 @@ def build(
         topics=topics.payloads(),
     )
     group = analytics_group(settings)
-    target = ClickHouseTarget(
-        client, database, consumer=group, topics=topics, serde=serde, lock=lock
-    )
-    kinds = {topics.events: "events", topics.ledger: "ledger", topics.dlq: "dlq"}
+    target = ClickHouseTarget(client, database, topics=topics, serde=serde, lock=lock)
+    kinds = {
+        topics.events: "events", topics.ledger: "ledger", topics.dlq: "dlq",
+        topics.balances_changelog: "balances",
+    }  # fmt: skip
     return BatchingSink(
         bootstrap=settings.bootstrap, group=group, name=name, topics=list(kinds), target=target,
         limits=LIMITS, observer=observer(kinds),

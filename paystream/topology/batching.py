@@ -1,7 +1,9 @@
 """A batching sink's consumer loop: bounded batches from Kafka into a store, exactly once.
 
-The store keeps the consumer positions with the rows (Kafka's committed offsets play no
-part), so the loop only has to read, hand a batch over, and follow its store's answer:
+The store keeps the consumer positions with the rows, so the loop only has to read, hand a
+batch over, and follow its store's answer (Kafka's committed offsets are never read back;
+after each batch the loop commits its positions there too, asynchronously, so that the
+tools that watch consumer groups see how far each sink is behind):
 
 - On an assignment it asks the store where each partition stands and seeks there.
 - A batch is handed over as soon as a fetch comes back short (all there is for now: a
@@ -210,6 +212,10 @@ class BatchingSink:
             logger.warning("the store is back: batch written after %d failures", pending.failures)
         self._started_at.update(pending.next_offsets)
         self._newest_written_ms.update(pending.newest_ms)
+        self._consumer.commit(
+            offsets=[TopicPartition(t, p, o) for (t, p), o in pending.next_offsets.items()],
+            asynchronous=True,  # for the group's lag only: a failed commit changes nothing
+        )
         self._observer.written(
             counts, pending.next_offsets, len(pending.messages), time.monotonic() - started
         )

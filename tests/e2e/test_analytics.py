@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from paystream import workload
-from paystream.analytics.queries import PAYMENT_COMMANDS
+from paystream.analytics.tallies import PAYMENT_COMMANDS
+from paystream.audit.verify import read_accounts
 from paystream.ledger import is_own_event
 from paystream.runner import TRAFFIC_TIMEOUT_S, Platform
 from paystream.services.keycloak import KeycloakServer
@@ -87,13 +88,16 @@ def _check_dashboard(running: Platform, analytics: AnalyticsProcess, token: str)
     shown = analytics.get("/v1/analytics/consistency", token)["currencies"]
     assert {c["currency"]: int(c["debits_minor"]) for c in shown} == dict(debits)
     assert all(c["difference_minor"] == "0" and c["transit_minor"] == "0" for c in shown)
+    assert all(c["projection_difference_minor"] == "0" and c["accounts"] > 0 for c in shown)
     dead = analytics.get("/v1/analytics/dead-letters", token, **span)
     assert dead["depth"] and dead["depth"][-1]["depth"] == _count(running, running.topics.dlq)
 
 
 def _check_rows(running: Platform, dsn: str) -> None:
-    """No row missing, none twice: FINAL counts equal the logs' records exactly."""
+    """No row missing, none twice: FINAL counts equal the logs' records exactly, and the
+    tallies' ranges tile every partition (the funnel and sums above came from them)."""
     counts = stored_counts(dsn, DATABASE)
+    assert counts["tallies_tile"] is True
     journal = [running.serde.decode_journal_entry(m.value() or b"")
                for m in read_to_end(running.bootstrap, running.topics.ledger)]  # fmt: skip
     lines = sum(len(entry.lines) for entry in journal)
@@ -101,6 +105,7 @@ def _check_rows(running: Platform, dsn: str) -> None:
         "events": _count(running, running.topics.events),
         "ledger_lines": lines,
         "dead_letters": _count(running, running.topics.dlq),
+        "balances": len(read_accounts(running.bootstrap, running.topics)),
     }
     for table, records in expected.items():
         assert counts[table] == {"final": records, "distinct": records}, (table, counts)

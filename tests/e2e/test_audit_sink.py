@@ -8,11 +8,15 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from confluent_kafka.admin import AdminClient
 
 from paystream import workload
 from paystream.agents import metrics
-from paystream.runner import TRAFFIC_TIMEOUT_S
+from paystream.runner import TRAFFIC_TIMEOUT_S, Platform
+from paystream.services.process import wait_until
 from paystream.settings import Settings
+from paystream.topology import offsets
+from paystream.topology.topics import postgres_sink_group
 from tests.e2e.harness import (
     assert_audit_store_matches,
     assert_every_record_answered_once,
@@ -25,6 +29,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 MIX = workload.Mix(accounts=120, transfers=4_000)
 TRAFFIC_PER_S = 2_000
+COMMIT_TIMEOUT_S = 30.0
 
 
 def test_the_audit_store_holds_the_ledger_exactly(
@@ -43,6 +48,23 @@ def test_the_audit_store_holds_the_ledger_exactly(
         written = _rows_written(running.settings.data_dir / "metrics")
         assert written["journal_entries"] == report.entries, written  # the sinks' own counts
         assert written["audit_log"] > 0
+        _assert_group_caught_up_in_kafka(running)
+
+
+def _assert_group_caught_up_in_kafka(running: Platform) -> None:
+    """The sinks commit their stored positions to Kafka too (for the tools that watch
+    groups' lag, the ops page among them): once caught up, the group stands at the logs'
+    ends there as well."""
+    admin = AdminClient({"bootstrap.servers": running.bootstrap})
+    topics = [running.topics.ledger, running.topics.events, running.topics.dlq]
+    group = postgres_sink_group(running.settings)
+
+    def behind() -> dict[tuple[str, int], int]:
+        ends = offsets.log_ends(admin, topics, running.settings.partitions)
+        at = offsets.committed(admin, group)
+        return {tp: end - at.get(tp, 0) for tp, end in ends.items() if end != at.get(tp, 0)}
+
+    assert wait_until(lambda: not behind(), timeout_s=COMMIT_TIMEOUT_S), behind()
 
 
 def _rows_written(metrics_root: Path) -> Counter[str]:

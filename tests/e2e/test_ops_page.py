@@ -269,12 +269,15 @@ def _check_numbers(browser: WebDriver, analytics: AnalyticsProcess, token: str) 
 
 
 def _check_money(browser: WebDriver, analytics: AnalyticsProcess, token: str) -> None:
-    """The consistency table shows the Int128 sums exactly, in major units."""
+    """The consistency table shows the Int128 sums exactly, in major units, and the workers'
+    accounts against the journal's projection of them."""
     currencies = analytics.get("/v1/analytics/consistency", token)["currencies"]
     rows = browser.find_elements(By.CSS_SELECTOR, "#table-consistency tbody tr")
     shown = [[cell.text for cell in row.find_elements(By.TAG_NAME, "td")] for row in rows]
     fields = ("debits_minor", "credits_minor", "difference_minor", "transit_minor")
-    expected = [[c["currency"], *(format_money(int(c[f]), c["currency"]) for f in fields)]
+    expected = [[c["currency"], *(format_money(int(c[f]), c["currency"]) for f in fields),
+                 f"{c['accounts']:,}", format_money(int(c["projection_difference_minor"]),
+                                                    c["currency"])]
                 for c in currencies]  # fmt: skip
     assert shown == expected and int(currencies[0]["debits_minor"]) > 0, (shown, expected)
 

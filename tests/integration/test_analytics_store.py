@@ -1,25 +1,26 @@
 """The analytics store on the real ClickHouse engine (chdb, one database per test): facts
-deduplicated by id, positions that only move forward, and the dashboard's queries over facts
-the real core produced."""
+deduplicated by id, tallies that count each record once (and are not trusted when their
+ranges overlap), the balance projection against the journal, and the dashboard's queries over
+facts the real core produced."""
 
 from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import clickhouse_connect
 import pytest
 
 from paystream.analytics import queries, schema, store
-from paystream.analytics.rows import dead_letter_row, event_row, line_rows
-from paystream.ledger import Event, JournalEntry, is_own_event
+from paystream.analytics.rows import dead_letter_row
+from paystream.analytics.tallies import Batch, Place
+from paystream.ledger import Account, Event, JournalEntry, is_own_event
 from tests.support.ledger import T0_MS, Cluster, cid, deposit, open_account, transfer
 
 pytestmark = pytest.mark.integration
 
-CONSUMER = "test-analytics"
 DAY_MS = 24 * 3600 * 1000
 
 
@@ -45,24 +46,39 @@ def facts() -> tuple[Cluster, list[JournalEntry], list[Event]]:
     return cluster, cluster.entries(), cluster.events()
 
 
-def rows(entries: list[JournalEntry], events: list[Event]) -> tuple[list[Any], list[Any]]:
-    event_rows = [
-        event_row(e, partition=0, offset=i, logged_at_ms=e.issued_at_ms)
-        for i, e in enumerate(events)
-    ]
-    lines = [
-        r
-        for i, e in enumerate(entries)
-        for r in line_rows(e, partition=0, offset=i, logged_at_ms=e.issued_at_ms)
-    ]
-    return event_rows, lines
+def batch(
+    entries: Sequence[JournalEntry],
+    events: Sequence[Event],
+    accounts: Sequence[Account] = (),
+    *,
+    first: int = 0,
+    delay_ms: Callable[[int], int] = lambda _i: 0,
+) -> Batch:
+    """One batch of the sink: ``entries``, ``events`` and ``accounts`` at offsets from
+    ``first`` on partition 0 of their topics, logged ``delay_ms(i)`` after their command."""
+    facts: dict[str, Sequence[Any]] = {"ledger": entries, "events": events, "balances": accounts}
+    ends = {(topic, 0): first + len(found) for topic, found in facts.items() if found}
+    made = Batch(next_offsets=ends, started_at=dict.fromkeys(ends, first))
+    for i, entry in enumerate(entries):
+        made.entry(entry, Place("ledger", 0, first + i, entry.issued_at_ms + delay_ms(i)))
+    for i, event in enumerate(events):
+        made.event(event, Place("events", 0, first + i, event.issued_at_ms + delay_ms(i)))
+    for i, account in enumerate(accounts):
+        made.account(account, Place("balances", 0, first + i, T0_MS))
+    return made
 
 
-def write(client: Any, database: str, entries: list[JournalEntry], events: list[Event]) -> None:
-    event_rows, lines = rows(entries, events)
-    ends = {("ledger", 0): len(entries), ("events", 0): len(events)}
-    store.write(client, database, consumer=CONSUMER,
-                rows={"events": event_rows, "ledger_lines": lines}, next_offsets=ends)  # fmt: skip
+def write(
+    client: Any,
+    database: str,
+    entries: Sequence[JournalEntry],
+    events: Sequence[Event],
+    accounts: Sequence[Account] = (),
+    *,
+    first: int = 0,
+) -> None:
+    made = batch(entries, events, accounts, first=first)
+    store.write(client, database, rows=made.facts, tallies=made.tallies())
 
 
 def test_the_funnel_counts_each_payment_once_even_when_a_batch_is_written_twice(
@@ -90,14 +106,68 @@ def test_the_funnel_counts_each_payment_once_even_when_a_batch_is_written_twice(
 
 def test_the_ledger_balances_and_transit_drains_at_quiescence(client: tuple[Any, str]) -> None:
     connection, database = client
-    _cluster, entries, events = facts()
-    write(connection, database, entries, events)
-    write(connection, database, entries[:3], [])  # a batch of lines again: counted once
-    [eur] = queries.ledger_consistency(connection, database)
+    cluster, entries, events = facts()
+    write(connection, database, entries, events, list(cluster.accounts.values()))
+    assert queries.tallies_tile(connection, database)
+    debits = sum(line.amount_minor for e in entries for line in e.lines if line.side == "debit")
+    [eur] = queries.ledger_consistency(connection, database)  # from the tallies
     assert (eur.currency, eur.difference_minor, eur.transit_minor) == ("EUR", 0, 0)
+    assert (eur.debits_minor, eur.projection_difference_minor) == (debits, 0)
+    assert eur.accounts == len(cluster.accounts) and eur.ledger_totals == eur.account_totals
+    write(connection, database, entries[:3], [], first=1)  # an overlapping range: a zombie's
+    assert not queries.tallies_tile(connection, database)
+    assert queries.ledger_consistency(connection, database) == [eur]  # from the facts
+
+
+def test_a_batch_inserted_twice_counts_once(client: tuple[Any, str]) -> None:
+    """A second copy of the sink that read the same range writes the same block: dropped."""
+    connection, database = client
+    cluster, entries, events = facts()
+    write(connection, database, entries, events, list(cluster.accounts.values()))
+    write(connection, database, entries, events, list(cluster.accounts.values()))
+    assert queries.tallies_tile(connection, database)
+    [eur] = queries.ledger_consistency(connection, database)
+    assert (eur.difference_minor, eur.projection_difference_minor) == (0, 0)
     assert eur.debits_minor == sum(
         line.amount_minor for e in entries for line in e.lines if line.side == "debit"
     )
+
+
+def test_accounts_that_disagree_with_the_journal_are_seen(client: tuple[Any, str]) -> None:
+    connection, database = client
+    cluster, entries, events = facts()
+    minted = dataclasses.replace(
+        cluster.account("dst"), posted_credits_minor=cluster.account("dst").posted_credits_minor + 7
+    )
+    accounts = [minted if a.account_id == "dst" else a for a in cluster.accounts.values()]
+    write(connection, database, entries, events, accounts)
+    [eur] = queries.ledger_consistency(connection, database)
+    assert (eur.difference_minor, eur.projection_difference_minor) == (0, 7)
+    assert eur.account_totals[1] - eur.ledger_totals[1] == 7  # posted credits
+
+
+def test_the_funnel_from_tallies_equals_the_funnel_from_facts(client: tuple[Any, str]) -> None:
+    """Whole hours come from the tallies, the edges from the facts: the same counts as the
+    facts alone (intervals under an hour), wherever the range starts and ends."""
+    connection, database = client
+    _cluster, entries, events = facts()
+    write(connection, database, entries, events)
+    assert queries.tallies_tile(connection, database)
+    hour_ms = 3_600_000
+    for start_ms, end_ms in [
+        (T0_MS - DAY_MS, T0_MS + DAY_MS),  # facts inside the whole hours
+        (T0_MS - 1, T0_MS + 3 * hour_ms),  # facts in the starting edge
+        (T0_MS - 3 * hour_ms, T0_MS + 1),  # facts in the closing edge
+        (T0_MS // hour_ms * hour_ms, T0_MS // hour_ms * hour_ms + hour_ms),  # one whole hour
+        (T0_MS + 1, T0_MS + DAY_MS),  # none
+    ]:
+        window = {"start_ms": start_ms, "end_ms": end_ms}
+        from_facts = sum(
+            (f for _s, f in queries.funnel_series(connection, database, **window, step_s=60)),
+            queries.NO_PAYMENTS,
+        )
+        assert queries.funnel(connection, database, **window) == from_facts, window
+    assert queries.funnel(connection, database, start_ms=0, end_ms=2**41).requested == 4
 
 
 def test_a_transfer_between_its_steps_2_and_3_is_in_transit(client: tuple[Any, str]) -> None:
@@ -118,30 +188,24 @@ def test_a_transfer_between_its_steps_2_and_3_is_in_transit(client: tuple[Any, s
     assert eur.debits_minor > 2**63  # past Int64: the sums are Int128
 
 
-def test_positions_only_move_forward(client: tuple[Any, str]) -> None:
+def test_positions_are_the_tallies_ranges(client: tuple[Any, str]) -> None:
     connection, database = client
-    for offset in (5, 9, 7):
-        store.write(connection, database, consumer=CONSUMER, rows={},
-                    next_offsets={("events", 3): offset})  # fmt: skip
-    assert store.stored_positions(connection, database, CONSUMER) == {("events", 3): 9}
-    assert store.stored_positions(connection, database, "another") == {}
+    assert store.stored_positions(connection, database) == {}
+    for first, end in ((0, 5), (5, 9)):  # a batch past transaction markers only has no facts
+        made = Batch(next_offsets={("events", 3): end}, started_at={("events", 3): first})
+        store.write(connection, database, rows={}, tallies=made.tallies())
+    assert store.stored_positions(connection, database) == {("events", 3): 9}
+    assert queries.tallies_tile(connection, database)
 
 
 def test_latency_and_time_to_consistency_per_interval(client: tuple[Any, str]) -> None:
     connection, database = client
     _cluster, entries, events = facts()
     delay_ms = {e.event_id: 10 * (i + 1) for i, e in enumerate(events)}
-    event_rows = [
-        event_row(e, partition=0, offset=i, logged_at_ms=e.issued_at_ms + delay_ms[e.event_id])
-        for i, e in enumerate(events)
-    ]
-    lines = [
-        r
-        for i, e in enumerate(entries)
-        for r in line_rows(e, partition=0, offset=i, logged_at_ms=e.issued_at_ms + 7 * (i + 1))
-    ]
-    store.write(connection, database, consumer=CONSUMER,
-                rows={"events": event_rows, "ledger_lines": lines}, next_offsets={})  # fmt: skip
+    store.write(connection, database, rows={
+        **batch([], events, delay_ms=lambda i: delay_ms[events[i].event_id]).facts,
+        "ledger_lines": batch(entries, [], delay_ms=lambda i: 7 * (i + 1)).facts["ledger_lines"],
+    }, tallies=[])  # fmt: skip
     window = {"start_ms": T0_MS - DAY_MS, "end_ms": T0_MS + DAY_MS, "step_s": 2 * 86_400}
     [bucket] = queries.latency(connection, database, **window)
     terminal = sorted(
@@ -169,6 +233,7 @@ def test_the_funnel_series_sums_to_the_funnel(client: tuple[Any, str]) -> None:
     assert total.dedupe_rate == 1 / (total.requested + 1)
     assert queries.series_step_s(0, 10_000) == 1
     assert queries.series_step_s(0, 30 * DAY_MS) == 3 * 3600
+    assert queries.series_step_s(0, 3 * DAY_MS) == 3600  # 864 s would do; long ranges: hours
 
 
 def test_dead_letters_depth_reasons_and_freshness(client: tuple[Any, str]) -> None:
@@ -180,8 +245,7 @@ def test_dead_letters_depth_reasons_and_freshness(client: tuple[Any, str]) -> No
         for i, reason in enumerate(["malformed", "wrong_partition", "malformed"])
     ]  # fmt: skip
     for _ in range(2):  # written twice: counted once
-        store.write(connection, database, consumer=CONSUMER, rows={"dead_letters": dead},
-                    next_offsets={("dlq", 0): 3})  # fmt: skip
+        store.write(connection, database, rows={"dead_letters": dead}, tallies=[])
     window = {"start_ms": T0_MS + 500, "end_ms": T0_MS + 10_000}
     depth = queries.dlq_depth(connection, database, **window, step_s=1)
     assert [(d.arrived, d.depth) for d in depth] == [(1, 2), (1, 3)]  # one before the window
@@ -198,9 +262,9 @@ def test_a_store_of_another_schema_version_is_rebuilt(client: tuple[Any, str]) -
     _cluster, entries, events = facts()
     write(connection, database, entries, events)
     assert schema.create(connection, database) is True  # same version: kept as it is
-    assert store.stored_positions(connection, database, CONSUMER)
+    assert store.stored_positions(connection, database)
     connection.command(f"INSERT INTO {database}.schema_version VALUES (999)")
     assert schema.create(connection, database) is False  # dropped: read the logs again
-    assert store.stored_positions(connection, database, CONSUMER) == {}
+    assert store.stored_positions(connection, database) == {}
     assert queries.funnel(connection, database, start_ms=0, end_ms=2**41).requested == 0
     assert schema.create(connection, database) is True

@@ -91,20 +91,23 @@ client = clickhouse_connect.get_client(dsn=sys.argv[1])
 db = sys.argv[2]
 found = {}
 for table, key in (("events", "event_id"), ("ledger_lines", "(entry_id, line_no)"),
-                   ("dead_letters", "(dlq_partition, dlq_offset)")):
+                   ("dead_letters", "(dlq_partition, dlq_offset)"), ("balances", "account_id")):
     final, distinct = client.query(
         f"SELECT count(), uniqExact({key}) FROM {db}.{table} FINAL").result_rows[0]
     found[table] = {"final": int(final), "distinct": int(distinct)}
+from paystream.analytics import queries
+found["tallies_tile"] = queries.tallies_tile(client, db)
 print(json.dumps(found))
 """
 
 
-def stored_counts(dsn: str, database: str) -> dict[str, dict[str, int]]:
-    """Rows per table as the dashboard sees them (FINAL) and distinct ids, read by a process
-    of its own (one embedded engine per process; run it after the analytics process stops)."""
+def stored_counts(dsn: str, database: str) -> dict[str, Any]:
+    """Rows per table as the dashboard sees them (FINAL) and distinct ids, and whether the
+    tallies tile, read by a process of its own (one embedded engine per process; run it
+    after the analytics process stops)."""
     result = subprocess.run(
         [sys.executable, "-c", COUNT_SCRIPT, dsn, database], capture_output=True, text=True,
         timeout=STOP_TIMEOUT_S, env=os.environ.copy(), check=True,
     )  # fmt: skip
-    found: dict[str, dict[str, int]] = json.loads(result.stdout)
+    found: dict[str, Any] = json.loads(result.stdout)
     return found

@@ -401,11 +401,12 @@
     const body = $("table-consistency").tBodies[0];
     body.replaceChildren(...rows.map((c) => tableRow([
       c.currency, exact(c, "debits_minor"), exact(c, "credits_minor"), exact(c, "difference_minor"), exact(c, "transit_minor"),
+      integer(c.accounts), exact(c, "projection_difference_minor"),
     ], (cell, i) => {
       if (i > 0) cell.className = "money";
-      if (i === 3 && c.difference_minor !== "0") cell.className = "money bad";
+      if ((i === 3 && c.difference_minor !== "0") || (i === 6 && c.projection_difference_minor !== "0")) cell.className = "money bad";
     })));
-    if (!rows.length) body.replaceChildren(emptyRow(5, "no ledger lines stored yet"));
+    if (!rows.length) body.replaceChildren(emptyRow(7, "no ledger lines stored yet"));
   }
 
   function drawDeadLetters(dead, w) {
