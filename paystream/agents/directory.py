@@ -13,6 +13,11 @@ still open), and the read_committed position only passes an open transaction
 once it has ended, so the restore waits for them. A background thread then
 follows the topic from where the restore stopped.
 
+A batch reads the directory inside ``frozen()``: the follower applies nothing
+meanwhile, and the position it gives (per partition, the offset after the last
+record applied) goes into the batch's manifests, so replay can rebuild exactly
+the directory each batch saw.
+
 A record that is not a directory entry (a tombstone, bytes that do not decode,
 an entry under another account's key) is skipped, counted in ``skipped`` by
 reason and logged: client-reachable bytes on a topic must not stop every
@@ -28,6 +33,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Final, Literal, TypeVar
 
 from confluent_kafka import (
@@ -46,8 +52,11 @@ from paystream.topology.reader import drain
 
 __all__ = [
     "SKIP_REASONS",
+    "Directory",
     "DirectoryFollower",
+    "DirectoryPosition",
     "DirectoryRestoreError",
+    "FixedDirectory",
     "SkipReason",
     "classify",
 ]
@@ -77,6 +86,10 @@ RESTORE_TIMEOUT_S = 120.0
 
 SkipReason = Literal["tombstone", "undecodable", "key_mismatch"]
 SKIP_REASONS: Final[tuple[SkipReason, ...]] = ("tombstone", "undecodable", "key_mismatch")
+
+
+DirectoryPosition = tuple[tuple[int, int], ...]
+"""(directory partition, next offset) for every partition, in partition order."""
 
 
 class DirectoryRestoreError(RuntimeError):
@@ -137,6 +150,9 @@ class DirectoryFollower(Mapping[str, DirectoryEntry]):
         self._bootstrap = bootstrap
         self._restore_timeout_s = restore_timeout_s
         self._entries: dict[str, DirectoryEntry] = {}
+        self._positions: dict[int, int] = {}
+        self._lock = threading.Lock()
+        """Held while a record is applied and while a batch reads (``frozen``)."""
         self._stop = threading.Event()
         self._consumer = Consumer(
             {
@@ -158,6 +174,7 @@ class DirectoryFollower(Mapping[str, DirectoryEntry]):
         """Restore every partition to its end (open transactions included), then follow."""
         started = time.monotonic()
         partitions = self._partitions()
+        self._positions = dict.fromkeys(partitions, 0)
         ends = self._high_watermarks(partitions)
         self._consumer.assign(
             [TopicPartition(self._topic, p, OFFSET_BEGINNING) for p in partitions]
@@ -181,6 +198,12 @@ class DirectoryFollower(Mapping[str, DirectoryEntry]):
             dict(self.skipped),
         )
         self._thread.start()
+
+    @contextmanager
+    def frozen(self) -> Iterator[DirectoryPosition]:
+        """The directory held still for a batch; yields the position it stands at."""
+        with self._lock:
+            yield tuple(sorted(self._positions.items()))
 
     def stop(self) -> None:
         self._stop.set()
@@ -223,16 +246,21 @@ class DirectoryFollower(Mapping[str, DirectoryEntry]):
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
-                for message in self._consumer.consume(POLL_BATCH_MAX, POLL_TIMEOUT_S):
-                    error = message.error()
-                    if error is None:
-                        self._apply(message)
-                    elif error.code() != KafkaError._PARTITION_EOF:
-                        raise KafkaException(error)
+                messages = self._consumer.consume(POLL_BATCH_MAX, POLL_TIMEOUT_S)
+                with self._lock:
+                    for message in messages:
+                        error = message.error()
+                        if error is None:
+                            self._apply(message)
+                        elif error.code() != KafkaError._PARTITION_EOF:
+                            raise KafkaException(error)
         except Exception as error:  # a directory that stops following is a silent liar
             failfast.crash(f"directory follower failed: {error!r}")
 
     def _apply(self, message: Message) -> None:
+        partition, offset = message.partition(), message.offset()
+        if partition is not None and offset is not None:
+            self._positions[partition] = offset + 1
         result = classify(message.key(), message.value())
         if isinstance(result, DirectoryEntry):
             self._entries[result.account_id] = result
@@ -268,3 +296,27 @@ class DirectoryFollower(Mapping[str, DirectoryEntry]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class FixedDirectory(Mapping[str, DirectoryEntry]):
+    """A directory that never moves (tests, benchmarks): ``frozen()`` yields no position."""
+
+    def __init__(self, entries: Mapping[str, DirectoryEntry] | None = None) -> None:
+        self._entries = dict(entries or {})
+
+    @contextmanager
+    def frozen(self) -> Iterator[DirectoryPosition]:
+        yield ()
+
+    def __getitem__(self, account_id: str) -> DirectoryEntry:
+        return self._entries[account_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+Directory = DirectoryFollower | FixedDirectory
+"""What a batch processor reads accounts' directory entries from."""

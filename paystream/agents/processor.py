@@ -16,13 +16,15 @@ error (legs are written by workers only): :class:`InvariantViolation`.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from confluent_kafka import Message
 
+from paystream.agents.directory import Directory, DirectoryPosition
 from paystream.agents.stores import Stores, TableView, TableWrite
 from paystream.ledger import (
+    CORE_VERSION,
     Account,
     Command,
     Compensation,
@@ -49,6 +51,14 @@ from paystream.tables import codecs
 from paystream.topology import records, validation
 from paystream.topology.avro import AvroSerde
 from paystream.topology.dlq import PoisonCode, PoisonMessage, dlq_copy, dlq_headers
+from paystream.topology.manifest import (
+    BatchManifest,
+    InputKind,
+    OutputHasher,
+    OutputKind,
+    encode_manifest,
+    runs_of,
+)
 from paystream.topology.partitioner import partition_for
 from paystream.topology.topics import Topics
 
@@ -106,10 +116,17 @@ class BatchProcessor:
         topics: Topics,
         serde: AvroSerde,
         stores: Stores,
-        directory: Mapping[str, DirectoryEntry],
+        directory: Directory,
         rules: Rules,
+        worker: str,
     ) -> None:
+        """``worker``: the transactional id the manifests name."""
         self._topics = topics
+        self._worker = worker
+        self._kinds: dict[str, OutputKind] = {
+            topics.ledger: "ledger", topics.events: "events", topics.legs: "legs",
+            topics.directory: "directory", topics.dlq: "dlq",
+        }  # fmt: skip
         self._serde = serde
         self._stores = stores
         self._directory = directory
@@ -121,27 +138,43 @@ class BatchProcessor:
         }
 
     def process(self, messages: Sequence[Message]) -> Batch:
-        """The records and table writes of ``messages`` (any partitions, log order)."""
+        """The records and table writes of ``messages`` (any partitions, log order), with a
+        manifest per partition; the directory holds still meanwhile."""
         by_partition: dict[int, list[Message]] = defaultdict(list)
         for message in messages:
             by_partition[source(message)[1]].append(message)
         batch = Batch()
-        for partition, group in by_partition.items():
-            self._process_partition(partition, group, batch)
+        with self._directory.frozen() as position:
+            for partition, group in by_partition.items():
+                self._process_partition(partition, group, batch, position)
         return batch
 
-    def _process_partition(self, partition: int, messages: list[Message], batch: Batch) -> None:
+    def _process_partition(
+        self, partition: int, messages: list[Message], batch: Batch, position: DirectoryPosition
+    ) -> None:
+        sent: list[Record] = []
         deliveries: list[Delivery] = []
         for message in messages:
-            item = self._input(message, partition, batch)
+            item = self._input(message, partition, batch, sent)
             if item is not None:
                 offset = source(message)[2]
                 deliveries.append(
                     Delivery(item=item, offset=offset, log_time_ms=log_time_ms(message))
                 )
-        if not deliveries:
-            return
         clock_ms = self._clock_ms(partition)
+        if deliveries:
+            self._run_core(partition, deliveries, clock_ms, batch, sent)
+        batch.records += sent
+        batch.records.append(self._manifest(partition, messages, sent, clock_ms, position))
+
+    def _run_core(
+        self,
+        partition: int,
+        deliveries: list[Delivery],
+        clock_ms: int,
+        batch: Batch,
+        sent: list[Record],
+    ) -> None:
         result = process_batch(
             deliveries,
             partition=partition,
@@ -171,17 +204,44 @@ class BatchProcessor:
             )
         self._expire(partition, result.clock_ms, written, batch)
         batch.outputs += result.outputs
-        batch.records += [self._route(output, partition) for output in result.outputs]
+        sent += [self._route(output, partition) for output in result.outputs]
+
+    def _manifest(
+        self,
+        partition: int,
+        messages: list[Message],
+        sent: list[Record],
+        clock_ms: int,
+        position: DirectoryPosition,
+    ) -> Record:
+        """The batch's manifest on this partition: its inputs in order, the directory
+        position, and the digest of ``sent`` (written in the same transaction)."""
+        hasher = OutputHasher()
+        for record in sent:
+            hasher.add(self._kinds[record.topic], record.key, record.value)
+        inputs: list[tuple[InputKind, int]] = [
+            ("commands" if topic == self.commands_topic else "legs", offset)
+            for topic, _partition, offset in map(source, messages)
+        ]
+        manifest = BatchManifest(
+            partition=partition, worker=self._worker, core_version=CORE_VERSION,
+            rules=self._rules, clock_before_ms=clock_ms, runs=runs_of(inputs),
+            directory=position, outputs=hasher.digest(),
+        )  # fmt: skip
+        value = encode_manifest(self._serde, manifest)
+        return Record(self._topics.batches, str(partition).encode(), value, partition)
 
     # --- decoding --------------------------------------------------------------------
 
-    def _input(self, message: Message, partition: int, batch: Batch) -> Input | None:
+    def _input(
+        self, message: Message, partition: int, batch: Batch, sent: list[Record]
+    ) -> Input | None:
         """The message as the core's input; ``None`` when only the DLQ can take it."""
         topic, _, offset = source(message)
         if topic == self._topics.commands:
             command = self._command(message, partition)
             if isinstance(command, PoisonMessage):
-                batch.records.append(self._dead_letter(message, command))
+                sent.append(self._dead_letter(message, command))
                 batch.dead_letters.append(command.code)
                 return _malformed(command)
             return command

@@ -356,6 +356,7 @@ class LedgerWorker:
             stores=self._stores,
             directory=self._directory,
             rules=settings.rules,
+            worker=member_id_for(settings, name),
         )
         self._consumer = Consumer(consumer_config(settings, name))
         self._producer = Producer(producer_config(settings, name))

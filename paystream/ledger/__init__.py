@@ -11,7 +11,13 @@ from paystream.ledger.accounts import (
     system_account,
     transit_account_id,
 )
-from paystream.ledger.core import INPUTS_PER_BATCH_MAX, BatchResult, is_own_event, process_batch
+from paystream.ledger.core import (
+    CORE_VERSION,
+    INPUTS_PER_BATCH_MAX,
+    BatchResult,
+    is_own_event,
+    process_batch,
+)
 from paystream.ledger.currencies import ISO4217_CODES, is_iso4217
 from paystream.ledger.errors import InvariantViolation, ensure
 from paystream.ledger.idempotency import (
@@ -70,6 +76,7 @@ __all__ = [
     "AMOUNT_MAX_MINOR",
     "BODY_ENCODING_VERSION",
     "COMMAND_TYPES",
+    "CORE_VERSION",
     "ENTRY_KINDS",
     "EVENT_TYPES",
     "INPUTS_PER_BATCH_MAX",

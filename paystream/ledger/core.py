@@ -118,6 +118,9 @@ from paystream.ledger.models import (
 
 INPUTS_PER_BATCH_MAX = 10_000
 """Most deliveries one ``process_batch`` call accepts (the worker consumes fewer)."""
+CORE_VERSION = "1"
+"""Bumped with any change to what ``process_batch`` produces from the same inputs; every
+batch manifest names it, so replay knows which rules a batch ran under."""
 
 TRANSFER_COMMAND_TYPE = Transfer.__name__
 """``command_type`` of the events of a transfer's saga legs: the payment is the Transfer."""

@@ -45,12 +45,13 @@ HEADER_SIZE: Final = _HEADER.size
 
 _ERROR_TEXT_MAX: Final = 200
 
-PayloadKind: TypeAlias = Literal["command", "leg", "journal_entry", "event"]
+PayloadKind: TypeAlias = Literal["command", "leg", "journal_entry", "event", "batch_manifest"]
 SCHEMA_FILES: Final[dict[PayloadKind, str]] = {
     "command": "command.avsc",
     "leg": "leg.avsc",
     "journal_entry": "journal_entry.avsc",
     "event": "event.avsc",
+    "batch_manifest": "batch_manifest.avsc",
 }
 """Every Avro payload. The directory and the table changelogs are not Avro: they never
 leave the workers (``paystream.tables.codecs``; docs/topology.md says what is on each wire)."""
@@ -61,6 +62,7 @@ DEFAULT_TOPICS: Final[dict[PayloadKind, str]] = {
     "leg": "legs",
     "journal_entry": "ledger",
     "event": "events",
+    "batch_manifest": "batches",
 }
 """Payload kind -> the topic it is written to; subjects are ``<topic>-value``."""
 
@@ -150,6 +152,15 @@ class AvroSerde:
         event = records.event_from_record(self._decode("event", data))
         validation.validate_event(event)
         return event
+
+    def encode_record(self, kind: PayloadKind, record: Any) -> bytes:
+        """A record (fastavro's dict form) of ``kind`` in the wire format; for payloads whose
+        dataclasses live with their topic (``topology.manifest``)."""
+        return self._encode(kind, record)
+
+    def decode_record(self, kind: PayloadKind, data: bytes) -> Any:
+        """The dict form of a ``kind`` payload (``PoisonMessage`` when it does not decode)."""
+        return self._decode(kind, data)
 
     # --- wire format ------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 Starting a worker needs Kafka, so the graph is not read from a running
 worker: it is the declarations below (:data:`SOURCES`, :data:`TABLES`,
-:data:`ROUTES`, :data:`DEAD_LETTERS`, :data:`GLOBAL_STORE`) applied to the
+:data:`ROUTES`, :data:`DEAD_LETTERS`, :data:`MANIFESTS`, :data:`GLOBAL_STORE`) applied to the
 real :class:`Topics` of the settings. :func:`build` refuses a graph that leaves
 out a topic of ``Topics`` or an output type of the core, and the unit tests
 check every declaration against the worker and ``BatchProcessor``: source
@@ -32,6 +32,7 @@ from paystream.ledger import (
 )
 from paystream.settings import Settings
 from paystream.topology.dlq import PoisonMessage
+from paystream.topology.manifest import BatchManifest
 from paystream.topology.topics import Topics, app_id_for
 
 DOC_PATH_DEFAULT = Path("docs/topology.md")
@@ -115,6 +116,8 @@ ROUTES: tuple[RouteDecl, ...] = (
 DEAD_LETTERS = RouteDecl(PoisonMessage, "dlq", "original key", "key", MURMUR2)
 """Poison input: the original key and value (bounded prefixes of oversized ones), with ``dlq.*``
 headers saying why."""
+MANIFESTS = RouteDecl(BatchManifest, "batches", "source partition", "partition", SOURCE_PARTITION)
+"""One per partition of each committed batch, in its transaction: what replay needs."""
 GLOBAL_STORE = GlobalStoreDecl("directory", "directory", "account", "DirectoryFollower")
 """Every worker follows all partitions of ``directory`` (read_committed)."""
 
@@ -218,7 +221,7 @@ def _agent_sub_topology(topics: Topics, app_id: str) -> SubTopology:
             Node("Processor", table.name, detail, "table", f"table_{table.name}", table.name)
         )
         edges.append(Edge(AGENT, table.name, "put"))
-    for route in (*ROUTES, DEAD_LETTERS):
+    for route in (*ROUTES, DEAD_LETTERS, MANIFESTS):
         name = "dead-letter" if route is DEAD_LETTERS else route.output.__name__
         what = "poison input" if route is DEAD_LETTERS else name
         nodes.append(_topic_node(topics, "Sink", name, route.topic, route.key, route.partition))
@@ -362,6 +365,11 @@ WIRES: tuple[tuple[str, str, str], ...] = (
     ("ledger", "account", "Avro `schemas/journal_entry.avsc`: lines, phase, pending entry"),
     ("events", "payment id", "Avro `schemas/event.avsc`"),
     ("dlq", "original key", "the original bytes (a 64 KiB prefix at most), `dlq.*` headers"),
+    (
+        "batches",
+        "source partition",
+        "Avro `schemas/batch_manifest.avsc`: inputs, directory, digest",
+    ),
     ("directory", "account", "struct codec `paystream.tables.codecs` (DirectoryEntry)"),
     ("balances_changelog", "account", "struct codec (Account, 128-bit totals)"),
     (

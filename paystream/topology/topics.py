@@ -34,6 +34,7 @@ class Topics:
     ledger: str
     events: str
     dlq: str
+    batches: str
     directory: str
     balances_changelog: str
     idempotency_changelog: str
@@ -47,6 +48,7 @@ class Topics:
             ledger=settings.topic("ledger"),
             events=settings.topic("events"),
             dlq=settings.topic("dlq"),
+            batches=settings.topic("batches"),
             directory=settings.topic(f"{APP_NAME}.directory"),
             balances_changelog=settings.topic(f"{APP_NAME}.balances-changelog"),
             idempotency_changelog=settings.topic(f"{APP_NAME}.idempotency-changelog"),
@@ -60,10 +62,15 @@ class Topics:
             "leg": self.legs,
             "journal_entry": self.ledger,
             "event": self.events,
+            "batch_manifest": self.batches,
         }
 
     def configs(self) -> dict[str, dict[str, str]]:
-        """Topic -> configuration. Commands are kept forever: replay reads them.
+        """Topic -> configuration. Commands are kept forever: replay reads them, with the
+        recorded legs, the batch manifests and the directory -- a log kept whole, not
+        compacted, so replay can rebuild the directory any batch saw (compaction would drop
+        the entries a later one superseded; it holds account openings and status changes
+        only, so a restore reading all of it stays small).
 
         The workers' inputs carry the broker's clock (``LogAppendTime``): the core
         judges command ids and idempotency keys against it, and a sender cannot
@@ -84,7 +91,8 @@ class Topics:
             self.ledger: forever,
             self.events: forever,
             self.dlq: forever,
-            self.directory: compact,
+            self.batches: forever,
+            self.directory: forever,
             self.balances_changelog: compact,
             self.idempotency_changelog: compact,
         }

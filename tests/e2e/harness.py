@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections import Counter
+from bisect import bisect_left, bisect_right
+from collections import Counter, defaultdict
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import psycopg
@@ -15,6 +17,8 @@ from paystream.audit.verify import LedgerReport, read_journal
 from paystream.ledger import is_own_event
 from paystream.runner import Platform, running
 from paystream.settings import Settings
+from paystream.topology.manifest import decode_manifest
+from paystream.topology.reader import read_to_end
 from paystream.workload import Workload
 
 
@@ -75,7 +79,40 @@ def assert_ledger_exactly_once(platform: Platform) -> LedgerReport:
     assert all(total == 0 for total in report.in_transit_by_currency.values())
     duplicated_events = {e: n for e, n in platform.watcher.copies.items() if n > 1}
     assert duplicated_events == {}, list(duplicated_events)[:5]
+    assert_manifests_cover_the_inputs(platform)
     return report
+
+
+def assert_manifests_cover_the_inputs(platform: Platform) -> None:
+    """The committed batch manifests name every committed input record exactly once, in log
+    order per partition, and count every output record (what replay relies on)."""
+    topics, bootstrap = platform.topics, platform.bootstrap
+    offsets: dict[tuple[str, int], list[int]] = defaultdict(list)
+    for kind, topic in (("commands", topics.commands), ("legs", topics.legs)):
+        for message in read_to_end(bootstrap, topic):
+            offsets[(kind, message.partition() or 0)].append(message.offset() or 0)
+    named: dict[tuple[str, int], list[int]] = defaultdict(list)
+    outputs: Counter[str] = Counter()
+    for message in read_to_end(bootstrap, topics.batches):
+        manifest = decode_manifest(platform.serde, message.value() or b"")
+        assert manifest.partition == message.partition()
+        assert [p for p, _ in manifest.directory] == list(range(topics.partitions))
+        for run in manifest.runs:
+            found = offsets[(run.topic, manifest.partition)]
+            inside = found[
+                bisect_left(found, run.first_offset) : bisect_right(found, run.last_offset)
+            ]
+            assert len(inside) == run.records, (manifest, run)
+            named[(run.topic, manifest.partition)] += inside
+        outputs.update(asdict(manifest.outputs))
+    assert dict(named) == dict(offsets)  # each once, in order: a batch's runs, batch after batch
+    logged = {
+        name: sum(1 for _ in read_to_end(bootstrap, topic))
+        for name, topic in (("journal_entries", topics.ledger), ("events", topics.events),
+                            ("legs", topics.legs), ("dead_letters", topics.dlq),
+                            ("directory_entries", topics.directory))
+    }  # fmt: skip
+    assert {name: outputs[name] for name in logged} == logged
 
 
 def assert_audit_store_matches(platform: Platform, report: LedgerReport, load: Workload) -> None:

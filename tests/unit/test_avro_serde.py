@@ -175,7 +175,7 @@ def test_event_round_trip(serde: AvroSerde, event: Event) -> None:
 
 def test_the_directory_has_no_avro_path() -> None:
     """One format per topic: the directory is the struct codec only (paystream.tables.codecs)."""
-    assert set(SCHEMA_FILES) == {"command", "leg", "journal_entry", "event"}
+    assert set(SCHEMA_FILES) == {"command", "leg", "journal_entry", "event", "batch_manifest"}
     assert not (SCHEMA_DIR / "directory_entry.avsc").exists()
     assert not list((SCHEMA_DIR / "history").glob("directory_entry.*"))
     assert not [name for name in dir(AvroSerde) if "directory" in name]
@@ -242,6 +242,7 @@ def test_confluent_framing_and_topic_name_subjects(tmp_path: Path) -> None:
         "leg": "ps.legs-value",
         "journal_entry": "ps.ledger-value",
         "event": "ps.events-value",
+        "batch_manifest": "ps.batches-value",
     }
     # Avro binary, by hand: branch 2 of the leg union (appended: older branches keep
     # their index), then the fields in order (request_id second), longs zigzag-encoded,
@@ -255,6 +256,7 @@ def test_default_subjects_are_the_default_topics(serde: AvroSerde) -> None:
         "leg": "legs",
         "journal_entry": "ledger",
         "event": "events",
+        "batch_manifest": "batches",
     }
     assert {kind: serde.subject(kind) for kind in SCHEMA_FILES} == {
         kind: f"{topic}-value" for kind, topic in DEFAULT_TOPICS.items()

@@ -22,9 +22,11 @@ from fastavro import parse_schema, schemaless_writer
 
 from paystream.agents import processor as processor_module
 from paystream.agents import stores as stores_module
+from paystream.agents.directory import FixedDirectory
 from paystream.agents.processor import IDEMPOTENCY, Batch, BatchProcessor, Record
 from paystream.agents.stores import Stores, TableWrite
 from paystream.ledger import (
+    CORE_VERSION,
     CreditLeg,
     Deposit,
     Event,
@@ -40,10 +42,18 @@ from paystream.tables import codecs
 from paystream.topology import records
 from paystream.topology.avro import SCHEMA_DIR, AvroSerde
 from paystream.topology.dlq import DLQ_KEY_BYTES_MAX, DLQ_VALUE_BYTES_MAX
+from paystream.topology.manifest import (
+    BatchManifest,
+    InputRun,
+    OutputHasher,
+    decode_manifest,
+    encode_manifest,
+    runs_of,
+)
 from paystream.topology.partitioner import partition_for
 from paystream.topology.registry import FileSchemaRegistry
 from paystream.topology.topics import Topics
-from tests.support.ledger import PARTNER, T0_MS, cid
+from tests.support.ledger import PARTNER, T0_MS, cid, confirmation_of, leg_of
 from tests.unit.kafka_fakes import FakeLog, FakeMessage
 
 PARTITIONS = 8
@@ -85,7 +95,12 @@ class Harness:
         self.log = log
         self.stores = self.new_stores(tmp_path / "stores")
         self.processor = BatchProcessor(
-            topics=self.topics, serde=self.serde, stores=self.stores, directory={}, rules=RULES
+            topics=self.topics,
+            serde=self.serde,
+            stores=self.stores,
+            directory=FixedDirectory(),
+            rules=RULES,
+            worker="test",
         )
         self.offset = 0
 
@@ -616,7 +631,8 @@ def test_outputs_are_kept_and_routed(harness: Harness) -> None:
     transfer = Transfer(cid(3, partition=P), "req-3", PARTNER, T0_MS, ACCOUNT, ON_ANOTHER, 5, "EUR")
     batch = harness.commit([harness.command(c) for c in (open_account(1), deposit, transfer)])
     assert batch.dead_letters == []
-    routed = [r for r in batch.records if r.topic not in harness.processor.changelogs.values()]
+    internal = {*harness.processor.changelogs.values(), harness.topics.batches}
+    routed = [r for r in batch.records if r.topic not in internal]
     assert len(routed) == len(batch.outputs)
     topics = harness.topics
     by_type = {
@@ -661,3 +677,63 @@ def test_an_oversized_key_becomes_a_bounded_dlq_record(harness: Harness) -> None
     assert [(e.payment_id, e.type) for e in harness.events(batch)] == [
         (command.command_id, "Completed")
     ]
+
+
+# --- batch manifests ------------------------------------------------------------------------
+
+
+def test_each_partition_of_a_batch_gets_a_manifest_of_its_inputs_and_outputs(
+    harness: Harness,
+) -> None:
+    """Inputs in the order the core took them (commands and legs interleaved, a dead letter
+    among them), the rules, the clock before the batch, and the digest of what was sent."""
+    deposit = Deposit(cid(2, partition=P), "req-2", PARTNER, T0_MS, ACCOUNT, 100, "EUR")
+    transfer = Transfer(cid(3, partition=P), "req-3", PARTNER, T0_MS, ACCOUNT, ON_ANOTHER, 5, "EUR")
+    first = harness.commit([harness.command(c) for c in (open_account(1), deposit, transfer)])
+    confirmation = confirmation_of(leg_of(transfer))
+    messages = [
+        harness.command(open_account(4, OTHER_ON_P), at_ms=T0_MS + 1_000),
+        harness.message(harness.serde.encode_leg(confirmation), key=ACCOUNT.encode(),
+                        topic=harness.topics.legs, at_ms=T0_MS + 1_000),
+        harness.message(b"garbage", key=ACCOUNT.encode(), at_ms=T0_MS + 1_000),
+    ]  # fmt: skip
+    batch = harness.commit(messages)
+    [record] = harness.on(batch, harness.topics.batches)
+    assert (record.key, record.partition) == (str(P).encode(), P)
+    assert record.value is not None
+    manifest = decode_manifest(harness.serde, record.value)
+    offsets = [m.offset() for m in messages]
+    assert manifest.runs == (
+        InputRun("commands", offsets[0], offsets[0], 1),
+        InputRun("legs", offsets[1], offsets[1], 1),
+        InputRun("commands", offsets[2], offsets[2], 1),
+    )
+    assert (manifest.partition, manifest.worker, manifest.core_version) == (P, "test", CORE_VERSION)
+    assert (manifest.rules, manifest.directory) == (RULES, ())
+    assert manifest.clock_before_ms == T0_MS  # the first batch's log time
+    hasher = OutputHasher()
+    kinds = {harness.topics.ledger: "ledger", harness.topics.events: "events",
+             harness.topics.legs: "legs", harness.topics.directory: "directory",
+             harness.topics.dlq: "dlq"}  # fmt: skip
+    for sent in batch.records:
+        if sent.topic in kinds:
+            hasher.add(kinds[sent.topic], sent.key, sent.value)  # type: ignore[arg-type]
+    assert manifest.outputs == hasher.digest()
+    assert (manifest.outputs.dead_letters, manifest.outputs.directory_entries) == (1, 1)
+    assert manifest.outputs.journal_entries == len(harness.on(batch, harness.topics.ledger)) == 1
+    [earlier] = harness.on(first, harness.topics.batches)
+    assert earlier.value is not None
+    assert decode_manifest(harness.serde, earlier.value).clock_before_ms == 0
+
+
+def test_a_manifest_survives_its_avro_round_trip(harness: Harness) -> None:
+    manifest = BatchManifest(
+        partition=7, worker="paystream-ledger-w1", core_version="1", rules=Rules(),
+        clock_before_ms=2**62, runs=runs_of([("commands", 4), ("commands", 9), ("legs", 2)]),
+        directory=((0, 12), (1, 0)),
+        outputs=OutputHasher().digest(),
+    )  # fmt: skip
+    assert manifest.runs == (InputRun("commands", 4, 9, 2), InputRun("legs", 2, 2, 1))
+    encoded = encode_manifest(harness.serde, manifest)
+    assert decode_manifest(harness.serde, encoded) == manifest
+    assert len(encoded) < 200  # one small record per partition and batch

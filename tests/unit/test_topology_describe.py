@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from paystream.agents import worker
+from paystream.agents.directory import FixedDirectory
 from paystream.agents.processor import Batch, BatchProcessor
 from paystream.ledger import (
     Account,
@@ -80,10 +81,11 @@ SAMPLES: dict[type, Any] = {
 
 
 class NoStores:
-    """The processor's stores, for tests that only route outputs (never read)."""
+    """The processor's stores, for tests that only route outputs: empty tables (a manifest
+    reads the partition's clock, absent here)."""
 
     def get(self, table: str, partition: int) -> Any:
-        raise AssertionError("routing reads no table")
+        return lambda _key: None
 
 
 @pytest.fixture
@@ -103,8 +105,9 @@ def processor(tmp_path: Path, topics: Topics) -> BatchProcessor:
         topics=topics,
         serde=serde,
         stores=NoStores(),  # type: ignore[arg-type]
-        directory={},
+        directory=FixedDirectory(),
         rules=Rules(),
+        worker="test",
     )
 
 
@@ -128,6 +131,7 @@ def test_every_topic_of_topics_is_a_node(settings: Settings, topics: Topics) -> 
         "ledger",
         "events",
         "dlq",
+        "batches",
         "directory",
         "balances_changelog",
         "idempotency_changelog",
@@ -143,6 +147,7 @@ def test_every_topic_is_prefix_dot_name(topics: Topics) -> None:
         "ledger": "acme.ledger",
         "events": "acme.events",
         "dlq": "acme.dlq",
+        "batches": "acme.batches",
         "directory": "acme.ledger.directory",
         "balances_changelog": "acme.ledger.balances-changelog",
         "idempotency_changelog": "acme.ledger.idempotency-changelog",
@@ -152,6 +157,7 @@ def test_every_topic_is_prefix_dot_name(topics: Topics) -> None:
         "leg": "acme.legs",
         "journal_entry": "acme.ledger",
         "event": "acme.events",
+        "batch_manifest": "acme.batches",
     }
 
 
@@ -185,9 +191,12 @@ def test_dead_letters_match_batch_processor(
     route = describe.DEAD_LETTERS
     assert route.output is PoisonMessage
     assert route.key_field == "key"
+    manifests = describe.MANIFESTS
     assert [(r.topic, r.key, r.partition) for r in batch.records] == [
-        (getattr(topics, route.topic), message.key(), None)
+        (getattr(topics, route.topic), message.key(), None),
+        (getattr(topics, manifests.topic), str(SOURCE_PARTITION).encode(), SOURCE_PARTITION),
     ]
+    assert manifests.partition == describe.SOURCE_PARTITION
     assert route.partition == describe.MURMUR2
     assert batch.writes == []
     # No ids could be read, so placed or not the reason is why it did not decode.
