@@ -37,7 +37,8 @@ from typing import Any
 
 import clickhouse_connect
 
-from paystream.analytics import queries, schema, store
+from paystream.analytics import queries, schema, store, tallies
+from paystream.analytics.queries import LATENCY_MS
 
 DATABASE = "bench"
 DAY_MS = 86_400_000
@@ -79,8 +80,9 @@ SELECT concat('p', toString(n), ':', step), line, concat('p', toString(n)), 'tra
     'posted', account, 'EUR', side, amount,
     if(side = 'debit', amount, 0), if(side = 'credit', amount, 0),
     if(startsWith(account, '@transit:'), if(side = 'debit', amount, -amount), 0),
-    if(side = 'debit', amount, 0), if(side = 'credit', amount, 0), 0, 0,
-    issued, issued + toIntervalMillisecond(5 + (n * 7919) % 495), n % 8, n
+    if(side = 'debit', amount, 0), if(side = 'credit', amount, 0), 0, 0, step = 'credit',
+    issued, issued + toIntervalMillisecond(5 + (n * 7919) % 495 + if(step = 'credit', 40, 0)),
+    n % 8, n
 FROM (
     SELECT number AS n,
         fromUnixTimestamp64Milli(toInt64({start_ms:Int64} + intDiv(number * {span_ms:Int64},
@@ -97,7 +99,8 @@ FROM (
 """
 """J1 (debit the source, credit transit) and J2 (debit transit, credit the destination) over
 100,000 accounts, with the money columns the sink computes (``rows.line_money``); transit
-shards are posted on both sides, so it drains to 0 as in a quiet ledger."""
+shards are posted on both sides, so it drains to 0 as in a quiet ledger. J2, logged 40 ms
+after J1, stands for the payment's last entry (``final``: time to consistency ends there)."""
 
 BALANCES_SQL = """
 INSERT INTO {db}.balances
@@ -125,6 +128,23 @@ FROM (SELECT *, events_partition AS p, intDiv(events_offset, 8 * {per:UInt64}) A
       FROM {db}.events FINAL WHERE own)
 GROUP BY p, b, toStartOfHour(issued_at), command_type, type
 """
+TALLY_HISTOGRAMS_SQL = f"""
+INSERT INTO {{db}}.tallies (topic, partition, hour, command_type, type, bin, first_offset,
+                          next_offset, events)
+SELECT topic, p, toStartOfHour(issued_at), command_type, measure, bin, any(b) * {{per:UInt64}},
+    (any(b) + 1) * {{per:UInt64}}, count()
+FROM (
+    SELECT 'events' AS topic, events_partition AS p,
+        intDiv(events_offset, 8 * {{per:UInt64}}) AS b, issued_at, command_type,
+        'latency' AS measure, {tallies.BIN_SQL.format(ms=LATENCY_MS)} AS bin
+    FROM {{db}}.events FINAL WHERE own AND type IN ('Completed', 'Reversed', 'Rejected')
+    UNION ALL
+    SELECT 'ledger', ledger_partition, intDiv(ledger_offset, 8 * {{per:UInt64}}), issued_at,
+        'Transfer', 'settled', {tallies.BIN_SQL.format(ms=LATENCY_MS)}
+    FROM {{db}}.ledger_lines FINAL WHERE final AND line_no = 0)
+GROUP BY topic, p, b, toStartOfHour(issued_at), command_type, measure, bin
+"""
+"""The latency and time-to-consistency histograms, binned as the sink bins them."""
 TALLY_MONEY_SQL = """
 INSERT INTO {db}.tallies (topic, partition, currency, first_offset, next_offset,
     debits_minor, credits_minor, transit_minor, posted_debits_minor, posted_credits_minor,
@@ -165,7 +185,7 @@ def fill(client: Any, payments: int) -> dict[str, Any]:
             client.command(sql.replace("{db}", DATABASE), parameters=parameters)
         seconds[table] = time.perf_counter() - started
     started = time.perf_counter()
-    for sql in (TALLY_RANGES_SQL, TALLY_FUNNEL_SQL, TALLY_MONEY_SQL):
+    for sql in (TALLY_RANGES_SQL, TALLY_FUNNEL_SQL, TALLY_HISTOGRAMS_SQL, TALLY_MONEY_SQL):
         client.command(sql.replace("{db}", DATABASE),
                        parameters={**parameters, "per": RECORDS_PER_BATCH})  # fmt: skip
     seconds["tallies"] = time.perf_counter() - started

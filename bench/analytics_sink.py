@@ -79,7 +79,7 @@ class Sink:
         self.lock = threading.Lock()
         self.group = analytics_group(platform.settings)
         topics = platform.topics
-        self.topics = [topics.events, topics.ledger, topics.dlq]
+        self.topics = [topics.events, topics.ledger, topics.dlq, topics.balances_changelog]
         self.loop = sink.build(platform.settings, "bench", client=self.client, database=DATABASE,
                                lock=self.lock)  # fmt: skip
         self.thread = threading.Thread(target=self.loop.run, name="sink", daemon=True)

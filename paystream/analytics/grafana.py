@@ -28,7 +28,7 @@ from typing import Final, Literal
 from prometheus_client.metrics import MetricWrapperBase
 
 from paystream.analytics import queries, schema
-from paystream.analytics.tallies import PAYMENT_COMMANDS
+from paystream.analytics.tallies import PAYMENT_COMMANDS, TERMINAL_EVENTS
 from paystream.ledger.errors import InvariantViolation, ensure
 
 with warnings.catch_warnings():
@@ -97,7 +97,7 @@ PARAMETERS: Final[dict[tuple[str, str], str]] = {
     ("end", "DateTime64(3)"): "$__toTime_ms",
     ("step_s", "UInt32"): "$__interval_s",
     ("commands", "Array(String)"): _sql_list(PAYMENT_COMMANDS),
-    ("terminal", "Array(String)"): _sql_list(queries.TERMINAL_EVENTS),
+    ("terminal", "Array(String)"): _sql_list(TERMINAL_EVENTS),
     ("limit", "UInt32"): str(queries.DEAD_LETTERS_SHOWN_MAX),
 }
 """Server-side parameter (name, type) -> what a Grafana panel says instead.

@@ -6,16 +6,23 @@ deduplicated state (``FINAL``), so a batch written twice never counts twice.
 
 from __future__ import annotations
 
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from paystream.analytics import tallies
 from paystream.analytics.rows import MONEY_COLUMNS, at
 from paystream.analytics.schema import Client
-from paystream.analytics.tallies import HOUR_MS, PAYMENT_COMMANDS
+from paystream.analytics.tallies import (
+    HOUR_MS,
+    PAYMENT_COMMANDS,
+    TERMINAL_EVENTS,
+    Measure,
+    bin_ms,
+)
 
-TERMINAL_EVENTS = ("Completed", "Reversed", "Rejected")
 SERIES_POINTS_MAX = 500
 """A series has at most this many intervals: a wider range gets wider intervals."""
 STEPS_S = (1, 5, 10, 30, 60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 86_400, 7 * 86_400)
@@ -23,6 +30,8 @@ HOURLY_AFTER_S = 2 * 86_400
 """A range longer than this has intervals of an hour at least: whole hours are read from the
 tallies, not the facts."""
 DEAD_LETTERS_SHOWN_MAX = 100
+PERCENTILE_LEVELS = (0.5, 0.95, 0.99)
+LATENCY_MS = "toUnixTimestamp64Milli(logged_at) - toUnixTimestamp64Milli(issued_at)"
 
 PAYMENTS_IN_RANGE = """
     command_type IN {commands:Array(String)}
@@ -148,7 +157,10 @@ def funnel_series(
     With intervals of whole hours the whole hours of [start, end) are read from the tallies
     (when they tile) and only the edges from the facts."""
     found: dict[int, Funnel] = {}
-    for sql, lo_ms, hi_ms in _funnel_parts(client, database, start_ms, end_ms, step_s):
+    use_tallies = step_s % 3600 == 0 and tallies_tile(client, database)
+    parts = _parts(start_ms, end_ms, TALLIES_FUNNEL_SQL if use_tallies else None,
+                   FUNNEL_SERIES_SQL)  # fmt: skip
+    for sql, lo_ms, hi_ms in parts:
         parameters = {**_range(lo_ms, hi_ms), "step_s": step_s}
         for bucket, *values in client.query(
             sql.replace("{db}", database), parameters=parameters
@@ -158,17 +170,20 @@ def funnel_series(
     return sorted(found.items())
 
 
-def _funnel_parts(
-    client: Client, database: str, start_ms: int, end_ms: int, step_s: int
+def _parts(
+    start_ms: int, end_ms: int, tallies_sql: str | None, facts_sql: str
 ) -> list[tuple[str, int, int]]:
+    """[start, end) as the whole hours in it, read with ``tallies_sql``, and the edges
+    around them read with ``facts_sql``; all with ``facts_sql`` if there is no tallies'
+    query or no whole hour."""
     first_hour_ms = -(-start_ms // HOUR_MS) * HOUR_MS
     last_hour_ms = end_ms // HOUR_MS * HOUR_MS
-    if step_s % 3600 or first_hour_ms >= last_hour_ms or not tallies_tile(client, database):
-        return [(FUNNEL_SERIES_SQL, start_ms, end_ms)]
+    if tallies_sql is None or first_hour_ms >= last_hour_ms:
+        return [(facts_sql, start_ms, end_ms)]
     edges = [(start_ms, first_hour_ms), (last_hour_ms, end_ms)]
     return [
-        (TALLIES_FUNNEL_SQL, first_hour_ms, last_hour_ms),
-        *((FUNNEL_SERIES_SQL, lo, hi) for lo, hi in edges if lo < hi),
+        (tallies_sql, first_hour_ms, last_hour_ms),
+        *((facts_sql, lo, hi) for lo, hi in edges if lo < hi),
     ]
 
 
@@ -288,60 +303,123 @@ class Percentiles:
 
 LATENCY_SQL = f"""
     SELECT {BUCKET.format(column="issued_at")} AS bucket, count(),
-        quantilesExact(0.5, 0.95, 0.99)(
-            toUnixTimestamp64Milli(logged_at) - toUnixTimestamp64Milli(issued_at))
+        quantilesExact(0.5, 0.95, 0.99)({LATENCY_MS})
     FROM {{db}}.events FINAL
     WHERE type IN {{terminal:Array(String)}} AND {PAYMENTS_IN_RANGE}
     GROUP BY bucket ORDER BY bucket
 """
 """End to end: command time -> the terminal event (Completed, Reversed, Rejected) logged."""
+TALLIES_LATENCY_EDGES_SQL = f"""
+    SELECT {BUCKET.format(column="issued_at")} AS bucket,
+        {tallies.BIN_SQL.format(ms=LATENCY_MS)} AS bin, count()
+    FROM {{db}}.events FINAL
+    WHERE type IN {{terminal:Array(String)}} AND {PAYMENTS_IN_RANGE}
+    GROUP BY bucket, bin ORDER BY bucket, bin
+"""
+"""The same, as histogram bins: the edges of a long range, around the tallies' hours."""
 
 
 def latency(
     client: Client, database: str, *, start_ms: int, end_ms: int, step_s: int
 ) -> list[Percentiles]:
-    """End-to-end latency P50/P95/P99 per interval: command time -> terminal event."""
-    return _percentiles(client, LATENCY_SQL, database, start_ms, end_ms, step_s)
+    """End-to-end latency P50/P95/P99 per interval: command time -> terminal event.
+
+    Over more than two days, from histograms (the tallies' hours; each percentile within
+    2.2 % above 1 ms); exact otherwise."""
+    return _percentiles(
+        client, database, start_ms, end_ms, step_s, exact=LATENCY_SQL,
+        binned=TALLIES_LATENCY_EDGES_SQL, measure="latency",
+    )  # fmt: skip
 
 
+SETTLED_IN_RANGE = """
+    final AND line_no = 0
+      AND issued_at >= {start:DateTime64(3)} AND issued_at < {end:DateTime64(3)}
+"""
+"""Each payment's last journal entry (``rows.is_final_entry``), once (its first line)."""
 CONSISTENCY_TIME_SQL = f"""
-    SELECT {BUCKET.format(column="issued")} AS bucket, count(),
-        quantilesExact(0.5, 0.95, 0.99)(
-            toUnixTimestamp64Milli(settled) - toUnixTimestamp64Milli(issued))
-    FROM (
-        SELECT payment_id, min(issued_at) AS issued, max(logged_at) AS settled
-        FROM {{db}}.ledger_lines FINAL
-        WHERE issued_at >= {{start:DateTime64(3)}} AND issued_at < {{end:DateTime64(3)}}
-          AND payment_id IN (
-              SELECT payment_id FROM {{db}}.events FINAL
-              WHERE type IN {{terminal:Array(String)}} AND {PAYMENTS_IN_RANGE})
-        GROUP BY payment_id)
+    SELECT {BUCKET.format(column="issued_at")} AS bucket, count(),
+        quantilesExact(0.5, 0.95, 0.99)({LATENCY_MS})
+    FROM {{db}}.ledger_lines FINAL
+    WHERE {SETTLED_IN_RANGE}
     GROUP BY bucket ORDER BY bucket
 """
 """Time to consistency: command time -> the payment's last journal entry logged (its money
-no longer in transit), for payments that have ended."""
+no longer in transit), for payments whose last entry is logged."""
+TALLIES_SETTLED_EDGES_SQL = f"""
+    SELECT {BUCKET.format(column="issued_at")} AS bucket,
+        {tallies.BIN_SQL.format(ms=LATENCY_MS)} AS bin, count()
+    FROM {{db}}.ledger_lines FINAL
+    WHERE {SETTLED_IN_RANGE}
+    GROUP BY bucket, bin ORDER BY bucket, bin
+"""
 
 
 def time_to_consistency(
     client: Client, database: str, *, start_ms: int, end_ms: int, step_s: int
 ) -> list[Percentiles]:
-    """P50/P95/P99 per interval of the time until a payment's ledger is settled."""
-    return _percentiles(client, CONSISTENCY_TIME_SQL, database, start_ms, end_ms, step_s)
+    """P50/P95/P99 per interval of the time until a payment's ledger is settled (binned over
+    more than two days, as ``latency``)."""
+    return _percentiles(
+        client, database, start_ms, end_ms, step_s, exact=CONSISTENCY_TIME_SQL,
+        binned=TALLIES_SETTLED_EDGES_SQL, measure="settled",
+    )  # fmt: skip
+
+
+TALLIES_HISTOGRAM_SQL = f"""
+    SELECT {BUCKET.format(column="hour")} AS bucket, bin, sum(events)
+    FROM {{db}}.tallies
+    WHERE type = {{measure:String}} AND command_type IN {{commands:Array(String)}}
+      AND hour >= {{start:DateTime64(3)}} AND hour < {{end:DateTime64(3)}}
+    GROUP BY bucket, bin ORDER BY bucket, bin
+"""
 
 
 def _percentiles(
-    client: Client, sql: str, database: str, start_ms: int, end_ms: int, step_s: int
+    client: Client,
+    database: str,
+    start_ms: int,
+    end_ms: int,
+    step_s: int,
+    *,
+    exact: str,
+    binned: str,
+    measure: Measure,
 ) -> list[Percentiles]:
-    rows = client.query(
-        sql.replace("{db}", database),
-        parameters={
-            **_range(start_ms, end_ms), "step_s": step_s, "terminal": list(TERMINAL_EVENTS),
-        },
-    ).result_rows  # fmt: skip
-    return [
-        Percentiles(_ms(bucket), int(count), float(q[0]), float(q[1]), float(q[2]))
-        for bucket, count, q in rows
-    ]
+    parameters = {
+        **_range(start_ms, end_ms), "step_s": step_s, "terminal": list(TERMINAL_EVENTS),
+        "measure": measure,
+    }  # fmt: skip
+    long = end_ms - start_ms > HOURLY_AFTER_S * 1000 and step_s % 3600 == 0
+    if not (long and tallies_tile(client, database)):
+        rows = client.query(exact.replace("{db}", database), parameters=parameters).result_rows
+        return [
+            Percentiles(_ms(bucket), int(count), float(q[0]), float(q[1]), float(q[2]))
+            for bucket, count, q in rows
+        ]
+    bins: dict[int, Counter[int]] = defaultdict(Counter)
+    for sql, lo_ms, hi_ms in _parts(start_ms, end_ms, TALLIES_HISTOGRAM_SQL, binned):
+        found = client.query(
+            sql.replace("{db}", database), parameters={**parameters, **_range(lo_ms, hi_ms)}
+        ).result_rows
+        for bucket, number, count in found:
+            bins[_ms(bucket)][int(number)] += int(count)
+    return [_from_bins(start, counts) for start, counts in sorted(bins.items())]
+
+
+def _from_bins(start_ms: int, counts: Counter[int]) -> Percentiles:
+    """P50/P95/P99 of a histogram: the middle of the bin holding the value of rank
+    ``floor(level * n)`` (``quantilesExact``'s choice)."""
+    payments = sum(counts.values())
+    found = []
+    for level in PERCENTILE_LEVELS:
+        rank, seen = min(int(level * payments), payments - 1), 0
+        for number in sorted(counts):
+            seen += counts[number]
+            if seen > rank:
+                found.append(bin_ms(number))
+                break
+    return Percentiles(start_ms, payments, found[0], found[1], found[2])
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ MONEY_COLUMNS: Final = (
 """What a journal line adds to its currency's sums (:func:`line_money`)."""
 LINE_COLUMNS: Final = (
     "entry_id", "line_no", "payment_id", "kind", "phase", "account_id", "currency", "side",
-    "amount_minor", *MONEY_COLUMNS, "issued_at", "logged_at", "ledger_partition",
+    "amount_minor", *MONEY_COLUMNS, "final", "issued_at", "logged_at", "ledger_partition",
     "ledger_offset",
 )  # fmt: skip
 BALANCE_COLUMNS: Final = (
@@ -64,9 +64,16 @@ def line_rows(
     return [
         [entry.entry_id, number, entry.payment_id, entry.kind, entry.phase, line.account_id,
          line.currency, line.side, line.amount_minor, *line_money(entry.phase, line),
-         at(entry.issued_at_ms), at(logged_at_ms), partition, offset]
+         is_final_entry(entry), at(entry.issued_at_ms), at(logged_at_ms), partition, offset]
         for number, line in enumerate(entry.lines)
     ]  # fmt: skip
+
+
+def is_final_entry(entry: JournalEntry) -> bool:
+    """Whether ``entry`` is its payment's last: a deposit's or a withdrawal's only entry, or
+    the entry that posts or voids a transfer's reservation (its money no longer in transit).
+    Time to consistency is measured to it."""
+    return entry.kind in ("deposit", "withdrawal") or entry.phase in ("post", "void")
 
 
 def line_money(phase: Phase, line: JournalLine) -> Money:

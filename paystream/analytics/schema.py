@@ -49,6 +49,7 @@ TABLES: Final[dict[str, str]] = {
             posted_credits_minor Int128,
             pending_debits_minor Int128,
             pending_credits_minor Int128,
+            final Bool,
             issued_at DateTime64(3, 'UTC'),
             logged_at DateTime64(3, 'UTC'),
             ledger_partition UInt32,
@@ -89,6 +90,7 @@ TABLES: Final[dict[str, str]] = {
             command_type LowCardinality(String),
             type LowCardinality(String),
             currency LowCardinality(String),
+            bin UInt16,
             first_offset SimpleAggregateFunction(min, UInt64),
             next_offset SimpleAggregateFunction(max, UInt64),
             covered SimpleAggregateFunction(sum, UInt64),
@@ -101,7 +103,7 @@ TABLES: Final[dict[str, str]] = {
             pending_debits_minor SimpleAggregateFunction(sum, Int128),
             pending_credits_minor SimpleAggregateFunction(sum, Int128)
         ) ENGINE = AggregatingMergeTree
-          ORDER BY (topic, partition, hour, command_type, type, currency)
+          ORDER BY (topic, partition, hour, command_type, type, currency, bin)
           SETTINGS non_replicated_deduplication_window = 1000""",
 }
 """Table -> DDL. ``balances`` is the workers' table (their changelog), the newest record per
@@ -117,8 +119,9 @@ copies share a partition and a sorting key: ``FINAL`` collapses them partition b
 partition."""
 
 RETIRED_TABLES: Final = ("positions",)
-"""Tables of earlier versions (v2's positions are v3's tallies), dropped with the rest."""
-SCHEMA_VERSION: Final = 3
+"""Tables of earlier versions (v2's positions are the tallies since v3), dropped with the
+rest."""
+SCHEMA_VERSION: Final = 4
 """Bumped with any change to TABLES. The store is a projection of logs retained forever, so
 a store of another version is dropped and rebuilt by reading the logs again."""
 

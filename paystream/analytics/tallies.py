@@ -4,7 +4,9 @@ long ranges and all time (pure).
 A batch's tallies are its positions. Per partition it read, one row holds the range of
 offsets it covered -- ``first_offset`` to ``next_offset``, ``covered`` their difference --
 and further rows what its records add: own events of payments per hour of command time and
-type (the funnel), and each currency's money sums. Every row carries the range, so the
+type (the funnel), histograms of end-to-end latency and of time to consistency per hour
+(log-spaced bins: percentiles of long ranges), and each currency's money sums. Every row
+carries the range, so the
 positions are the greatest ``next_offset`` per partition. The store merges rows of one key by
 adding them up (and keeping the least first and the greatest next offset), so the table
 stays one row per partition, hour and kind however many batches there were.
@@ -21,10 +23,11 @@ and the queries then read the facts instead.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from paystream.analytics.rows import (
     COLUMNS,
@@ -34,6 +37,7 @@ from paystream.analytics.rows import (
     balance_row,
     dead_letter_row,
     event_row,
+    is_final_entry,
     line_money,
     line_rows,
 )
@@ -41,13 +45,42 @@ from paystream.ledger import Account, Event, JournalEntry, is_own_event
 
 HOUR_MS: Final = 3_600_000
 PAYMENT_COMMANDS: Final = ("Transfer", "Deposit", "Withdrawal")
+TERMINAL_EVENTS: Final = ("Completed", "Reversed", "Rejected")
 TALLY_COLUMNS: Final = (
-    "topic", "partition", "hour", "command_type", "type", "currency",
+    "topic", "partition", "hour", "command_type", "type", "currency", "bin",
     "first_offset", "next_offset", "covered", "events", *MONEY_COLUMNS,
 )  # fmt: skip
 FunnelKey = tuple[int, str, str]
 """(hour of command time in ms, command type, event type)."""
+Measure = Literal["latency", "settled"]
+"""A histogram's measure (in the ``type`` column): command time -> the terminal event logged,
+or -> the payment's last journal entry logged."""
+HistogramKey = tuple[int, str, Measure, int]
+"""(hour of command time in ms, command type, measure, bin)."""
 NO_MONEY: Final[Money] = (0, 0, 0, 0, 0, 0, 0)
+BINS_PER_DOUBLING: Final = 16
+"""Bin ``b > 0`` holds (2^((b-1)/16), 2^(b/16)] ms; its middle 2^((b-0.5)/16) is within 2.2 %
+of anything in it. Bin 0 holds 1 ms and less (a command time ahead of the log's, too)."""
+BIN_MAX: Final = 40 * BINS_PER_DOUBLING
+"""2^40 ms, 35 years: the last bin holds anything longer."""
+BIN_SQL: Final = "least(if({ms} <= 1, 0, toUInt16(ceil(16 * log2({ms})))), 640)"
+""":func:`latency_bin` in ClickHouse's words (checked against it on the real engine)."""
+COMMAND_OF_KIND: Final = {
+    "deposit": "Deposit", "withdrawal": "Withdrawal", "transfer_debit": "Transfer",
+    "transfer_credit": "Transfer",
+}  # fmt: skip
+
+
+def latency_bin(ms: int) -> int:
+    """The histogram bin of ``ms`` milliseconds."""
+    if ms <= 1:
+        return 0
+    return min(math.ceil(BINS_PER_DOUBLING * math.log2(ms)), BIN_MAX)
+
+
+def bin_ms(number: int) -> float:
+    """What bin ``number`` stands for: its geometric middle (0 for bin 0)."""
+    return 0.0 if number == 0 else 2 ** ((number - 0.5) / BINS_PER_DOUBLING)
 
 
 @dataclass(slots=True)
@@ -57,15 +90,25 @@ class Tally:
     first_offset: int
     next_offset: int
     funnel: Counter[FunnelKey] = field(default_factory=Counter)
+    histograms: Counter[HistogramKey] = field(default_factory=Counter)
     money: dict[str, Money] = field(default_factory=dict)
 
-    def count_event(self, event: Event) -> None:
-        """A payment's own event, by the hour of its command time (what the funnel counts)."""
+    def count_event(self, event: Event, logged_at_ms: int) -> None:
+        """A payment's own event, by the hour of its command time (what the funnel counts),
+        and a terminal one's latency."""
         if event.command_type in PAYMENT_COMMANDS and is_own_event(event):
             hour_ms = event.issued_at_ms // HOUR_MS * HOUR_MS
             self.funnel[(hour_ms, event.command_type, event.type)] += 1
+            if event.type in TERMINAL_EVENTS:
+                waited = latency_bin(logged_at_ms - event.issued_at_ms)
+                self.histograms[(hour_ms, event.command_type, "latency", waited)] += 1
 
-    def count_entry(self, entry: JournalEntry) -> None:
+    def count_entry(self, entry: JournalEntry, logged_at_ms: int) -> None:
+        """An entry's money sums, and the time to consistency of its payment's last one."""
+        if is_final_entry(entry):
+            hour_ms = entry.issued_at_ms // HOUR_MS * HOUR_MS
+            waited = latency_bin(logged_at_ms - entry.issued_at_ms)
+            self.histograms[(hour_ms, COMMAND_OF_KIND[entry.kind], "settled", waited)] += 1
         for line in entry.lines:
             before = self.money.get(line.currency, NO_MONEY)
             added = line_money(entry.phase, line)
@@ -83,13 +126,29 @@ def tally_rows(topic: str, partition: int, tally: Tally) -> list[list[Any]]:
     none = at(0)
     covered = tally.next_offset - tally.first_offset
     return [
-        [topic, partition, none, "", "", "", *offsets, covered, 0, *NO_MONEY],
+        [topic, partition, none, "", "", "", 0, *offsets, covered, 0, *NO_MONEY],
         *(
-            [topic, partition, at(hour_ms), command, kind, "", *offsets, 0, count, *NO_MONEY]
+            [topic, partition, at(hour_ms), command, kind, "", 0, *offsets, 0, count, *NO_MONEY]
             for (hour_ms, command, kind), count in sorted(tally.funnel.items())
         ),
         *(
-            [topic, partition, none, "", "", currency, *offsets, 0, 0, *money]
+            [
+                topic,
+                partition,
+                at(hour_ms),
+                command,
+                measure,
+                "",
+                number,
+                *offsets,
+                0,
+                count,
+                *NO_MONEY,
+            ]
+            for (hour_ms, command, measure, number), count in sorted(tally.histograms.items())
+        ),
+        *(
+            [topic, partition, none, "", "", currency, 0, *offsets, 0, 0, *money]
             for currency, money in sorted(tally.money.items())
         ),
     ]
@@ -135,11 +194,11 @@ class Batch:
 
     def event(self, event: Event, at: Place) -> None:
         self.facts["events"].append(event_row(event, **at.where()))
-        self._tally(at).count_event(event)
+        self._tally(at).count_event(event, at.logged_at_ms)
 
     def entry(self, entry: JournalEntry, at: Place) -> None:
         self.facts["ledger_lines"].extend(line_rows(entry, **at.where()))
-        self._tally(at).count_entry(entry)
+        self._tally(at).count_entry(entry, at.logged_at_ms)
 
     def dead_letter(self, headers: Mapping[str, bytes], value: bytes | None, at: Place) -> None:
         self.facts["dead_letters"].append(dead_letter_row(headers, value, **at.where()))

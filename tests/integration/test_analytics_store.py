@@ -14,8 +14,8 @@ import clickhouse_connect
 import pytest
 
 from paystream.analytics import queries, schema, store
-from paystream.analytics.rows import dead_letter_row
-from paystream.analytics.tallies import Batch, Place
+from paystream.analytics.rows import dead_letter_row, is_final_entry
+from paystream.analytics.tallies import BIN_SQL, TERMINAL_EVENTS, Batch, Place, latency_bin
 from paystream.ledger import Account, Event, JournalEntry, is_own_event
 from tests.support.ledger import T0_MS, Cluster, cid, deposit, open_account, transfer
 
@@ -211,7 +211,7 @@ def test_latency_and_time_to_consistency_per_interval(client: tuple[Any, str]) -
     terminal = sorted(
         delay_ms[e.event_id]
         for e in events
-        if is_own_event(e) and e.type in queries.TERMINAL_EVENTS and e.command_type != "OpenAccount"
+        if is_own_event(e) and e.type in TERMINAL_EVENTS and e.command_type != "OpenAccount"
     )
     assert bucket.payments == len(terminal) == 4  # a deposit, completed, reversed, rejected
     assert bucket.p50_ms >= terminal[0] and bucket.p99_ms <= terminal[-1]
@@ -268,3 +268,45 @@ def test_a_store_of_another_schema_version_is_rebuilt(client: tuple[Any, str]) -
     assert store.stored_positions(connection, database) == {}
     assert queries.funnel(connection, database, start_ms=0, end_ms=2**41).requested == 0
     assert schema.create(connection, database) is True
+
+
+def test_long_ranges_read_percentiles_from_the_tallies_histograms(
+    client: tuple[Any, str],
+) -> None:
+    """Over more than two days: the same payments counted, each percentile within 2.2 % of
+    the exact one (the middle of its log-spaced bin), the edges of the range from the facts."""
+    connection, database = client
+    _cluster, entries, events = facts()
+    delays = [17, 230, 1_900, 45_000, 75, 3, 640, 12_345, 999, 88, 5_000, 31]
+    made = batch(entries, events, delay_ms=lambda i: delays[i % len(delays)])
+    store.write(connection, database, rows=made.facts, tallies=made.tallies())
+    terminal = sorted(
+        delays[i % len(delays)]
+        for i, e in enumerate(events)
+        if is_own_event(e) and e.type in TERMINAL_EVENTS and e.command_type != "OpenAccount"
+    )
+    settled = sorted(delays[i % len(delays)] for i, e in enumerate(entries) if is_final_entry(e))
+    hour_ms = 3_600_000
+    for start_ms in (T0_MS - 3 * DAY_MS, T0_MS // hour_ms * hour_ms - 3 * DAY_MS + 1):
+        window = {"start_ms": start_ms, "end_ms": T0_MS + DAY_MS, "step_s": 86_400}
+        for found, exact in (
+            (queries.latency(connection, database, **window), terminal),
+            (queries.time_to_consistency(connection, database, **window), settled),
+        ):
+            [bucket] = found
+            assert bucket.payments == len(exact) > 0
+            for level, value in zip(
+                queries.PERCENTILE_LEVELS,
+                (bucket.p50_ms, bucket.p95_ms, bucket.p99_ms),
+                strict=True,
+            ):
+                wanted = exact[min(int(level * len(exact)), len(exact) - 1)]
+                assert abs(value - wanted) <= 0.022 * wanted, (level, value, wanted)
+
+
+def test_the_bins_sql_twin_agrees_with_python(client: tuple[Any, str]) -> None:
+    connection, _database = client
+    values = [-5, 0, 1, 2, 3, 4, 7, 8, 9, 1000, 1024, 1025, 65_535, 2**20, 2**40, 2**50, 3**30]
+    sql = "SELECT " + ", ".join(BIN_SQL.format(ms=f"toInt64({v})") for v in values)
+    [row] = connection.query(sql).result_rows
+    assert list(row) == [latency_bin(v) for v in values]

@@ -54,9 +54,10 @@ def panel_sql(panel: dict[str, Any]) -> str:
 
 
 def sql_constants() -> dict[str, str]:
-    """The queries a panel shows. Not the tallies' (``TALLIES_*``): the page trusts them only
-    after a check a panel cannot make, so Grafana reads the facts; the store's tests check
-    that both give the same answers."""
+    """The queries a panel shows. Not the tallies' path (``TALLIES_*``: the tallies, and the
+    edges of a range around their whole hours): the page trusts the tallies only after a
+    check a panel cannot make, so Grafana reads the facts; the store's tests check that both
+    give the same answers."""
     return {
         name: value
         for name, value in vars(queries).items()
