@@ -9,7 +9,7 @@ with ``--tree`` (a checkout of paystream: ``git worktree add /tmp/before <commit
 so the commit before the manifests and the one with them run on the same machine in the same
 minutes.
 
-    .venv/bin/python -m bench.manifest_cost --tree before=/tmp/before --tree after=. \\
+    .venv/bin/python bench/manifest_cost.py --tree before=/tmp/before --tree after=/tmp/after \\
         [--transfers 20000] [--rounds 3] [--output bench/results/manifest_cost.json]
 """
 
@@ -94,7 +94,7 @@ def main() -> None:
         print(f"{name:<8} median {figures['median_per_s']:,.0f} transfers/s "
               f"(min {figures['min_per_s']:,.0f}, max {figures['max_per_s']:,.0f})")  # fmt: skip
     result = {
-        "command": "python -m bench.manifest_cost " + " ".join(f"--tree {t}" for t in args.tree)
+        "command": "python bench/manifest_cost.py " + " ".join(f"--tree {t}" for t in args.tree)
         + f" --transfers {args.transfers} --rounds {args.rounds}",
         "machine": {"cores": os.cpu_count(), "python": host.python_version()},
         "load_average_1m_at_start": load, "load_average_1m_at_end": os.getloadavg()[0],

@@ -21,8 +21,9 @@ the directory each batch saw.
 A record that is not a directory entry (a tombstone, bytes that do not decode,
 an entry under another account's key) is skipped, counted in ``skipped`` by
 reason and logged: client-reachable bytes on a topic must not stop every
-worker. Kafka errors while following stay fatal: a directory that silently
-stops following lies.
+worker (:mod:`paystream.tables.directory`, which replay applies the same way).
+Kafka errors while following stay fatal: a directory that silently stops
+following lies.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Final, Literal, TypeVar
+from typing import Final, TypeVar
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -47,7 +48,8 @@ from confluent_kafka import (
 
 from paystream.agents import failfast, metrics
 from paystream.ledger import DirectoryEntry
-from paystream.tables import codecs
+from paystream.tables import directory as directory_records
+from paystream.tables.directory import SKIP_REASONS, SkipReason, classify
 from paystream.topology.reader import drain
 
 __all__ = [
@@ -84,29 +86,12 @@ _TRANSIENT: Final = frozenset(
 RESTORE_TIMEOUT_S = 120.0
 """How long the restore may go without reading a record before it gives up."""
 
-SkipReason = Literal["tombstone", "undecodable", "key_mismatch"]
-SKIP_REASONS: Final[tuple[SkipReason, ...]] = ("tombstone", "undecodable", "key_mismatch")
-
-
 DirectoryPosition = tuple[tuple[int, int], ...]
 """(directory partition, next offset) for every partition, in partition order."""
 
 
 class DirectoryRestoreError(RuntimeError):
     """The directory topic could not be read to its end in time."""
-
-
-def classify(key: bytes | None, value: bytes | None) -> DirectoryEntry | SkipReason:
-    """The entry a directory record carries, or why it is skipped (pure)."""
-    if not value:
-        return "tombstone"
-    try:
-        entry = codecs.decode_directory_entry(value)
-    except codecs.CodecError:
-        return "undecodable"
-    if key != codecs.encode_account_key(entry.account_id):
-        return "key_mismatch"
-    return entry
 
 
 def _retrying(ask: Callable[[], T], *, what: str) -> T:
@@ -261,32 +246,19 @@ class DirectoryFollower(Mapping[str, DirectoryEntry]):
         partition, offset = message.partition(), message.offset()
         if partition is not None and offset is not None:
             self._positions[partition] = offset + 1
-        result = classify(message.key(), message.value())
-        if isinstance(result, DirectoryEntry):
-            self._entries[result.account_id] = result
+        skipped = directory_records.apply(self._entries, message.key(), message.value())
+        if skipped is None:
             return
-        self.skipped[result] += 1
-        metrics.DIRECTORY_SKIPPED.labels(reason=result).inc()
-        self._forget(message.key())
+        self.skipped[skipped] += 1
+        metrics.DIRECTORY_SKIPPED.labels(reason=skipped).inc()
         logger.warning(
             "directory %s: skipped a record (%s) at partition %s offset %s, key %r",
             self._topic,
-            result,
+            skipped,
             message.partition(),
             message.offset(),
             message.key(),
         )
-
-    def _forget(self, key: bytes | None) -> None:
-        """A bad record is the latest under its key, and compaction will keep only it: forget
-        the account, as a worker restored after compaction would (unknown -> the destination's
-        partition decides), so running and restarted workers see the same directory."""
-        if key is None:
-            return
-        try:
-            self._entries.pop(codecs.decode_account_key(key), None)
-        except codecs.CodecError:
-            return
 
     def __getitem__(self, account_id: str) -> DirectoryEntry:
         return self._entries[account_id]

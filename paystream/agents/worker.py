@@ -33,13 +33,14 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from paystream.agents import failfast, metrics
 from paystream.agents.directory import DirectoryFollower
-from paystream.agents.processor import Batch, BatchProcessor, Record, source
+from paystream.agents.processor import Batch, BatchProcessor
 from paystream.agents.stores import RESTORE_SLICE_S, RestoreError, Stores, offsets_stable
 from paystream.agents.watchdog import Watchdog
 from paystream.ledger import INPUTS_PER_BATCH_MAX, Event, JournalEntry, ensure
 from paystream.settings import Settings
 from paystream.topology.avro import AvroSerde
 from paystream.topology.registry import registry_from_url
+from paystream.topology.shell import Record, source
 from paystream.topology.topics import Topics, app_id_for, ensure_topics
 
 MESSAGES_PER_BATCH_MAX = 2_000

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import typer
 
 from paystream import services
-from paystream.cli import accounts, auth, ops, payments, up
+from paystream.cli import accounts, auth, ops, payments, replay, up
 from paystream.cli.client import ApiProblem, ApiUnreachable
 
 EXIT_PROBLEM = 1
@@ -37,6 +37,7 @@ app.command("token")(auth.token)
 app.add_typer(ops.db_app, name="db")
 app.add_typer(ops.audit_app, name="audit")
 app.add_typer(ops.topology_app, name="topology")
+app.command("replay")(replay.replay)
 app.add_typer(accounts.accounts_app, name="accounts")
 app.command("pay")(payments.pay)
 for _name, _command in payments.money_commands.items():

@@ -13,6 +13,7 @@ from pathlib import Path
 import psycopg
 
 from paystream.audit.audit_verify import ledger_topic_of, verify_store
+from paystream.audit.replay import replay
 from paystream.audit.verify import LedgerReport, read_journal
 from paystream.ledger import is_own_event
 from paystream.runner import Platform, running
@@ -81,6 +82,18 @@ def assert_ledger_exactly_once(platform: Platform) -> LedgerReport:
     assert duplicated_events == {}, list(duplicated_events)[:5]
     assert_manifests_cover_the_inputs(platform)
     return report
+
+
+def assert_replay_matches(platform: Platform, report: LedgerReport) -> None:
+    """Replay re-runs every committed batch and finds exactly the recorded ledger, events and
+    accounts; a second replay gives the same journal digest."""
+    first = replay(platform.bootstrap, platform.topics, platform.serde)
+    assert first.ok, first.summary()
+    assert first.journal.matched == report.entries > 0, first.summary()
+    assert first.events.matched == len(platform.watcher.copies), first.summary()
+    again = replay(platform.bootstrap, platform.topics, platform.serde)
+    assert again.journal_sha256 == first.journal_sha256
+    print(f"\n{first.summary()}")
 
 
 def assert_manifests_cover_the_inputs(platform: Platform) -> None:

@@ -25,6 +25,7 @@ from paystream.settings import Settings
 from tests.e2e.harness import (
     assert_every_record_answered_once,
     assert_ledger_exactly_once,
+    assert_replay_matches,
     platform,
     setup_or_fail,
 )
@@ -132,6 +133,7 @@ def _run_with_chaos(
         print(f"\noutcomes {dict(running.outcomes(load))}")
         assert_every_record_answered_once(running, load)
         report = assert_ledger_exactly_once(running)
+        assert_replay_matches(running, report)
     assert actions >= minimum
     deposited = (mix.accounts - mix.closing_accounts) * mix.deposit_minor
     assert report.customer_total_by_currency == {"EUR": deposited}

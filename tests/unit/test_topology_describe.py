@@ -165,7 +165,7 @@ def test_routes_match_batch_processor(processor: BatchProcessor, topics: Topics)
     assert {route.output for route in describe.ROUTES} == set(SAMPLES)
     for route in describe.ROUTES:
         sample = SAMPLES[route.output]
-        record = processor._route(sample, SOURCE_PARTITION)
+        record = processor._shell.route(sample, SOURCE_PARTITION)
         assert record.topic == getattr(topics, route.topic), route
         assert record.key == getattr(sample, route.key_field).encode(), route
         expected = SOURCE_PARTITION if route.partition == describe.SOURCE_PARTITION else None
