@@ -122,8 +122,7 @@ FROM (SELECT arrayJoin(['events', 'ledger']) AS topic, number % 8 AS p,
 TALLY_FUNNEL_SQL = """
 INSERT INTO {db}.tallies (topic, partition, hour, command_type, type, first_offset,
                           next_offset, events)
-SELECT 'events', p, toStartOfHour(issued_at), command_type, type, any(b) * {per:UInt64},
-    (any(b) + 1) * {per:UInt64}, count()
+SELECT 'events', 0, toStartOfHour(issued_at), command_type, type, 0, 0, count()
 FROM (SELECT *, events_partition AS p, intDiv(events_offset, 8 * {per:UInt64}) AS b
       FROM {db}.events FINAL WHERE own)
 GROUP BY p, b, toStartOfHour(issued_at), command_type, type
@@ -131,8 +130,7 @@ GROUP BY p, b, toStartOfHour(issued_at), command_type, type
 TALLY_HISTOGRAMS_SQL = f"""
 INSERT INTO {{db}}.tallies (topic, partition, hour, command_type, type, bin, first_offset,
                           next_offset, events)
-SELECT topic, p, toStartOfHour(issued_at), command_type, measure, bin, any(b) * {{per:UInt64}},
-    (any(b) + 1) * {{per:UInt64}}, count()
+SELECT topic, 0, toStartOfHour(issued_at), command_type, measure, bin, 0, 0, count()
 FROM (
     SELECT 'events' AS topic, events_partition AS p,
         intDiv(events_offset, 8 * {{per:UInt64}}) AS b, issued_at, command_type,
@@ -149,16 +147,16 @@ TALLY_MONEY_SQL = """
 INSERT INTO {db}.tallies (topic, partition, currency, first_offset, next_offset,
     debits_minor, credits_minor, transit_minor, posted_debits_minor, posted_credits_minor,
     pending_debits_minor, pending_credits_minor)
-SELECT 'ledger', p, currency, any(b) * {per:UInt64}, (any(b) + 1) * {per:UInt64},
-    sum(debits_minor), sum(credits_minor), sum(transit_minor), sum(posted_debits_minor),
-    sum(posted_credits_minor), sum(pending_debits_minor), sum(pending_credits_minor)
+SELECT 'ledger', 0, currency, 0, 0, sum(debits_minor), sum(credits_minor), sum(transit_minor),
+    sum(posted_debits_minor), sum(posted_credits_minor), sum(pending_debits_minor),
+    sum(pending_credits_minor)
 FROM (SELECT *, ledger_partition AS p, intDiv(ledger_offset, 8 * {per:UInt64}) AS b
       FROM {db}.ledger_lines FINAL)
 GROUP BY p, b, currency
 """
-"""Tallies as the sink counts them (each record once), one row per partition and batch for
-its range, and per partition, batch and hour, type or currency for its counts and sums: the
-rows background merges add up, not yet merged."""
+"""Tallies as the sink counts them (each record once): one row per partition and batch for
+its range, and per batch and hour, type, bin or currency its counts and sums, pooled over
+partitions (partition 0): the rows background merges add up, not yet merged."""
 
 DEAD_LETTERS_SQL = """
 INSERT INTO {db}.dead_letters

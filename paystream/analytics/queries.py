@@ -187,10 +187,10 @@ def _parts(
     ]
 
 
-TALLIES_TILE_SQL = """
+TALLIES_TILE_SQL = f"""
     SELECT count() FROM (
         SELECT sum(covered) AS covered_sum, max(next_offset) - min(first_offset) AS span
-        FROM {db}.tallies GROUP BY topic, partition
+        FROM {{db}}.tallies WHERE {tallies.RANGES} GROUP BY topic, partition
         HAVING covered_sum != span)
 """
 

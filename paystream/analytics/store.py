@@ -13,7 +13,7 @@ from typing import Any
 
 from paystream.analytics.rows import COLUMNS
 from paystream.analytics.schema import Client
-from paystream.analytics.tallies import TALLY_COLUMNS
+from paystream.analytics.tallies import RANGES, TALLY_COLUMNS
 
 Position = tuple[str, int]
 """(topic, partition)."""
@@ -39,6 +39,6 @@ def stored_positions(client: Client, database: str) -> dict[Position, int]:
     """The next offset to read per (topic, partition), as far as the sink has written."""
     result = client.query(
         f"SELECT topic, partition, max(next_offset) FROM {database}.tallies"
-        " GROUP BY topic, partition"
+        f" WHERE {RANGES} GROUP BY topic, partition"
     )
     return {(topic, int(partition)): int(offset) for topic, partition, offset in result.result_rows}

@@ -3,13 +3,13 @@ long ranges and all time (pure).
 
 A batch's tallies are its positions. Per partition it read, one row holds the range of
 offsets it covered -- ``first_offset`` to ``next_offset``, ``covered`` their difference --
-and further rows what its records add: own events of payments per hour of command time and
-type (the funnel), histograms of end-to-end latency and of time to consistency per hour
-(log-spaced bins: percentiles of long ranges), and each currency's money sums. Every row
-carries the range, so the
-positions are the greatest ``next_offset`` per partition. The store merges rows of one key by
-adding them up (and keeping the least first and the greatest next offset), so the table
-stays one row per partition, hour and kind however many batches there were.
+and the positions are the greatest ``next_offset`` of each partition's range rows. Further
+rows, pooled over partitions, hold what its records add: own events of payments per hour of
+command time and type (the funnel), histograms of end-to-end latency and of time to
+consistency per hour (log-spaced bins: percentiles of long ranges), and each currency's
+money sums. The store merges rows of one key by adding them up (and keeping the least first
+and the greatest next offset), so the table stays one row per partition's range and one per
+hour, kind and bin however many batches there were.
 
 All of a batch's rows go into the store in one insert, after its facts: a MergeTree insert of
 one block is atomic, so its tallies are there exactly when its positions are, and a sink
@@ -58,6 +58,11 @@ or -> the payment's last journal entry logged."""
 HistogramKey = tuple[int, str, Measure, int]
 """(hour of command time in ms, command type, measure, bin)."""
 NO_MONEY: Final[Money] = (0, 0, 0, 0, 0, 0, 0)
+POOLED: Final = 0
+"""The partition of the rows that are not a range: counts and sums of every partition."""
+RANGES: Final = "type = '' AND currency = ''"
+"""The rows that name a partition's range (SQL): the positions, and what the tiling check
+adds up."""
 BINS_PER_DOUBLING: Final = 16
 """Bin ``b > 0`` holds (2^((b-1)/16), 2^(b/16)] ms; its middle 2^((b-0.5)/16) is within 2.2 %
 of anything in it. Bin 0 holds 1 ms and less (a command time ahead of the log's, too)."""
@@ -120,35 +125,24 @@ class Tally:
 
 
 def tally_rows(topic: str, partition: int, tally: Tally) -> list[list[Any]]:
-    """The store's rows of a tally (columns :data:`TALLY_COLUMNS`): its range, its funnel
-    counts, its money sums."""
-    offsets = [tally.first_offset, tally.next_offset]
-    none = at(0)
+    """The store's rows of a tally (columns :data:`TALLY_COLUMNS`): its range (the row that
+    names its partition), then its funnel counts, histograms and money sums, pooled over
+    the topic's partitions (partition 0, no range): merges add them up across partitions,
+    so a month's histograms stay one row per hour, kind and bin."""
     covered = tally.next_offset - tally.first_offset
+    head = [topic, partition, at(0), "", "", "", 0, tally.first_offset, tally.next_offset]
     return [
-        [topic, partition, none, "", "", "", 0, *offsets, covered, 0, *NO_MONEY],
+        [*head, covered, 0, *NO_MONEY],
         *(
-            [topic, partition, at(hour_ms), command, kind, "", 0, *offsets, 0, count, *NO_MONEY]
+            [topic, POOLED, at(hour_ms), command, kind, "", 0, 0, 0, 0, count, *NO_MONEY]
             for (hour_ms, command, kind), count in sorted(tally.funnel.items())
         ),
         *(
-            [
-                topic,
-                partition,
-                at(hour_ms),
-                command,
-                measure,
-                "",
-                number,
-                *offsets,
-                0,
-                count,
-                *NO_MONEY,
-            ]
+            [topic, POOLED, at(hour_ms), command, measure, "", number, 0, 0, 0, count, *NO_MONEY]
             for (hour_ms, command, measure, number), count in sorted(tally.histograms.items())
         ),
         *(
-            [topic, partition, none, "", "", currency, 0, *offsets, 0, 0, *money]
+            [topic, POOLED, at(0), "", "", currency, 0, 0, 0, 0, 0, *money]
             for currency, money in sorted(tally.money.items())
         ),
     ]
