@@ -131,11 +131,14 @@ def _dashboard(settings: Settings, parts: Parts) -> bool:
           f"compensation rate {funnel['compensation_rate']:.2%}")  # fmt: skip
     for currency in currencies:
         print(f"  {currency['currency']}: debits - credits {currency['difference_minor']}, "
-              f"in transit {currency['transit_minor']}")  # fmt: skip
+              f"in transit {currency['transit_minor']}, {currency['accounts']:,} accounts "
+              f"against the journal {currency['projection_difference_minor']}")  # fmt: skip
     print(f"\nthe ops dashboard: {url}/ops")
     for line in dashboard_login(settings):
         print(f"  {line}")
-    return all(c["difference_minor"] == "0" for c in currencies)
+    return all(
+        c["difference_minor"] == "0" and c["projection_difference_minor"] == "0" for c in currencies
+    )
 
 
 def _serve(parts: Parts, settings: Settings) -> int:
