@@ -33,14 +33,13 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import clickhouse_connect
 from confluent_kafka.admin import AdminClient
 
-from paystream import workload
+from bench.backlog import publish_and_wait, set_up
 from paystream.analytics import metrics, schema, sink, store
 from paystream.analytics.rows import at
 from paystream.analytics.sink import LIMITS
@@ -99,14 +98,8 @@ def rows_inserted() -> int:
 
 
 def drain(platform: Platform, sink: Sink, backlog: int) -> dict[str, Any]:
-    mix = replace(workload.Mix(accounts=2_000, transfers=backlog),
-                  partitions=platform.settings.partitions)  # fmt: skip
-    load = workload.build(seed=16, mix=mix, run_id="drain", now_ms=int(time.time() * 1000))
-    if platform.run_setup(load):
-        raise RuntimeError("setup commands without an answer")
-    platform.publish_paced(load, per_second=100_000).join()
-    if platform.wait_traffic(load, timeout_s=TRAFFIC_TIMEOUT_S):
-        raise RuntimeError("traffic without answers")
+    load = set_up(platform, backlog, seed=16, run_id="drain")
+    publish_and_wait(platform, load, per_second=100_000)
     print(f"backlog of {backlog:,} transfers processed; starting the sink ...", flush=True)
     started = time.monotonic()
     sink.thread.start()
@@ -121,12 +114,7 @@ def drain(platform: Platform, sink: Sink, backlog: int) -> dict[str, Any]:
 
 
 def visibility(platform: Platform, sink: Sink, rate: int, traffic_s: float) -> dict[str, Any]:
-    transfers = int(rate * traffic_s)
-    mix = replace(workload.Mix(accounts=2_000, transfers=transfers),
-                  partitions=platform.settings.partitions)  # fmt: skip
-    load = workload.build(seed=17, mix=mix, run_id="visible", now_ms=int(time.time() * 1000))
-    if platform.run_setup(load):
-        raise RuntimeError("setup commands without an answer")
+    load = set_up(platform, int(rate * traffic_s), seed=17, run_id="visible")
     seen: list[float] = []
     stop = threading.Event()
     poller = threading.Thread(target=_poll, args=(sink, seen, stop), name="poller")

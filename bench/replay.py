@@ -22,13 +22,12 @@ import pstats
 import statistics
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from paystream import workload
+from bench.backlog import publish_and_wait, set_up
 from paystream.audit.replay import replay
-from paystream.runner import TRAFFIC_TIMEOUT_S, Platform, running
+from paystream.runner import Platform, running
 from paystream.services.kafka import start_on_free_ports
 from paystream.settings import Settings
 
@@ -36,14 +35,8 @@ PROFILE_ROWS = 25
 
 
 def record_log(platform: Platform, transfers: int) -> None:
-    mix = replace(workload.Mix(accounts=2_000, transfers=transfers),
-                  partitions=platform.settings.partitions)  # fmt: skip
-    load = workload.build(seed=17, mix=mix, run_id="replay", now_ms=int(time.time() * 1000))
-    if platform.run_setup(load):
-        raise RuntimeError("setup commands without an answer")
-    platform.publish_paced(load, per_second=1_000_000).join()
-    if platform.wait_traffic(load, timeout_s=TRAFFIC_TIMEOUT_S):
-        raise RuntimeError("traffic without answers")
+    load = set_up(platform, transfers, seed=17, run_id="replay")
+    publish_and_wait(platform, load, per_second=1_000_000)
 
 
 def one_replay(platform: Platform) -> dict[str, Any]:

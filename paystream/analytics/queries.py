@@ -31,6 +31,8 @@ HOURLY_AFTER_S = 2 * 86_400
 tallies, not the facts."""
 DEAD_LETTERS_SHOWN_MAX = 100
 PERCENTILE_LEVELS = (0.5, 0.95, 0.99)
+LEVELS = ", ".join(str(level) for level in PERCENTILE_LEVELS)
+"""The levels as the exact queries' ``quantilesExact`` takes them."""
 LATENCY_MS = "toUnixTimestamp64Milli(logged_at) - toUnixTimestamp64Milli(issued_at)"
 
 PAYMENTS_IN_RANGE = """
@@ -303,7 +305,7 @@ class Percentiles:
 
 LATENCY_SQL = f"""
     SELECT {BUCKET.format(column="issued_at")} AS bucket, count(),
-        quantilesExact(0.5, 0.95, 0.99)({LATENCY_MS})
+        quantilesExact({LEVELS})({LATENCY_MS})
     FROM {{db}}.events FINAL
     WHERE type IN {{terminal:Array(String)}} AND {PAYMENTS_IN_RANGE}
     GROUP BY bucket ORDER BY bucket
@@ -339,7 +341,7 @@ SETTLED_IN_RANGE = """
 """Each payment's last journal entry (``rows.is_final_entry``), once (its first line)."""
 CONSISTENCY_TIME_SQL = f"""
     SELECT {BUCKET.format(column="issued_at")} AS bucket, count(),
-        quantilesExact(0.5, 0.95, 0.99)({LATENCY_MS})
+        quantilesExact({LEVELS})({LATENCY_MS})
     FROM {{db}}.ledger_lines FINAL
     WHERE {SETTLED_IN_RANGE}
     GROUP BY bucket ORDER BY bucket

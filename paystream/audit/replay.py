@@ -282,7 +282,7 @@ class _Run:
         if messages is None:
             return
         self.report.inputs += len(messages)
-        self.report.commands += sum(1 for m in messages if m.topic() == self._commands_topic)
+        self.report.commands += sum(1 for m in messages if m.topic() == self._shell.topics.commands)
         if manifest.clock_before_ms != state.clock_ms:
             self._mismatch("clock", index, manifest, f"{partition}",
                            f"the manifest says {manifest.clock_before_ms}, replay is at "
@@ -319,10 +319,6 @@ class _Run:
         if again.outputs != manifest.outputs:
             self._mismatch("digest", index, manifest, f"batch {partition}/{index}",
                            f"replayed {again.outputs}, recorded {manifest.outputs}")  # fmt: skip
-
-    @property
-    def _commands_topic(self) -> str:
-        return self._shell.topics.commands
 
     def _messages(self, index: int, manifest: BatchManifest) -> list[Message] | None:
         """The batch's inputs in order; None (and a mismatch) if the log lacks some."""

@@ -103,7 +103,6 @@ class Shell:
 
     def __init__(self, *, topics: Topics, serde: AvroSerde) -> None:
         self.topics = topics
-        self._topics = topics
         self._serde = serde
         self._kinds: dict[str, OutputKind] = {
             topics.ledger: "ledger", topics.events: "events", topics.legs: "legs",
@@ -125,7 +124,7 @@ class Shell:
 
     def route(self, output: Output, partition: int) -> Record:
         """Where an output of the core on ``partition`` goes, encoded."""
-        serde, topics = self._serde, self._topics
+        serde, topics = self._serde, self.topics
         if isinstance(output, JournalEntry):
             check_balanced(output)  # the boundary check before anything leaves the worker
             key = output.account_id.encode()
@@ -156,7 +155,7 @@ class Shell:
         for record in sent:
             hasher.add(self._kinds[record.topic], record.key, record.value)
         inputs: list[tuple[InputKind, int]] = [
-            ("commands" if topic == self._topics.commands else "legs", offset)
+            ("commands" if topic == self.topics.commands else "legs", offset)
             for topic, _partition, offset in map(source, messages)
         ]
         return BatchManifest(
@@ -168,14 +167,14 @@ class Shell:
     def manifest_record(self, manifest: BatchManifest) -> Record:
         value = encode_manifest(self._serde, manifest)
         partition = manifest.partition
-        return Record(self._topics.batches, str(partition).encode(), value, partition)
+        return Record(self.topics.batches, str(partition).encode(), value, partition)
 
     # --- decoding --------------------------------------------------------------------
 
     def _input(self, message: Message, partition: int, decoded: Decoded) -> Input | None:
         """The message as the core's input; ``None`` when only the DLQ can take it."""
         topic, _, offset = source(message)
-        if topic == self._topics.commands:
+        if topic == self.topics.commands:
             command = self._command(message, partition)
             if isinstance(command, PoisonMessage):
                 decoded.sent.append(self._dead_letter(message, command))
@@ -209,7 +208,7 @@ class Shell:
 
     def _placed(self, key: bytes, partition: int) -> bool:
         """Co-partitioning: an account's records live on murmur2(key) % partitions."""
-        return partition_for(key, self._topics.partitions) == partition
+        return partition_for(key, self.topics.partitions) == partition
 
     def _dead_letter(self, message: Message, poison: PoisonMessage) -> Record:
         topic, partition, offset = source(message)
@@ -220,7 +219,7 @@ class Shell:
             value if isinstance(value, bytes) else b"",
             headers,
         )
-        return Record(self._topics.dlq, key=key, value=value, headers=headers)
+        return Record(self.topics.dlq, key=key, value=value, headers=headers)
 
 
 _WRONG: Final[PoisonCode] = "wrong_partition"
