@@ -3,11 +3,14 @@ recorded (:mod:`paystream.audit.replay`); exit 1 on any mismatch."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -26,29 +29,166 @@ from rich.text import Text
 
 from paystream.settings import Settings
 
+if TYPE_CHECKING:
+    from paystream.audit.replay import ReplayOptions, ReplayReport, StoredJournal
+
 
 def replay(
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar")] = False,
+    account: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--account",
+            help="replay this account (repeat for more) and every "
+            "account its transfers touched, not the whole ledger",
+        ),
+    ] = None,
+    core: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--core",
+            metavar="RULE=VALUE",
+            help="what-if: run with this rule "
+            "changed (repeat for more; e.g. amount_max_minor=100000) and list the "
+            "payments that would have ended differently",
+        ),
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option(
+            "--until",
+            help="stop after the batches written at or before this time "
+            "(ISO 8601, or ms since the epoch)",
+        ),
+    ] = None,
+    from_snapshot: Annotated[
+        Path | None, typer.Option("--from-snapshot", help="start from this snapshot file")
+    ] = None,
+    write_snapshot: Annotated[
+        Path | None,
+        typer.Option("--write-snapshot", help="write the state the replay ends with here"),
+    ] = None,
+    export: Annotated[
+        Path | None,
+        typer.Option("--export", help="write the replayed journal to this Avro container file"),
+    ] = None,
+    postgres: Annotated[
+        bool | None,
+        typer.Option(
+            "--postgres/--no-postgres",
+            help="compare with the Postgres audit store (default: when it is reachable)",
+        ),
+    ] = None,
 ) -> int:
     """Re-run the core over the retained commands and recorded legs, batch by batch as the
-    batch manifests say, and compare with the ledger, the events and the workers' accounts.
-    Prints a digest of the replayed journal; exit 1 on any mismatch."""
-    from paystream.audit.replay import replay as run
-    from paystream.topology.avro import AvroSerde
-    from paystream.topology.registry import registry_from_url
-    from paystream.topology.topics import Topics
+    batch manifests say, and compare with the ledger, the events, the Postgres audit store
+    and the workers' accounts. Prints a digest of the replayed journal; exit 1 on any
+    mismatch, 2 when the log or a file cannot be read."""
+    from confluent_kafka import KafkaException
+
+    from paystream.audit.snapshot import SnapshotError
 
     settings = Settings()
+    try:
+        options = _options(account, core, until, from_snapshot, write_snapshot)
+        report = _run(settings, options, postgres, quiet)
+    except (KafkaException, TimeoutError, SnapshotError, OSError) as error:
+        print(f"paystream replay: cannot replay: {error}", file=sys.stderr)
+        return 2
+    _write_files(report, export, write_snapshot)
+    print(json.dumps(report.to_json(), indent=2) if as_json else report.summary())
+    return 0 if report.ok else 1
+
+
+def _options(
+    accounts: list[str] | None,
+    core: list[str] | None,
+    until: str | None,
+    from_snapshot: Path | None,
+    write_snapshot: Path | None,
+) -> ReplayOptions:
+    from paystream.audit.replay import ReplayOptions
+    from paystream.audit.snapshot import load_snapshot
+
+    return ReplayOptions(
+        accounts=frozenset(accounts or ()), what_if=_rules(core or []),
+        snapshot=None if from_snapshot is None else load_snapshot(from_snapshot),
+        until_ms=None if until is None else _time_ms(until),
+        keep_state=write_snapshot is not None,
+    )  # fmt: skip
+
+
+def _run(
+    settings: Settings, options: ReplayOptions, postgres: bool | None, quiet: bool
+) -> ReplayReport:
+    from paystream.audit.replay import read_log, replay_log
+    from paystream.topology.avro import AvroSerde
+    from paystream.topology.registry import registry_from_url
+    from paystream.topology.shell import Shell
+    from paystream.topology.topics import Topics
+
     topics = Topics.from_settings(settings)
     serde = AvroSerde(
         registry_from_url(settings.schema_registry_url, settings.data_dir),
         topics=topics.payloads(),
     )
-    with _progress(quiet) as progress:
-        report = run(settings.bootstrap, topics, serde, progress=progress)
-    print(json.dumps(report.to_json(), indent=2) if as_json else report.summary())
-    return 0 if report.ok else 1
+    stored = _stored_journal(settings, postgres)
+    with _progress(quiet) as (reading, progress):
+        log = read_log(settings.bootstrap, topics, serde, reading=reading)
+        return replay_log(log, Shell(topics=topics, serde=serde), options=options,
+                          stored=stored, progress=progress)  # fmt: skip
+
+
+def _write_files(report: ReplayReport, export: Path | None, snapshot: Path | None) -> None:
+    from paystream.audit.journal_file import write_journal_file
+    from paystream.audit.snapshot import write_snapshot
+
+    if export is not None:
+        count = write_journal_file(
+            report.entries, export, metadata={"paystream.journal_sha256": report.journal_sha256}
+        )
+        print(f"exported {count:,} journal entries to {export}", file=sys.stderr)
+    if snapshot is not None and report.end_state is not None:
+        digest = write_snapshot(report.end_state, snapshot)
+        print(f"snapshot written to {snapshot}: sha256 {digest}", file=sys.stderr)
+
+
+def _rules(pairs: list[str]) -> dict[str, int]:
+    """``RULE=VALUE`` options as ``Rules`` fields (a usage error for anything else)."""
+    from paystream.ledger import Rules
+
+    names = {f.name for f in dataclasses.fields(Rules)}
+    found: dict[str, int] = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        if name not in names or not value.strip().lstrip("-").isdigit():
+            raise typer.BadParameter(
+                f"{pair!r}: expected RULE=INTEGER with RULE one of {', '.join(sorted(names))}",
+                param_hint="--core",
+            )
+        found[name] = int(value)
+    try:
+        Rules(**found)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--core") from error
+    return found
+
+
+def _time_ms(text: str) -> int:
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as error:
+        raise typer.BadParameter(f"{text!r} is not ISO 8601 or ms", param_hint="--until") from error
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def _stored_journal(settings: Settings, postgres: bool | None) -> StoredJournal | None:
+    return None
 
 
 class _Rate(ProgressColumn):
@@ -60,10 +200,13 @@ class _Rate(ProgressColumn):
 
 
 @contextmanager
-def _progress(quiet: bool) -> Iterator[Callable[[int, int], None] | None]:
-    """A bar on stderr: batches done of all, rate, time elapsed and left."""
+def _progress(
+    quiet: bool,
+) -> Iterator[tuple[Callable[[str], None] | None, Callable[[int, int], None] | None]]:
+    """A bar on stderr: batches done of all, rate, time elapsed and left (after a line per
+    topic read)."""
     if quiet:
-        yield None
+        yield None, None
         return
     columns = (
         TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(), _Rate(),
@@ -72,7 +215,10 @@ def _progress(quiet: bool) -> Iterator[Callable[[int, int], None] | None]:
     with Progress(*columns, console=Console(file=sys.stderr), refresh_per_second=2) as bar:
         task = bar.add_task("batches", total=None)
 
+        def reading(topic: str) -> None:
+            bar.console.print(f"reading {topic}")
+
         def advance(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        yield advance
+        yield reading, advance

@@ -3,7 +3,7 @@ positions move (a partition that moved to a worker which had read less goes back
 
 from __future__ import annotations
 
-from paystream.audit.replay import _DirectoryReplica
+from paystream.audit.replay_log import DirectoryReplica
 from paystream.ledger import DirectoryEntry
 from paystream.tables import codecs
 from tests.unit.kafka_fakes import FakeMessage
@@ -16,7 +16,7 @@ def record(partition: int, offset: int, account_id: str, status: str) -> FakeMes
 
 
 def test_the_directory_at_a_position_holds_the_records_before_it_only() -> None:
-    replica = _DirectoryReplica({
+    replica = DirectoryReplica({
         0: [record(0, 0, "a", "open"), record(0, 3, "a", "frozen"), record(0, 4, "b", "open")],
         1: [record(1, 0, "c", "open"), FakeMessage("d", 1, 1, b"c", None)],  # a tombstone
     })  # fmt: skip
