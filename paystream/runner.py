@@ -152,6 +152,7 @@ def child_env(settings: Settings, *, bootstrap: str, log_level: str) -> dict[str
         "PAYSTREAM_PARTITIONS": str(settings.partitions),
         "PAYSTREAM_TRANSACTION_TIMEOUT_S": str(settings.transaction_timeout_s),
         "PAYSTREAM_IDEMPOTENCY_RETENTION_S": str(settings.idempotency_retention_s),
+        "PAYSTREAM_AMOUNT_MAX_MINOR": str(settings.amount_max_minor),
         "PAYSTREAM_WORKER_LOG_LEVEL": log_level,
     }
     if settings.schema_registry_url:

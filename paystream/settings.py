@@ -19,7 +19,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from paystream.ledger.models import Rules
+from paystream.ledger.models import AMOUNT_MAX_MINOR, Rules
 
 PARTITIONS_MAX = 1024
 RETENTION_MAX_S = 366 * 24 * 3600
@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     partitions: int = Field(default=8, ge=1, le=PARTITIONS_MAX)
     idempotency_retention_s: int = Field(default=7 * 24 * 3600, ge=60, le=RETENTION_MAX_S)
     """How long request ids and command ids are remembered, in log time (Stripe keeps 24 h)."""
+    amount_max_minor: int = Field(default=AMOUNT_MAX_MINOR, ge=1, le=AMOUNT_MAX_MINOR)
+    """The most one Transfer or Withdrawal may move, in minor units of its currency; above it
+    the command is ``Rejected`` ``amount_over_limit`` (deposits are not limited). Every
+    worker must run with the same value; each batch's manifest records the one it used."""
     read_model_lag_max: int = Field(default=100_000, ge=0)
     """The API is not ready (``/readyz`` 503) while the Postgres read models are more than this
     many records behind the ``ledger`` and ``events`` logs: about 20 s of the sink's measured
@@ -83,7 +87,10 @@ class Settings(BaseSettings):
     @property
     def rules(self) -> Rules:
         """The money core's settings (replay must use the same)."""
-        return Rules(retention_ms=self.idempotency_retention_s * 1000)
+        return Rules(
+            retention_ms=self.idempotency_retention_s * 1000,
+            amount_max_minor=self.amount_max_minor,
+        )
 
     @property
     def services_dir(self) -> Path:

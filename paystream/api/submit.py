@@ -65,6 +65,7 @@ REJECTION_STATUS: dict[RejectionCode, int] = {
     "same_account": 422,
     "invalid_amount": 422,
     "balance_overflow": 422,
+    "amount_over_limit": 422,
     "duplicate_conflict": 409,
     "invalid_field": 422,
 }

@@ -45,6 +45,10 @@ Decisions where the design is silent:
 - Ids starting with ``@`` are system accounts: OpenAccount on one is
   ``account_exists``; any other command or destination gets ``account_not_found``.
 - OpenAccount in a currency outside ISO-4217 is ``currency_mismatch``.
+- ``Rules.amount_max_minor`` limits money going out: a Transfer (step 1) or Withdrawal
+  above it is ``amount_over_limit``, judged right after the amount's validity and before
+  any account. Deposits are not limited, nor are legs: step 1 accepted their transfer, and
+  a limit lowered since must not strand a reservation.
 - Events of a transfer's legs say ``command_type="Transfer"``, ``account_id`` =
   source and counterparty = destination, like the ``Debited`` event of step 1.
 """
@@ -118,9 +122,10 @@ from paystream.ledger.models import (
 
 INPUTS_PER_BATCH_MAX = 10_000
 """Most deliveries one ``process_batch`` call accepts (the worker consumes fewer)."""
-CORE_VERSION = "1"
+CORE_VERSION = "2"
 """Bumped with any change to what ``process_batch`` produces from the same inputs; every
-batch manifest names it, so replay knows which rules a batch ran under."""
+batch manifest names it, so replay knows which rules a batch ran under. 2: the amount
+limit (``Rules.amount_max_minor``, ``amount_over_limit``)."""
 
 TRANSFER_COMMAND_TYPE = Transfer.__name__
 """``command_type`` of the events of a transfer's saga legs: the payment is the Transfer."""
@@ -538,6 +543,13 @@ def _amount_code(amount_minor: int) -> RejectionCode | None:
     return None
 
 
+def _limit_code(amount_minor: int, rules: Rules) -> RejectionCode | None:
+    """Money going out (a transfer's step 1, a withdrawal) above the rules' limit."""
+    if amount_minor > rules.amount_max_minor:
+        return "amount_over_limit"
+    return None
+
+
 def _owned_account(state: _State, account_id: str, partner_id: str) -> Account | None:
     """The client account if it exists and belongs to ``partner_id`` (never leak others)."""
     if is_system_account_id(account_id):
@@ -680,7 +692,7 @@ def _emit_deposit(state: _State, command: Deposit, code: RejectionCode | None) -
 
 def _execute_withdrawal(state: _State, command: Withdrawal) -> RejectionCode | None:
     amount_minor = command.amount_minor
-    code = _amount_code(amount_minor)
+    code = _amount_code(amount_minor) or _limit_code(amount_minor, state.rules)
     if code is not None:
         return code
     account = _usable_account(state, command.account_id, command.partner_id, command.currency)
@@ -708,7 +720,7 @@ def _emit_withdrawal(state: _State, command: Withdrawal, code: RejectionCode | N
 def _execute_transfer(state: _State, command: Transfer) -> RejectionCode | None:
     """Step 1 on partition(source): reserve the amount (pending DEBIT source / CREDIT transit)."""
     amount_minor = command.amount_minor
-    code = _amount_code(amount_minor)
+    code = _amount_code(amount_minor) or _limit_code(amount_minor, state.rules)
     if code is not None:
         return code
     source = _usable_account(state, command.account_id, command.partner_id, command.currency)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, TypeAlias, get_args
 
+from paystream.ledger.errors import ensure
+
 AMOUNT_MAX_MINOR = 2**63 - 1
 """Largest amount one command, leg or journal line moves: Avro ``long``."""
 
@@ -37,6 +39,7 @@ RejectionCode: TypeAlias = Literal[
     "same_account",
     "invalid_amount",
     "balance_overflow",
+    "amount_over_limit",
     "duplicate_conflict",
     "command_id_reused",
     "command_id_invalid",
@@ -324,6 +327,17 @@ class Rules:
     """How long an idempotency key and a command id's claim live, in log time."""
     future_skew_ms: int = 5 * 60 * 1000
     """How far a command id's minting time may lie ahead of the partition's log clock."""
+    amount_max_minor: int = AMOUNT_MAX_MINOR
+    """The largest amount one Transfer or Withdrawal may move, 1..``AMOUNT_MAX_MINOR``;
+    above it the command is ``Rejected`` ``amount_over_limit``. Deposits are not limited
+    (money coming in), nor are the legs of a transfer step 1 already accepted."""
+
+    def __post_init__(self) -> None:
+        limit = self.amount_max_minor
+        ensure(
+            type(limit) is int and 1 <= limit <= AMOUNT_MAX_MINOR,
+            f"amount_max_minor must be an int in 1..AMOUNT_MAX_MINOR, got {limit!r}",
+        )
 
 
 # --- outputs (facts) ---------------------------------------------------------------

@@ -131,6 +131,7 @@ def manifest_to_record(manifest: BatchManifest) -> dict[str, Any]:
         "rules": {
             "retention_ms": manifest.rules.retention_ms,
             "future_skew_ms": manifest.rules.future_skew_ms,
+            "amount_max_minor": manifest.rules.amount_max_minor,
         },
         "clock_before_ms": manifest.clock_before_ms,
         "runs": [
@@ -160,7 +161,11 @@ def manifest_from_record(record: Mapping[str, Any]) -> BatchManifest:
         partition=record["partition"],
         worker=record["worker"],
         core_version=record["core_version"],
-        rules=Rules(retention_ms=rules["retention_ms"], future_skew_ms=rules["future_skew_ms"]),
+        rules=Rules(
+            retention_ms=rules["retention_ms"],
+            future_skew_ms=rules["future_skew_ms"],
+            amount_max_minor=rules["amount_max_minor"],
+        ),
         clock_before_ms=record["clock_before_ms"],
         runs=tuple(
             InputRun(r["topic"], r["first_offset"], r["last_offset"], r["records"])

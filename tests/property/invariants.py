@@ -14,8 +14,9 @@ as it goes:
   carrying the transfer's own fields;
 - a verdict that the command's own account can judge is right: an applied
   command found the account owned by its partner and usable, funds were
-  there; ``insufficient_funds``, ``invalid_amount``, ``account_not_found``
-  (on one's own account) and ``account_exists`` were true;
+  there, a withdrawal or transfer was within the rules' amount limit;
+  ``insufficient_funds``, ``invalid_amount``, ``amount_over_limit``,
+  ``account_not_found`` (on one's own account) and ``account_exists`` were true;
 - a command id is applied (moves money, opens or changes an account) at most once;
 - money moves only on open client accounts, except a posting or void of a
   reservation (a frozen source still settles);
@@ -231,7 +232,7 @@ class Trace:
         cid = command.command_id
         answer = self._answer(step, cid)
         self._check_outputs_of(step, command, answer)
-        _check_verdict(step, command, answer)
+        _check_verdict(step, command, answer, self.rules)
         body = body_sha256(command)
         if not id_is_valid(cid, step.partition, step.clock_ms, self.rules):
             assert answer.code == "command_id_invalid", (command, answer)
@@ -374,7 +375,7 @@ def _leg_fields(leg: CreditLeg | Confirmation | Compensation) -> tuple[object, .
     )
 
 
-def _check_verdict(step: SingleStep, command: Command, answer: Event) -> None:
+def _check_verdict(step: SingleStep, command: Command, answer: Event, rules: Rules) -> None:
     """What can be judged from the command's own account before the step: an applied
     command found it usable, and a refusal for its funds, owner or amount was right."""
     account = step.before[command.account_id]
@@ -385,6 +386,8 @@ def _check_verdict(step: SingleStep, command: Command, answer: Event) -> None:
         if isinstance(command, Deposit | Withdrawal | Transfer):
             assert account.status == "open" and account.currency == command.currency, command
             assert 0 < amount <= AMOUNT_MAX_MINOR, command
+        if isinstance(command, Withdrawal | Transfer):
+            assert amount <= rules.amount_max_minor, (command, rules)
         if isinstance(command, Withdrawal | Transfer) and account.debits_must_not_exceed_credits:
             assert account.available_minor >= amount, (command, account)
     elif answer.type == "Completed":
@@ -395,6 +398,9 @@ def _check_verdict(step: SingleStep, command: Command, answer: Event) -> None:
         assert account.available_minor < amount, (command, account)
     elif code == "invalid_amount":
         assert not 0 < amount <= AMOUNT_MAX_MINOR, command
+    elif code == "amount_over_limit":
+        assert isinstance(command, Withdrawal | Transfer), command
+        assert rules.amount_max_minor < amount <= AMOUNT_MAX_MINOR, (command, rules)
     elif code == "account_not_found" and not isinstance(command, Transfer):
         assert not owned or is_system_account_id(command.account_id), (command, account)
     elif code == "account_exists":

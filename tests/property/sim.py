@@ -834,10 +834,11 @@ def simulate(
     settings: SimSettings = SimSettings(),
     account_count: int = 24,
     steps_per_command: int = 1,
+    rules: Rules = SIM_RULES,
 ) -> LogSim:
     """Run a client against the log, interleaving sends and deliveries, then drain."""
     rng = random.Random(seed)
-    sim = LogSim(rng, settings)
+    sim = LogSim(rng, settings, rules)
     client = Client(sim, rng, account_count=account_count)
     client.open_some(account_count * 2 // 3)
     while sim.command_records_sent < command_count:

@@ -66,19 +66,34 @@ sim_settings = st.builds(
     regression_percent=st.integers(0, 20),
     prune_percent=st.sampled_from([0, 10, 100]),
 )
+LIMITED_RULES = dataclasses.replace(SIM_RULES, amount_max_minor=5_000)
+"""An amount limit most of the client's transfers fit under and many withdrawals do not."""
+sim_rules = st.sampled_from(
+    [SIM_RULES, LIMITED_RULES, dataclasses.replace(SIM_RULES, amount_max_minor=2**62)]
+)
 
 
 @SIM
-@given(seed=st.integers(0, 2**32 - 1), knobs=sim_settings, steps_per_command=st.integers(1, 3))
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    knobs=sim_settings,
+    steps_per_command=st.integers(1, 3),
+    rules=sim_rules,
+)
 def test_partitioned_log_keeps_every_invariant(
-    seed: int, knobs: SimSettings, steps_per_command: int
+    seed: int, knobs: SimSettings, steps_per_command: int, rules: Rules
 ) -> None:
-    """400 hostile and ordinary command records over 24 accounts, any interleaving.
+    """400 hostile and ordinary command records over 24 accounts, any interleaving, with
+    no amount limit or with one.
 
     Checked at every step, batch and at the end: see ``invariants.py``.
     """
     sim = simulate(
-        seed, command_count=COMMAND_COUNT, settings=knobs, steps_per_command=steps_per_command
+        seed,
+        command_count=COMMAND_COUNT,
+        settings=knobs,
+        steps_per_command=steps_per_command,
+        rules=rules,
     )
     assert sim.command_records_sent >= COMMAND_COUNT
     check_final(sim)
@@ -303,7 +318,8 @@ COMPENSATION_REASONS = {
 def test_the_generator_reaches_every_outcome() -> None:
     """Fixed runs reach every event type, every reachable rejection code, every compensation
     reason, duplicates of applied and of refused commands, a request run again after its key
-    expired, and a settlement shard past 2**64 that still takes deposits."""
+    expired, and a settlement shard past 2**64 that still takes deposits. The last seed runs
+    under an amount limit (``amount_over_limit``)."""
     answers: collections.Counter[tuple[str, str | None]] = collections.Counter()
     reasons: collections.Counter[str] = collections.Counter()
     reruns = 0
@@ -311,7 +327,8 @@ def test_the_generator_reaches_every_outcome() -> None:
     for seed in COVERAGE_SEEDS:
         for follow_directory in (True, False):
             knobs = SimSettings(follow_directory=follow_directory, directory_lag_steps_max=8)
-            sim = simulate(seed, command_count=500, settings=knobs)
+            rules = LIMITED_RULES if seed == COVERAGE_SEEDS[-1] else SIM_RULES
+            sim = simulate(seed, command_count=500, settings=knobs, rules=rules)
             check_final(sim)
             answers.update(sim.trace.answers)
             reasons.update(sim.trace.reasons)
