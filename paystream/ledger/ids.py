@@ -39,6 +39,12 @@ COMMAND_ID_PATTERN: Final = re.compile(
     rf"^([0-7][0-9A-HJKMNP-TV-Z]{{25}})-(0|[1-9][0-9]{{0,{PARTITION_DIGITS_MAX - 1}}})$"
 )
 """A ULID (first character 0-7: 48-bit time) and a partition number without leading zeros."""
+ULID_TIME_CHARS: Final = 10
+"""The ULID's first 10 characters: its 48-bit time, big-endian, in Crockford base32."""
+_CROCKFORD_AS_BASE32: Final = str.maketrans(
+    "0123456789ABCDEFGHJKMNPQRSTVWXYZ", "0123456789ABCDEFGHIJKLMNOPQRSTUV"
+)
+"""Crockford's digits as the digits ``int(text, 32)`` reads (both in value order)."""
 
 
 def mint_command_id(*, partition: int, at_ms: int, random_bytes: bytes) -> str:
@@ -55,4 +61,7 @@ def command_id_parts(command_id: str) -> tuple[int, int] | None:
     match = COMMAND_ID_PATTERN.match(command_id)
     if match is None:
         return None
-    return int(match.group(2)), ULID.from_str(match.group(1)).milliseconds
+    # The ULID's time read directly (0.8 us) instead of parsing the whole ULID with
+    # python-ulid (10 us): every command and leg reads it, worker and replay alike.
+    minted_at_ms = int(match.group(1)[:ULID_TIME_CHARS].translate(_CROCKFORD_AS_BASE32), 32)
+    return int(match.group(2)), minted_at_ms

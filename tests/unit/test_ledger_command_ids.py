@@ -10,6 +10,9 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from ulid import ULID
 
 from paystream.ledger import (
     Command,
@@ -386,3 +389,18 @@ def test_own_events_and_answers_to_repeats_are_told_apart() -> None:
     own, repeat = events(result)
     assert (own.type, repeat.type) == ("Debited", "Duplicate")
     assert is_own_event(own) and not is_own_event(repeat)
+
+
+@given(
+    at_ms=st.integers(min_value=0, max_value=2**48 - 1),
+    partition=st.integers(min_value=0, max_value=10**9),
+    random_bytes=st.binary(min_size=10, max_size=10),
+)
+def test_the_time_read_from_an_id_is_the_ulids_time(
+    at_ms: int, partition: int, random_bytes: bytes
+) -> None:
+    """command_id_parts reads the ULID's time itself (for speed): python-ulid agrees."""
+    command_id = mint_command_id(partition=partition, at_ms=at_ms, random_bytes=random_bytes)
+    ulid_text = command_id.rsplit("-", 1)[0]
+    assert command_id_parts(command_id) == (partition, ULID.from_str(ulid_text).milliseconds)
+    assert ULID.from_str(ulid_text).milliseconds == at_ms
