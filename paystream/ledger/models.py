@@ -11,8 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, TypeAlias, get_args
 
-from paystream.ledger.errors import ensure
-
 AMOUNT_MAX_MINOR = 2**63 - 1
 """Largest amount one command, leg or journal line moves: Avro ``long``."""
 
@@ -333,11 +331,13 @@ class Rules:
     (money coming in), nor are the legs of a transfer step 1 already accepted."""
 
     def __post_init__(self) -> None:
+        """Rules come from configuration (settings, a replay's what-if): a bad value is the
+        operator's error, a ``ValueError`` the caller reports, not a broken ledger."""
         limit = self.amount_max_minor
-        ensure(
-            type(limit) is int and 1 <= limit <= AMOUNT_MAX_MINOR,
-            f"amount_max_minor must be an int in 1..AMOUNT_MAX_MINOR, got {limit!r}",
-        )
+        if type(limit) is not int or not 1 <= limit <= AMOUNT_MAX_MINOR:
+            raise ValueError(
+                f"amount_max_minor must be an integer in 1..{AMOUNT_MAX_MINOR}, got {limit!r}"
+            )
 
 
 # --- outputs (facts) ---------------------------------------------------------------
