@@ -59,6 +59,7 @@ from paystream.audit.replay_report import Compared, Divergence, DivergenceKind, 
 from paystream.audit.snapshot import PartitionState, Snapshot, SnapshotError
 from paystream.ledger import (
     CORE_VERSION,
+    REPLAYED_CORE_VERSIONS,
     Account,
     Compensation,
     Confirmation,
@@ -379,10 +380,11 @@ class _Run:
             self._mismatch("clock", partition, index, manifest.worker, f"{partition}",
                            f"the manifest says {manifest.clock_before_ms}, replay is at "
                            f"{state.clock_ms}")  # fmt: skip
-        if manifest.core_version != CORE_VERSION:
+        if manifest.core_version not in REPLAYED_CORE_VERSIONS:
             ran = manifest.core_version
             self._mismatch("core_version", partition, index, manifest.worker, ran,
-                           f"the batch ran core {ran}, this is {CORE_VERSION}")  # fmt: skip
+                           f"the batch ran core {ran}; this core ({CORE_VERSION}) reproduces "
+                           f"{', '.join(sorted(REPLAYED_CORE_VERSIONS))}")  # fmt: skip
 
     def _messages(self, index: int, manifest: BatchManifest) -> Sequence[Message] | None:
         """The batch's inputs in order; None (and a mismatch) if the log lacks some."""

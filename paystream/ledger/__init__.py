@@ -14,6 +14,7 @@ from paystream.ledger.accounts import (
 from paystream.ledger.core import (
     CORE_VERSION,
     INPUTS_PER_BATCH_MAX,
+    REPLAYED_CORE_VERSIONS,
     BatchResult,
     is_own_event,
     process_batch,
@@ -83,6 +84,7 @@ __all__ = [
     "ISO4217_CODES",
     "PHASES",
     "REJECTION_CODES",
+    "REPLAYED_CORE_VERSIONS",
     "SYSTEM_ACCOUNT_PREFIX",
     "SYSTEM_PARTNER_ID",
     "TERMINAL_EVENT_TYPES",

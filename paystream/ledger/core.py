@@ -126,6 +126,10 @@ CORE_VERSION = "2"
 """Bumped with any change to what ``process_batch`` produces from the same inputs; every
 batch manifest names it, so replay knows which rules a batch ran under. 2: the amount
 limit (``Rules.amount_max_minor``, ``amount_over_limit``)."""
+REPLAYED_CORE_VERSIONS = frozenset({"1", "2"})
+"""The versions whose batches this core reproduces exactly under the rules their manifests
+record: 1 had no limit, and a version-1 manifest reads with none (the schema's default).
+A change that alters what an old batch produces removes the old version from this set."""
 
 TRANSFER_COMMAND_TYPE = Transfer.__name__
 """``command_type`` of the events of a transfer's saga legs: the payment is the Transfer."""

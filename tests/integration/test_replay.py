@@ -5,6 +5,10 @@ snapshot) agree with the full one; a what-if lists the payments a new rule would
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +22,7 @@ from paystream.audit.replay import ReplayOptions, ReplayReport, read_log, replay
 from paystream.audit.replay_log import RecordedLog
 from paystream.audit.snapshot import SnapshotError, load_snapshot, write_snapshot
 from paystream.ledger import Transfer
-from paystream.runner import TRAFFIC_TIMEOUT_S
+from paystream.runner import TRAFFIC_TIMEOUT_S, child_env
 from paystream.settings import Settings
 from paystream.tables import codecs
 from paystream.topology.shell import Shell
@@ -35,6 +39,7 @@ class Recorded:
     shell: Shell
     load: workload.Workload
     full: ReplayReport
+    env: dict[str, str]
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +52,10 @@ def recorded(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> It
         assert not left, f"{len(left)} ids without answers{running.logs()}"
         log = read_log(running.bootstrap, running.topics, running.serde)
         shell = Shell(topics=running.topics, serde=running.serde)
+        env = child_env(running.settings, bootstrap=running.bootstrap, log_level="info")
     full = replay_log(log, shell)
     assert full.ok, full.summary()
-    yield Recorded(log, shell, load, full)
+    yield Recorded(log, shell, load, full, env)
 
 
 def copy_of(log: RecordedLog) -> RecordedLog:
@@ -206,3 +212,73 @@ def _ended(log: RecordedLog, payment_id: str) -> str | None:
         and e.item.type != "Debited"  # type: ignore[union-attr]
     ]  # fmt: skip
     return ends[-1] if ends else None
+
+
+def paystream(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "paystream.cli", *args],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_the_command_prints_the_report_exports_and_writes_a_snapshot(
+    recorded: Recorded, tmp_path: Path
+) -> None:
+    journal, snapshot = tmp_path / "journal.avro", tmp_path / "snapshot.avro"
+    done = paystream(recorded.env, "replay", "--json", "--no-postgres",
+                     "--export", str(journal), "--write-snapshot", str(snapshot))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["ok"] and report["journal_sha256"] == recorded.full.journal_sha256
+    assert "replay" in done.stderr and "exported" in done.stderr  # the progress and the files
+    assert len(list(read_journal_file(journal))) == len(recorded.log.journal)
+    resumed = paystream(recorded.env, "replay", "--quiet", "--no-postgres", "--from-snapshot",
+                        str(snapshot))  # fmt: skip
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert recorded.full.journal_sha256 in resumed.stdout and "OK" in resumed.stdout
+
+
+def test_the_command_runs_a_what_if_and_refuses_unknown_rules(recorded: Recorded) -> None:
+    limit = MIX.amount_max_minor // 2
+    done = paystream(recorded.env, "replay", "--json", "--quiet", "--no-postgres", "--core",
+                     f"amount_max_minor={limit}")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    what_if = json.loads(done.stdout)["what_if"]
+    assert what_if["rules"] == {"amount_max_minor": limit} and what_if["changed"] > 0
+    assert what_if["by_currency"]["EUR"]["difference_minor"] < 0
+    for bad in ("fee_bps=25", "amount_max_minor=lots", "amount_max_minor=0"):
+        refused = paystream(recorded.env, "replay", "--quiet", "--no-postgres", "--core", bad)
+        assert refused.returncode == 2 and "--core" in refused.stderr, (bad, refused.stderr)
+
+
+def test_the_command_says_why_it_cannot_read_and_exits_2(
+    recorded: Recorded, tmp_path: Path
+) -> None:
+    away = {**recorded.env, "PAYSTREAM_KAFKA_BOOTSTRAP": "127.0.0.1:1"}
+    done = paystream(away, "replay", "--quiet", "--no-postgres")
+    assert done.returncode == 2 and "cannot replay" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    garbage = tmp_path / "not-a-snapshot.avro"
+    garbage.write_bytes(b"not avro")
+    done = paystream(recorded.env, "replay", "--quiet", "--no-postgres", "--from-snapshot",
+                     str(garbage))  # fmt: skip
+    assert done.returncode == 2 and "not a replay snapshot" in done.stderr, done.stderr
+
+
+def test_batches_of_an_older_core_replay_when_this_core_reproduces_them(
+    recorded: Recorded,
+) -> None:
+    def ran_under(version: str) -> RecordedLog:
+        log = copy_of(recorded.log)
+        for partition, placed in log.manifests.items():
+            log.manifests[partition] = [
+                dataclasses.replace(
+                    p, manifest=dataclasses.replace(p.manifest, core_version=version)
+                )
+                for p in placed
+            ]
+        return log
+
+    assert replay_log(ran_under("1"), recorded.shell).ok  # core 1: no limit, the same outputs
+    unknown = replay_log(ran_under("0.9"), recorded.shell)
+    assert not unknown.ok and {d.kind for d in unknown.batch_mismatches} == {"core_version"}
