@@ -57,6 +57,7 @@ from paystream.audit.replay_log import (
 )
 from paystream.audit.replay_report import Compared, Divergence, DivergenceKind, ReplayReport, WhatIf
 from paystream.audit.snapshot import PartitionState, Snapshot, SnapshotError
+from paystream.audit.stored_journal import StoredJournal, entry_difference
 from paystream.ledger import (
     CORE_VERSION,
     REPLAYED_CORE_VERSIONS,
@@ -81,10 +82,10 @@ from paystream.topology.shell import Record, Shell
 from paystream.topology.topics import Topics
 
 __all__ = [
+    "AuditStore",
     "Divergence",
     "ReplayOptions",
     "ReplayReport",
-    "StoredJournal",
     "read_log",
     "replay",
     "replay_log",
@@ -100,8 +101,21 @@ transfer's saga is three steps)."""
 
 Progress = Callable[[int, int], None]
 """(batches replayed, batches in all)."""
-StoredJournal = Mapping[str, JournalEntry]
-Describe = Callable[[JournalEntry, JournalEntry], str]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditStore:
+    """What the Postgres audit store holds: its journal entries, the ``ledger`` positions it
+    reflects (every entry recorded below them is in it) and the rows no entry can carry."""
+
+    entries: Mapping[str, JournalEntry]
+    ledger_positions: Mapping[int, int]
+    anomalies: Sequence[str] = ()
+
+    @classmethod
+    def of(cls, stored: StoredJournal, *, group: str, ledger_topic: str) -> AuditStore:
+        """``stored`` as the Postgres sink group ``group`` left it."""
+        return cls(stored.entries, stored.positions_of(group, ledger_topic), stored.anomalies)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -127,7 +141,7 @@ def replay(
     serde: AvroSerde,
     *,
     options: ReplayOptions | None = None,
-    stored: StoredJournal | None = None,
+    stored: AuditStore | None = None,
     progress: Progress | None = None,
 ) -> ReplayReport:
     """Read the log (:func:`read_log`) and replay it (:func:`replay_log`)."""
@@ -141,7 +155,7 @@ def replay_log(
     shell: Shell,
     *,
     options: ReplayOptions | None = None,
-    stored: StoredJournal | None = None,
+    stored: AuditStore | None = None,
     progress: Progress | None = None,
 ) -> ReplayReport:
     """Replay ``log`` and compare (see the module's docstring); ``stored``: the Postgres audit
@@ -453,7 +467,7 @@ class _Run:
 
     # --- comparing ----------------------------------------------------------------------
 
-    def finish(self, stored: StoredJournal | None) -> None:
+    def finish(self, stored: AuditStore | None) -> None:
         report = self.report
         for partition in report.partitions:
             report.chains[partition] = self._partitions[partition].chain.hex()
@@ -475,10 +489,8 @@ class _Run:
             self._compare_what_if()
             return
         full = not self._options.partial
-        report.journal = self._compare(
-            "entry", self._journal, self._bodies(self._log.journal), full
-        )
-        report.events = self._compare("event", self._events, self._bodies(self._log.events), full)
+        report.journal = self._compare("entry", self._journal, self._log.journal, full)
+        report.events = self._compare("event", self._events, self._log.events, full)
         for where in self._log.unreadable:
             self._mismatch("unreadable", -1, None, None, where, "a recorded record that does "
                            "not decode")  # fmt: skip
@@ -487,21 +499,17 @@ class _Run:
         if self._options.until_ms is None:
             self._compare_balances()
 
-    @staticmethod
-    def _bodies(recorded: Mapping[str, RecordedOutput]) -> dict[str, bytes]:
-        return {found_id: output.body for found_id, output in recorded.items()}
-
     def _compare(
         self,
         what: str,
         replayed: Mapping[str, _Produced],
-        recorded: Mapping[str, bytes],
+        recorded: Mapping[str, RecordedOutput],
         full: bool,
     ) -> Compared:
         compared = Compared()
         for found_id in sorted(replayed.keys() | recorded.keys()):
             ours, theirs = replayed.get(found_id), recorded.get(found_id)
-            if ours is not None and theirs is not None and ours.body == theirs:
+            if ours is not None and theirs is not None and ours.body == theirs.body:
                 compared.matched += 1
             elif ours is None:
                 if not full:
@@ -515,20 +523,28 @@ class _Run:
                 self._diverged("extra", ours, found_id, f"replay produced an {what} not recorded")
             else:
                 compared.differing.append(found_id)
-                self._diverged("differs", ours, found_id,
-                               f"replayed {ours.body.hex()}, recorded {theirs.hex()}")  # fmt: skip
+                self._diverged("differs", ours, found_id, _difference(ours, theirs))
         return compared
 
-    def _compare_stored(self, stored: StoredJournal, full: bool) -> Compared:
+    def _compare_stored(self, stored: AuditStore, full: bool) -> Compared:
         compared = Compared()
-        for entry_id in sorted(self._journal.keys() | stored.keys()):
-            ours, theirs = self._journal.get(entry_id), stored.get(entry_id)
-            if ours is not None and theirs is not None and ours.item == theirs:
-                compared.matched += 1
-            elif ours is None:
-                if not full:
-                    compared.not_compared += 1
+        for entry_id in sorted(self._journal.keys() | stored.entries.keys()):
+            ours, theirs = self._journal.get(entry_id), stored.entries.get(entry_id)
+            if ours is not None and theirs is not None:
+                difference = entry_difference(ours.item, theirs)  # type: ignore[arg-type]
+                if difference is None:
+                    compared.matched += 1
+                else:
+                    compared.differing.append(entry_id)
+                    self._diverged("postgres", ours, entry_id, f"Postgres: {difference}")
+            elif ours is not None:
+                if not self._below_store_position(entry_id, stored):
+                    compared.not_compared += 1  # the store has not reached it yet
                     continue
+                compared.extra.append(entry_id)
+                self._diverged("postgres", ours, entry_id, "produced by replay and below the "
+                               "store's position, not in the Postgres store")  # fmt: skip
+            elif full:
                 compared.missing.append(entry_id)
                 self.report.diverged(
                     Divergence(
@@ -540,14 +556,18 @@ class _Run:
                         "in the Postgres store, not produced by replay",
                     )
                 )
-            elif theirs is None:
-                compared.extra.append(entry_id)
-                self._diverged("postgres", ours, entry_id, "produced by replay, not in Postgres")
             else:
-                compared.differing.append(entry_id)
-                detail = _entry_difference(ours.item, theirs)  # type: ignore[arg-type]
-                self._diverged("postgres", ours, entry_id, f"Postgres: {detail}")
+                compared.not_compared += 1
+        for anomaly in stored.anomalies:
+            compared.differing.append(anomaly)
+            self.report.diverged(Divergence("postgres", -1, None, None, "a stored row", anomaly))
         return compared
+
+    def _below_store_position(self, entry_id: str, stored: AuditStore) -> bool:
+        recorded = self._log.journal.get(entry_id)
+        return recorded is not None and recorded.offset < stored.ledger_positions.get(
+            recorded.partition, 0
+        )
 
     def _compare_balances(self) -> None:
         report = self.report
@@ -619,21 +639,18 @@ def _check_snapshot(
         )
 
 
-def _entry_difference(ours: JournalEntry, theirs: JournalEntry) -> str:
-    """The first field or line where two entries with one id differ."""
-    for name in ("payment_id", "kind", "partner_id", "account_id", "issued_at_ms", "phase",
-                 "pending_entry_id"):  # fmt: skip
-        a, b = getattr(ours, name), getattr(theirs, name)
-        if a != b:
-            return f"{name} replayed {a!r}, stored {b!r}"
-    if len(ours.lines) != len(theirs.lines):
-        return f"{len(ours.lines)} lines replayed, {len(theirs.lines)} stored"
-    for number, (a, b) in enumerate(zip(ours.lines, theirs.lines, strict=True), start=1):
-        if a != b:
-            return (f"line {number} ({a.account_id}, {a.side}): replayed {a.amount_minor} "
-                    f"{a.currency}, stored {b.amount_minor} {b.currency} on {b.account_id} "
-                    f"({b.side})")  # fmt: skip
-    return "the same fields"
+def _difference(ours: _Produced, theirs: RecordedOutput) -> str:
+    """What differs between a replayed and a recorded entry or event with one id."""
+    a, b = ours.item, theirs.item
+    if isinstance(a, JournalEntry) and isinstance(b, JournalEntry):
+        found = entry_difference(a, b)
+    else:
+        names = [f.name for f in dataclasses.fields(a)]
+        found = next((f"{n} replayed {getattr(a, n)!r}, recorded {getattr(b, n)!r}"
+                      for n in names if getattr(a, n) != getattr(b, n)), None)  # fmt: skip
+    return found or f"the same fields, other bytes: replayed {ours.body.hex()}, recorded " + (
+        theirs.body.hex()
+    )
 
 
 def _leg_key(item: object) -> LegKey:

@@ -68,6 +68,8 @@ class RecordedOutput:
 
     body: bytes
     item: JournalEntry | Event
+    partition: int
+    offset: int
 
 
 class Inputs:
@@ -216,7 +218,8 @@ def _outputs(
             topic, partition, offset = source(message)
             unreadable.append(f"{topic}[{partition}]@{offset}")
             continue
-        yield RecordedOutput(value[HEADER_SIZE:], item)
+        _topic, partition, offset = source(message)
+        yield RecordedOutput(value[HEADER_SIZE:], item, partition, offset)
 
 
 def _id_of(item: JournalEntry | Event) -> str:

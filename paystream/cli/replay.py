@@ -30,7 +30,8 @@ from rich.text import Text
 from paystream.settings import Settings
 
 if TYPE_CHECKING:
-    from paystream.audit.replay import ReplayOptions, ReplayReport, StoredJournal
+    from paystream.audit.replay import AuditStore, ReplayOptions, ReplayReport
+    from paystream.topology.topics import Topics
 
 
 def replay(
@@ -85,15 +86,18 @@ def replay(
     batch manifests say, and compare with the ledger, the events, the Postgres audit store
     and the workers' accounts. Prints a digest of the replayed journal; exit 1 on any
     mismatch, 2 when the log or a file cannot be read."""
+    import psycopg
     from confluent_kafka import KafkaException
 
     from paystream.audit.snapshot import SnapshotError
+    from paystream.services import ServiceError
 
     settings = Settings()
     try:
         options = _options(account, core, until, from_snapshot, write_snapshot)
         report = _run(settings, options, postgres, quiet)
-    except (KafkaException, TimeoutError, SnapshotError, OSError) as error:
+    except (KafkaException, TimeoutError, SnapshotError, ServiceError, psycopg.Error,
+            OSError) as error:  # fmt: skip
         print(f"paystream replay: cannot replay: {error}", file=sys.stderr)
         return 2
     _write_files(report, export, write_snapshot)
@@ -133,7 +137,7 @@ def _run(
         registry_from_url(settings.schema_registry_url, settings.data_dir),
         topics=topics.payloads(),
     )
-    stored = _stored_journal(settings, postgres)
+    stored = _audit_store(settings, topics, postgres)
     with _progress(quiet) as (reading, progress):
         log = read_log(settings.bootstrap, topics, serde, reading=reading)
         return replay_log(log, Shell(topics=topics, serde=serde), options=options,
@@ -187,8 +191,30 @@ def _time_ms(text: str) -> int:
     return int(moment.timestamp() * 1000)
 
 
-def _stored_journal(settings: Settings, postgres: bool | None) -> StoredJournal | None:
-    return None
+def _audit_store(settings: Settings, topics: Topics, postgres: bool | None) -> AuditStore | None:
+    """The Postgres audit store to compare with: ``--postgres`` requires it, ``--no-postgres``
+    skips it, and by default it is compared when it can be read (a note says when not)."""
+    import psycopg
+
+    from paystream import services
+    from paystream.audit.migrate import applied_version
+    from paystream.audit.replay import AuditStore
+    from paystream.audit.stored_journal import read_journal
+    from paystream.topology.topics import postgres_sink_group
+
+    if postgres is False:
+        return None
+    try:
+        dsn = services.postgres_dsn(settings)
+        if applied_version(dsn) == 0:
+            raise services.ServiceError("the database holds no audit store (no migration)")
+        stored = read_journal(dsn)
+    except (services.ServiceError, psycopg.Error) as error:
+        if postgres:
+            raise
+        print(f"paystream replay: no Postgres audit store compared ({error})", file=sys.stderr)
+        return None
+    return AuditStore.of(stored, group=postgres_sink_group(settings), ledger_topic=topics.ledger)
 
 
 class _Rate(ProgressColumn):
