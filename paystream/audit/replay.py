@@ -53,7 +53,9 @@ from paystream.audit.replay_log import (
     PlacedManifest,
     RecordedLog,
     RecordedOutput,
+    build_log,
     read_log,
+    read_records,
 )
 from paystream.audit.replay_report import Compared, Divergence, DivergenceKind, ReplayReport, WhatIf
 from paystream.audit.snapshot import PartitionState, Snapshot, SnapshotError
@@ -86,7 +88,9 @@ __all__ = [
     "Divergence",
     "ReplayOptions",
     "ReplayReport",
+    "build_log",
     "read_log",
+    "read_records",
     "replay",
     "replay_log",
 ]

@@ -15,11 +15,11 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Final
+from typing import Final, Literal, get_args
 
 from confluent_kafka import Message
 
-from paystream.audit.verify import read_accounts
+from paystream.audit.verify import latest_accounts
 from paystream.ledger import Account, DirectoryEntry, Event, JournalEntry
 from paystream.tables import directory as directory_records
 from paystream.topology.avro import HEADER_SIZE, AvroSerde
@@ -30,17 +30,26 @@ from paystream.topology.shell import source
 from paystream.topology.topics import Topics
 
 __all__ = [
+    "ROLES",
     "DirectoryReplica",
     "Inputs",
     "PlacedManifest",
     "RecordedLog",
     "RecordedOutput",
+    "Role",
     "UnreadManifest",
+    "build_log",
     "read_log",
+    "read_records",
+    "topic_of",
 ]
 
 Reading = Callable[[str], None]
 """Told the name of each topic as its reading starts."""
+Role = Literal["batches", "commands", "legs", "directory", "ledger", "events", "balances"]
+"""What a topic is to replay."""
+ROLES: Final[tuple[Role, ...]] = get_args(Role)
+_INPUT_ROLES: Final[tuple[InputKind, ...]] = ("commands", "legs")
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,42 +140,63 @@ class RecordedLog:
     """Event ids in the order recorded (per payment: the order its events were written)."""
     unreadable: list[str] = field(default_factory=list)
     """``topic[partition]@offset`` of recorded ledger and events records that do not decode."""
+    records: Mapping[Role, Sequence[Message]] = field(default_factory=dict)
+    """The records it was built from, per topic (what a log file holds)."""
+
+
+def read_records(
+    bootstrap: str, topics: Topics, *, reading: Reading | None = None
+) -> dict[Role, list[Message]]:
+    """Every committed record (read_committed) of the topics replay reads, manifests first."""
+    tell = reading or (lambda _topic: None)
+    found: dict[Role, list[Message]] = {}
+    for role in ROLES:
+        topic = topic_of(topics, role)
+        tell(topic)
+        found[role] = list(read_to_end(bootstrap, topic))
+    return found
 
 
 def read_log(
     bootstrap: str, topics: Topics, serde: AvroSerde, *, reading: Reading | None = None
 ) -> RecordedLog:
     """The log as committed now (read_committed), manifests first."""
-    tell = reading or (lambda _topic: None)
-    tell(topics.batches)
-    manifests, unread = _manifests(read_to_end(bootstrap, topics.batches), serde)
+    return build_log(read_records(bootstrap, topics, reading=reading), serde)
+
+
+def build_log(records: Mapping[Role, Sequence[Message]], serde: AvroSerde) -> RecordedLog:
+    """The log replay needs, from the records of each topic."""
+    manifests, unread = _manifests(records["batches"], serde)
     inputs: dict[tuple[InputKind, int], Sequence[Message]] = {}
-    for kind, topic in _input_topics(topics):
-        tell(topic)
-        for partition, found in by_partition(read_to_end(bootstrap, topic)).items():
+    for kind in _INPUT_ROLES:
+        for partition, found in by_partition(records[kind]).items():
             inputs[(kind, partition)] = found
-    tell(topics.directory)
-    directory = by_partition(read_to_end(bootstrap, topics.directory))
     unreadable: list[str] = []
-    tell(topics.ledger)
     journal: dict[str, RecordedOutput] = {}
-    for entry in _outputs(read_to_end(bootstrap, topics.ledger), serde.decode_journal_entry,
-                          unreadable):  # fmt: skip
+    for entry in _outputs(records["ledger"], serde.decode_journal_entry, unreadable):
         journal[_id_of(entry.item)] = entry
-    tell(topics.events)
     events_order: list[str] = []
     events: dict[str, RecordedOutput] = {}
-    for event in _outputs(read_to_end(bootstrap, topics.events), serde.decode_event, unreadable):
+    for event in _outputs(records["events"], serde.decode_event, unreadable):
         event_id = _id_of(event.item)
         events[event_id] = event
         events_order.append(event_id)
-    tell(topics.balances_changelog)
-    accounts = read_accounts(bootstrap, topics)
     return RecordedLog(
-        manifests=manifests, unread=unread, inputs=Inputs(inputs), directory=directory,
-        journal=journal, events=events, accounts=accounts, events_order=events_order,
-        unreadable=unreadable,
+        manifests=manifests, unread=unread, inputs=Inputs(inputs),
+        directory=by_partition(records["directory"]), journal=journal, events=events,
+        accounts=latest_accounts(records["balances"]), events_order=events_order,
+        unreadable=unreadable, records=records,
     )  # fmt: skip
+
+
+def topic_of(topics: Topics, role: Role) -> str:
+    """The topic that plays ``role``."""
+    names: dict[Role, str] = {
+        "batches": topics.batches, "commands": topics.commands, "legs": topics.legs,
+        "directory": topics.directory, "ledger": topics.ledger, "events": topics.events,
+        "balances": topics.balances_changelog,
+    }  # fmt: skip
+    return names[role]
 
 
 def by_partition(messages: Iterable[Message]) -> dict[int, list[Message]]:
@@ -174,10 +204,6 @@ def by_partition(messages: Iterable[Message]) -> dict[int, list[Message]]:
     for message in messages:
         found[source(message)[1]].append(message)
     return dict(found)
-
-
-def _input_topics(topics: Topics) -> tuple[tuple[InputKind, str], ...]:
-    return (("commands", topics.commands), ("legs", topics.legs))
 
 
 _UNREAD_SHOWN_MAX: Final = 200

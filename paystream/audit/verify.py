@@ -13,6 +13,8 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from confluent_kafka import Message
+
 from paystream.audit.projection import ZERO, Totals, add, entry_deltas
 from paystream.ledger import Account, JournalEntry, is_system_account_id
 from paystream.tables import codecs
@@ -58,8 +60,13 @@ def read_journal(bootstrap: str, topics: Topics, serde: AvroSerde) -> list[Journ
 
 def read_accounts(bootstrap: str, topics: Topics) -> dict[str, Account]:
     """Latest committed state of every account from the ``balances`` changelog."""
+    return latest_accounts(read_to_end(bootstrap, topics.balances_changelog))
+
+
+def latest_accounts(messages: Iterable[Message]) -> dict[str, Account]:
+    """The latest state of every account among records of the ``balances`` changelog."""
     latest: dict[str, Account] = {}
-    for message in read_to_end(bootstrap, topics.balances_changelog):
+    for message in messages:
         value = message.value()
         if value is not None:
             account = codecs.decode_account(value)

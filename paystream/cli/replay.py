@@ -78,7 +78,20 @@ def replay(
         bool | None,
         typer.Option(
             "--postgres/--no-postgres",
-            help="compare with the Postgres audit store (default: when it is reachable)",
+            help="compare with the Postgres audit store (default: when it is reachable, and "
+            "not for a log file)",
+        ),
+    ] = None,
+    log: Annotated[
+        Path | None,
+        typer.Option("--log", help="replay this log file (--save-log) instead of the broker"),
+    ] = None,
+    save_log: Annotated[
+        Path | None,
+        typer.Option(
+            "--save-log",
+            help="save the log read (every record replay reads, with its schemas) to this "
+            "Avro container file, to replay it elsewhere with --log",
         ),
     ] = None,
 ) -> int:
@@ -89,15 +102,16 @@ def replay(
     import psycopg
     from confluent_kafka import KafkaException
 
+    from paystream.audit.log_file import LogFileError
     from paystream.audit.snapshot import SnapshotError
     from paystream.services import ServiceError
 
     settings = Settings()
     try:
         options = _options(account, core, until, from_snapshot, write_snapshot)
-        report = _run(settings, options, postgres, quiet)
-    except (KafkaException, TimeoutError, SnapshotError, ServiceError, psycopg.Error,
-            OSError) as error:  # fmt: skip
+        report = _run(settings, options, postgres, quiet, (log, save_log))
+    except (KafkaException, TimeoutError, SnapshotError, LogFileError, ServiceError,
+            psycopg.Error, OSError) as error:  # fmt: skip
         print(f"paystream replay: cannot replay: {error}", file=sys.stderr)
         return 2
     _write_files(report, export, write_snapshot)
@@ -124,24 +138,38 @@ def _options(
 
 
 def _run(
-    settings: Settings, options: ReplayOptions, postgres: bool | None, quiet: bool
+    settings: Settings,
+    options: ReplayOptions,
+    postgres: bool | None,
+    quiet: bool,
+    files: tuple[Path | None, Path | None],
 ) -> ReplayReport:
-    from paystream.audit.replay import read_log, replay_log
+    """Read the log (from the broker, or ``files[0]``, a log file), save it to ``files[1]``
+    if asked, and replay it."""
+    from paystream.audit.log_file import read_log_file, write_log_file
+    from paystream.audit.replay import build_log, read_records, replay_log
     from paystream.topology.avro import AvroSerde
     from paystream.topology.registry import registry_from_url
     from paystream.topology.shell import Shell
     from paystream.topology.topics import Topics
 
-    topics = Topics.from_settings(settings)
-    serde = AvroSerde(
-        registry_from_url(settings.schema_registry_url, settings.data_dir),
-        topics=topics.payloads(),
-    )
-    stored = _audit_store(settings, topics, postgres)
+    log_file, save_log = files
     with _progress(quiet) as (reading, progress):
-        log = read_log(settings.bootstrap, topics, serde, reading=reading)
-        return replay_log(log, Shell(topics=topics, serde=serde), options=options,
-                          stored=stored, progress=progress)  # fmt: skip
+        if log_file is None:
+            topics = Topics.from_settings(settings)
+            registry = registry_from_url(settings.schema_registry_url, settings.data_dir)
+            records = read_records(settings.bootstrap, topics, reading=reading)
+        else:
+            loaded = read_log_file(log_file)
+            topics, registry, records = loaded.topics, loaded.registry, loaded.records
+            postgres = postgres or False  # a log file is compared with a store only if asked
+        if save_log is not None:
+            count = write_log_file(records, topics, registry, save_log)
+            print(f"saved {count:,} records of the log to {save_log}", file=sys.stderr)
+        serde = AvroSerde(registry, topics=topics.payloads())
+        stored = _audit_store(settings, topics, postgres)
+        return replay_log(build_log(records, serde), Shell(topics=topics, serde=serde),
+                          options=options, stored=stored, progress=progress)  # fmt: skip
 
 
 def _write_files(report: ReplayReport, export: Path | None, snapshot: Path | None) -> None:

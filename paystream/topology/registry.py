@@ -72,6 +72,30 @@ def registry_from_url(url: str | None, data_dir: Path | str) -> SchemaRegistry:
     raise ValueError(f"schema registry url must be http(s)://…, got {url!r}")
 
 
+class MemorySchemaRegistry:
+    """Schemas held in memory, by id: those a log file carries (``audit.log_file``), so
+    records written under another registry's ids decode without it. A schema registered
+    again gets the id of a schema with the same canonical form, if it holds one."""
+
+    def __init__(self, schemas: Mapping[int, str]) -> None:
+        self._schemas = dict(schemas)
+        self._ids = {canonical_form(text): schema_id for schema_id, text in self._schemas.items()}
+
+    def register(self, subject: str, schema_str: str) -> int:
+        form = canonical_form(schema_str)
+        found = self._ids.get(form)
+        if found is None:
+            found = max(self._schemas, default=0) + 1
+            self._schemas[found], self._ids[form] = schema_str, found
+        return found
+
+    def schema_for_id(self, schema_id: int) -> str:
+        found = self._schemas.get(schema_id)
+        if found is None:
+            raise SchemaNotFound(f"no schema with id {schema_id} in this file")
+        return found
+
+
 class FileSchemaRegistry:
     """A JSON file of schemas and subjects, safe for several processes at once.
 

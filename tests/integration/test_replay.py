@@ -282,3 +282,23 @@ def test_batches_of_an_older_core_replay_when_this_core_reproduces_them(
     assert replay_log(ran_under("1"), recorded.shell).ok  # core 1: no limit, the same outputs
     unknown = replay_log(ran_under("0.9"), recorded.shell)
     assert not unknown.ok and {d.kind for d in unknown.batch_mismatches} == {"core_version"}
+
+
+def test_a_saved_log_replays_away_from_the_broker_and_its_registry(
+    recorded: Recorded, tmp_path: Path
+) -> None:
+    saved = tmp_path / "log.avro"
+    done = paystream(recorded.env, "replay", "--quiet", "--no-postgres", "--save-log", str(saved))
+    assert done.returncode == 0 and "saved" in done.stderr, done.stderr
+    elsewhere = {  # no broker, an empty data directory: no schema registry either
+        **recorded.env, "PAYSTREAM_KAFKA_BOOTSTRAP": "127.0.0.1:1",
+        "PAYSTREAM_DATA_DIR": str(tmp_path / "elsewhere"),
+    }  # fmt: skip
+    offline = paystream(elsewhere, "replay", "--json", "--quiet", "--log", str(saved))
+    assert offline.returncode == 0, offline.stdout[-2000:] + offline.stderr[-2000:]
+    report = json.loads(offline.stdout)
+    assert report["ok"] and report["journal_sha256"] == recorded.full.journal_sha256
+    assert report["postgres"] is None
+    assert report["journal"]["matched"] == len(recorded.log.journal)
+    not_a_log = paystream(elsewhere, "replay", "--quiet", "--log", str(tmp_path / "missing.avro"))
+    assert not_a_log.returncode == 2 and "cannot replay" in not_a_log.stderr
