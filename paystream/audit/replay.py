@@ -284,6 +284,7 @@ class _Run:
             for kind in ("commands", "legs"):
                 for message in self._log.inputs.of(kind, partition):
                     touched |= self._counterparties(message, accounts)
+        self.report.asked_accounts = accounts
         self.report.shown_accounts = frozenset(touched)
         return {partition_for(a.encode(), count) for a in touched}
 

@@ -130,8 +130,10 @@ class ReplayReport:
     balances_compared: int = 0
     accounts: dict[str, Account] = field(default_factory=dict)
     """The replayed accounts (all of them, or the subset asked for and those it touched)."""
+    asked_accounts: frozenset[str] = frozenset()
+    """The account subset asked for (the summary prints their balances)."""
     shown_accounts: frozenset[str] = frozenset()
-    """Accounts whose balances the report lists (an account subset)."""
+    """The subset and every account its transfers touched (compared, and listed in JSON)."""
     first_divergence: Divergence | None = None
     what_if: WhatIf | None = None
     entries: list[JournalEntry] = field(default_factory=list)
@@ -188,10 +190,19 @@ class ReplayReport:
             f"accounts that differ from the workers' tables: {len(self.balance_differences):,}"
             f" of {self.balances_compared:,} compared"
         )
-        for account_id in sorted(self.shown_accounts):
+        for account_id in sorted(self.asked_accounts):
             account = self.accounts.get(account_id)
-            if account is not None:
-                lines.append(f"  {account_id}: {_balance(account)}")
+            lines.append(f"  {account_id}: " + ("never opened" if account is None else (
+                f"balance {account.balance_minor:,} {account.currency}, available "
+                f"{account.available_minor:,} ({account.status}; posted debits "
+                f"{account.posted_debits_minor:,}, credits {account.posted_credits_minor:,}; "
+                f"pending debits {account.pending_debits_minor:,}, credits "
+                f"{account.pending_credits_minor:,})"
+            )))  # fmt: skip
+        if self.asked_accounts:
+            touched = len(self.shown_accounts - self.asked_accounts)
+            lines.append(f"  (and {touched:,} accounts their transfers touched: --json lists "
+                         "them)")  # fmt: skip
         return "\n".join(lines + self._mismatch_lines())
 
     def _mismatch_lines(self) -> list[str]:
