@@ -36,6 +36,7 @@ from paystream.audit.replay import read_log, replay_log
 from paystream.audit.replay_log import DirectoryReplica, RecordedLog
 from paystream.ledger import Account, IdempotencyKey, IdempotencyRecord, process_batch
 from paystream.runner import Platform, running
+from paystream.runtime import fewer_collections
 from paystream.services.kafka import start_on_free_ports
 from paystream.settings import Settings
 from paystream.topology.shell import Shell
@@ -144,10 +145,12 @@ def main() -> None:
                   "replaying ...", flush=True)  # fmt: skip
             runs, cores = [], []
             for number in range(1, args.runs + 1):
-                runs.append(one_replay(log, shell))
-                cores.append(core_with_decoding(log, shell))
+                with fewer_collections():  # as paystream replay runs
+                    runs.append(one_replay(log, shell))
+                    cores.append(core_with_decoding(log, shell))
                 _show(number, runs[-1], cores[-1])
-            top = profiled(log, shell) if args.profile else None
+            with fewer_collections():
+                top = profiled(log, shell) if args.profile else None
         finally:
             broker.stop()
     if top is not None:

@@ -34,66 +34,62 @@ if TYPE_CHECKING:
     from paystream.topology.topics import Topics
 
 
+JsonOption = Annotated[bool, typer.Option("--json", help="print the report as JSON")]
+QuietOption = Annotated[bool, typer.Option("--quiet", help="no progress bar")]
+AccountOption = Annotated[
+    list[str] | None,
+    typer.Option("--account", help="replay this account (repeat for more) and every account "
+                 "its transfers touched, not the whole ledger"),
+]  # fmt: skip
+CoreOption = Annotated[
+    list[str] | None,
+    typer.Option("--core", metavar="RULE=VALUE", help="what-if: run with this rule changed "
+                 "(repeat for more; e.g. amount_max_minor=100000) and list the payments that "
+                 "would have ended differently"),
+]  # fmt: skip
+UntilOption = Annotated[
+    str | None,
+    typer.Option("--until", help="stop after the batches written at or before this time "
+                 "(ISO 8601, or ms since the epoch)"),
+]  # fmt: skip
+FromSnapshotOption = Annotated[
+    Path | None, typer.Option("--from-snapshot", help="start from this snapshot file")
+]
+WriteSnapshotOption = Annotated[
+    Path | None, typer.Option("--write-snapshot", help="write the state it ends with here")
+]
+ExportOption = Annotated[
+    Path | None,
+    typer.Option("--export", help="write the replayed journal to this Avro container file"),
+]
+PostgresOption = Annotated[
+    bool | None,
+    typer.Option("--postgres/--no-postgres", help="compare with the Postgres audit store "
+                 "(default: when it is reachable, and not for a log file)"),
+]  # fmt: skip
+LogOption = Annotated[
+    Path | None,
+    typer.Option("--log", help="replay this log file (--save-log) instead of the broker"),
+]
+SaveLogOption = Annotated[
+    Path | None,
+    typer.Option("--save-log", help="save the log read (every record replay reads, with its "
+                 "schemas) to this Avro container file, to replay it elsewhere with --log"),
+]  # fmt: skip
+
+
 def replay(
-    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar")] = False,
-    account: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--account",
-            help="replay this account (repeat for more) and every "
-            "account its transfers touched, not the whole ledger",
-        ),
-    ] = None,
-    core: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--core",
-            metavar="RULE=VALUE",
-            help="what-if: run with this rule "
-            "changed (repeat for more; e.g. amount_max_minor=100000) and list the "
-            "payments that would have ended differently",
-        ),
-    ] = None,
-    until: Annotated[
-        str | None,
-        typer.Option(
-            "--until",
-            help="stop after the batches written at or before this time "
-            "(ISO 8601, or ms since the epoch)",
-        ),
-    ] = None,
-    from_snapshot: Annotated[
-        Path | None, typer.Option("--from-snapshot", help="start from this snapshot file")
-    ] = None,
-    write_snapshot: Annotated[
-        Path | None,
-        typer.Option("--write-snapshot", help="write the state the replay ends with here"),
-    ] = None,
-    export: Annotated[
-        Path | None,
-        typer.Option("--export", help="write the replayed journal to this Avro container file"),
-    ] = None,
-    postgres: Annotated[
-        bool | None,
-        typer.Option(
-            "--postgres/--no-postgres",
-            help="compare with the Postgres audit store (default: when it is reachable, and "
-            "not for a log file)",
-        ),
-    ] = None,
-    log: Annotated[
-        Path | None,
-        typer.Option("--log", help="replay this log file (--save-log) instead of the broker"),
-    ] = None,
-    save_log: Annotated[
-        Path | None,
-        typer.Option(
-            "--save-log",
-            help="save the log read (every record replay reads, with its schemas) to this "
-            "Avro container file, to replay it elsewhere with --log",
-        ),
-    ] = None,
+    as_json: JsonOption = False,
+    quiet: QuietOption = False,
+    account: AccountOption = None,
+    core: CoreOption = None,
+    until: UntilOption = None,
+    from_snapshot: FromSnapshotOption = None,
+    write_snapshot: WriteSnapshotOption = None,
+    export: ExportOption = None,
+    postgres: PostgresOption = None,
+    log: LogOption = None,
+    save_log: SaveLogOption = None,
 ) -> int:
     """Re-run the core over the retained commands and recorded legs, batch by batch as the
     batch manifests say, and compare with the ledger, the events, the Postgres audit store
@@ -104,12 +100,14 @@ def replay(
 
     from paystream.audit.log_file import LogFileError
     from paystream.audit.snapshot import SnapshotError
+    from paystream.runtime import fewer_collections
     from paystream.services import ServiceError
 
     settings = Settings()
     try:
         options = _options(account, core, until, from_snapshot, write_snapshot)
-        report = _run(settings, options, postgres, quiet, (log, save_log))
+        with fewer_collections():
+            report = _run(settings, options, postgres, quiet, (log, save_log))
     except (KafkaException, TimeoutError, SnapshotError, LogFileError, ServiceError,
             psycopg.Error, OSError) as error:  # fmt: skip
         print(f"paystream replay: cannot replay: {error}", file=sys.stderr)
