@@ -12,8 +12,10 @@ account with money in flight).
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from paystream.ledger import CloseAccount, Command, Deposit, OpenAccount, Transfer, mint_command_id
@@ -22,6 +24,7 @@ from paystream.topology.partitioner import partition_for
 ACCOUNTS_MAX = 1_000_000
 TRANSFERS_MAX = 10_000_000
 GARBAGE_BYTES_MAX = 2_048
+ZIPF_S_MAX = 4.0
 INTRUDER_PARTNER_ID = "intruder"
 """A partner that owns none of the workload's accounts."""
 
@@ -92,6 +95,10 @@ class Mix:
     partitions: int = 8
     deposit_minor: int = 100_000
     amount_max_minor: int = 5_000
+    zipf_s: float | None = None
+    """Honest transfers pick their accounts uniformly (None) or Zipf-skewed with this
+    exponent: the account of rank k (ranks shuffled onto the accounts) is picked with a
+    probability proportional to k**-zipf_s, so a few hot accounts carry much of the traffic."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +140,18 @@ def build(
     return Workload(setup=tuple(setup), traffic=tuple(traffic))
 
 
+def _picker(rng: random.Random, accounts: list[str], zipf_s: float | None) -> Callable[[], str]:
+    """Draws an account: uniformly, or Zipf-skewed over ``accounts`` in a shuffled rank order."""
+    if zipf_s is None:
+        return lambda: rng.choice(accounts)
+    if not 0 < zipf_s <= ZIPF_S_MAX:
+        raise ValueError(f"zipf_s must be in (0, {ZIPF_S_MAX}]")
+    ranked = list(accounts)
+    rng.shuffle(ranked)
+    cumulative = list(itertools.accumulate(k**-zipf_s for k in range(1, len(ranked) + 1)))
+    return lambda: rng.choices(ranked, cum_weights=cumulative)[0]
+
+
 class _Traffic:
     def __init__(
         self, rng: random.Random, mix: Mix, ids: _Ids, run_id: str, live: list[str],
@@ -143,6 +162,7 @@ class _Traffic:
         self.partner_id, self.currency = partner_id, currency
         self.originals: list[Transfer] = []
         self.sent: list[Sent] = []
+        self.pick = _picker(rng, live, mix.zipf_s)
 
     def build(self) -> list[Sent]:
         close_at = self.mix.transfers // 4
@@ -165,9 +185,9 @@ class _Traffic:
 
     def _honest(self, i: int, *, closed: bool) -> None:
         rng, mix = self.rng, self.mix
-        source = rng.choice(self.live)
+        source = self.pick()
         to_closed = closed and self.closing and rng.random() < mix.to_closed_rate
-        destination = rng.choice(self.closing) if to_closed else rng.choice(self.live)
+        destination = rng.choice(self.closing) if to_closed else self.pick()
         amount = rng.randint(1, mix.amount_max_minor)
         if rng.random() < mix.overdraft_rate:
             amount = mix.deposit_minor * 10
