@@ -25,6 +25,9 @@ ACCOUNTS_MAX = 1_000_000
 TRANSFERS_MAX = 10_000_000
 GARBAGE_BYTES_MAX = 2_048
 ZIPF_S_MAX = 4.0
+REDRAWS_MAX = 64
+"""Draws of a skewed workload's destination until it is not the source (then it stays:
+``same_account``); a uniform workload never draws again, so its seeds are unchanged."""
 INTRUDER_PARTNER_ID = "intruder"
 """A partner that owns none of the workload's accounts."""
 
@@ -188,6 +191,10 @@ class _Traffic:
         source = self.pick()
         to_closed = closed and self.closing and rng.random() < mix.to_closed_rate
         destination = rng.choice(self.closing) if to_closed else self.pick()
+        for _ in range(REDRAWS_MAX if mix.zipf_s is not None else 0):
+            if destination != source:
+                break
+            destination = self.pick()  # a hot account would pay itself often: draw again
         amount = rng.randint(1, mix.amount_max_minor)
         if rng.random() < mix.overdraft_rate:
             amount = mix.deposit_minor * 10

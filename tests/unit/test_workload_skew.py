@@ -45,3 +45,11 @@ def test_an_exponent_out_of_range_is_refused(zipf_s: float) -> None:
     with pytest.raises(ValueError, match="zipf_s"):
         workload.build(seed=1, mix=workload.Mix(accounts=10, transfers=10, zipf_s=zipf_s),
                        run_id="x", now_ms=NOW_MS)  # fmt: skip
+
+
+def test_a_skewed_transfer_does_not_pay_its_own_account() -> None:
+    mix = workload.Mix(accounts=1_000, transfers=20_000, hostile_rate=0.0, zipf_s=1.1)
+    load = workload.build(seed=5, mix=mix, run_id="self", now_ms=NOW_MS)
+    transfers = [c for s in load.traffic if isinstance(c := workload.command_of(s), Transfer)]
+    to_itself = [t for t in transfers if t.account_id == t.destination_account_id]
+    assert len(to_itself) == 0, len(to_itself)
