@@ -54,7 +54,6 @@ import contextlib
 import json
 import multiprocessing
 import os
-import platform as host
 import shlex
 import sys
 import tempfile
@@ -66,11 +65,11 @@ from multiprocessing.context import SpawnContext, SpawnProcess
 from pathlib import Path
 from typing import Any
 
-import confluent_kafka
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from tqdm import tqdm
 
+from bench import machine
 from bench.backlog import publish_and_wait
 from paystream import workload
 from paystream.agents.worker import (
@@ -814,18 +813,6 @@ def process_cpu_s(pid: int) -> float | None:
 # --- the whole run ---------------------------------------------------------------------
 
 
-def machine(kafka_version: str | None, *, load_average_1m: float) -> dict[str, Any]:
-    return {
-        "cores": os.cpu_count(),
-        "memory_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
-        "python": host.python_version(),
-        "confluent_kafka": confluent_kafka.__version__,
-        "librdkafka": confluent_kafka.libversion()[0],
-        "kafka": kafka_version,
-        "load_average_1m_at_start": load_average_1m,
-    }
-
-
 @contextlib.contextmanager
 def _broker(bootstrap: str | None, home: Path) -> Iterator[tuple[str, str | None, int | None]]:
     """(bootstrap, Kafka version, pid): the given broker, or one of its own on free ports."""
@@ -859,7 +846,7 @@ def run(
                 for n in processes
             ]  # fmt: skip
     return {
-        "machine": machine(kafka_version, load_average_1m=load_average_1m),
+        "machine": machine.facts(kafka=kafka_version, load_average_1m_at_start=load_average_1m),
         "payments": payments,
         "wire_profile": measured.as_json(), "option_differences": option_differences(),
         "passthrough": runs,

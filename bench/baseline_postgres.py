@@ -47,7 +47,6 @@ import argparse
 import json
 import math
 import os
-import platform as host
 import resource
 import sys
 import tempfile
@@ -65,6 +64,7 @@ import psycopg
 from psycopg import IsolationLevel, errors
 from tqdm import tqdm  # type: ignore[import-untyped]
 
+from bench import machine as bench_machine
 from bench.saga import ZIPF_S, honest_mix
 from paystream import workload
 from paystream.ledger import Transfer as LedgerTransfer
@@ -533,21 +533,12 @@ def others_share(phase: Phase) -> float:
 
 def machine(server_dsn: str) -> dict[str, Any]:
     """What the figures were measured on."""
-    meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
-    cpu_model = next((line.split(":", 1)[1].strip() for line in
-                      Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("model name")), host.processor())  # fmt: skip
     with psycopg.connect(server_dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
         settings = {name: str((conn.execute(f"SHOW {name}").fetchone() or ("?",))[0])
                     for name in ("server_version", "fsync", "synchronous_commit",
                                  "shared_buffers", "max_connections", "wal_level")}  # fmt: skip
-    return {
-        "cores": os.cpu_count(), "cpu_model": cpu_model,
-        "memory_gib": round(int(meminfo["MemTotal"].split()[0]) / 2**20, 1),
-        "os": host.platform(), "python": host.python_version(),
-        "psycopg": f"{psycopg.__version__} ({psycopg.pq.__impl__}, libpq {psycopg.pq.version()})",
-        "postgres": settings, "load_average_at_start": os.getloadavg(),
-    }  # fmt: skip
+    psycopg_version = f"{psycopg.__version__} ({psycopg.pq.__impl__}, libpq {psycopg.pq.version()})"
+    return bench_machine.facts(psycopg=psycopg_version, postgres=settings)
 
 
 def command(accounts: int, transfers: int, connections: int, distribution: str, seed: int,

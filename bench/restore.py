@@ -43,7 +43,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import random
 import shlex
 import shutil
@@ -59,7 +58,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import confluent_kafka
 from confluent_kafka import (
     Consumer,
     ConsumerGroupState,
@@ -73,6 +71,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tqdm import tqdm
 
 import paystream
+from bench import machine as bench_machine
 from paystream.agents.metrics import collect_text
 from paystream.agents.supervisor import WorkerProcess, prepare_metrics_dir
 from paystream.agents.worker import worker_dir
@@ -980,18 +979,7 @@ def machine(kafka_version: str | None) -> dict[str, Any]:
     """What the numbers were measured on."""
     from importlib.metadata import version
 
-    return {
-        "cores": os.cpu_count(),
-        "cpu": _cpu_model(),
-        "memory_gib": _memory_gib(),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "kafka": kafka_version,
-        "librdkafka": confluent_kafka.libversion()[0],
-        "confluent_kafka": version("confluent-kafka"),
-        "rocksdict": version("rocksdict"),
-        "load_average_at_start": os.getloadavg(),
-    }
+    return bench_machine.facts(kafka=kafka_version, rocksdict=version("rocksdict"))
 
 
 def _cpu_model() -> str | None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform as host
 import tempfile
 import threading
 import time
@@ -30,6 +29,7 @@ from typing import Any, Final
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from tqdm import tqdm
 
+from bench import machine
 from paystream import workload
 from paystream.ledger import TERMINAL_EVENT_TYPES, is_own_event
 from paystream.runner import Platform, running
@@ -160,7 +160,7 @@ def run(
     return {
         "command": f"python -m bench.saga --transfers {transfers} --accounts {accounts} "
         f"--workers {' '.join(map(str, workers))} --distribution {' '.join(distributions)}",
-        "machine": _machine(), "load_average_1m_at_start": load_1m, "scenarios": results,
+        "machine": machine.facts(load_average_1m_at_start=load_1m), "scenarios": results,
     }  # fmt: skip
 
 
@@ -169,15 +169,6 @@ def _show(found: dict[str, Any]) -> None:
           f"payments in {found['seconds']:.1f} s = {found['payments_per_s']:,.0f} payments/s "
           f"(published in {found['publish_seconds']:.1f} s; {found['outcomes']})",
           flush=True)  # fmt: skip
-
-
-def _machine() -> dict[str, Any]:
-    memory_kb = next(
-        int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-        if line.startswith("MemTotal:")
-    )  # fmt: skip
-    return {"cores": os.cpu_count(), "memory_gib": round(memory_kb / 2**20, 1),
-            "python": host.python_version()}  # fmt: skip
 
 
 def main() -> None:
