@@ -59,7 +59,7 @@ from paystream.audit.replay_log import (
 )
 from paystream.audit.replay_report import Compared, Divergence, DivergenceKind, ReplayReport, WhatIf
 from paystream.audit.snapshot import PartitionState, Snapshot, SnapshotError
-from paystream.audit.stored_journal import StoredJournal, entry_difference
+from paystream.audit.stored_journal import StoredJournal, entry_difference, journal_differences
 from paystream.ledger import (
     CORE_VERSION,
     REPLAYED_CORE_VERSIONS,
@@ -80,7 +80,7 @@ from paystream.ledger import (
 from paystream.topology.avro import HEADER_SIZE, AvroSerde
 from paystream.topology.manifest import BatchManifest
 from paystream.topology.partitioner import partition_for
-from paystream.topology.shell import Record, Shell
+from paystream.topology.shell import Decoded, Record, Shell
 from paystream.topology.topics import Topics
 
 __all__ = [
@@ -289,7 +289,7 @@ class _Run:
         return {partition_for(a.encode(), count) for a in touched}
 
     def _counterparties(self, message: Message, accounts: frozenset[str]) -> set[str]:
-        decoded = self._shell.decode(message.partition() or 0, [message])
+        decoded = self._decode(message.partition() or 0, [message], None)
         found: set[str] = set()
         for delivery in decoded.deliveries:
             item = delivery.item
@@ -304,9 +304,19 @@ class _Run:
     def _leg_keys(self, partitions: set[int]) -> set[LegKey]:
         keys: set[LegKey] = set()
         for partition in partitions:
-            decoded = self._shell.decode(partition, self._log.inputs.of("legs", partition))
+            decoded = self._decode(partition, self._log.inputs.of("legs", partition), None)
             keys |= {_leg_key(d.item) for d in decoded.deliveries}
         return keys
+
+    def _decode(self, partition: int, messages: Sequence[Message], index: int | None) -> Decoded:
+        """The shell's decoding; a record only a worker writes (a leg) that does not decode is
+        a divergence of the log (the worker would have stopped on it), not a crash of replay."""
+        try:
+            return self._shell.decode(partition, messages)
+        except InvariantViolation as error:
+            self._mismatch("unreadable", partition, index, None, f"partition {partition}",
+                           str(error)[:DETAIL_MAX])  # fmt: skip
+            return Decoded()
 
     # --- running ----------------------------------------------------------------------
 
@@ -323,7 +333,7 @@ class _Run:
         self.report.commands += sum(1 for m in messages if m.topic() == self._shell.topics.commands)
         if not self._what_if:
             self._check_before(index, manifest, state)
-        decoded = self._shell.decode(partition, messages)
+        decoded = self._decode(partition, messages, index)
         origins = {
             _id_of(delivery.item): f"{topic}[{partition}]@{offset}"
             for delivery, (topic, offset) in zip(decoded.deliveries, decoded.origins, strict=True)
@@ -532,37 +542,26 @@ class _Run:
         return compared
 
     def _compare_stored(self, stored: AuditStore, full: bool) -> Compared:
-        compared = Compared()
-        for entry_id in sorted(self._journal.keys() | stored.entries.keys()):
-            ours, theirs = self._journal.get(entry_id), stored.entries.get(entry_id)
-            if ours is not None and theirs is not None:
-                difference = entry_difference(ours.item, theirs)  # type: ignore[arg-type]
-                if difference is None:
-                    compared.matched += 1
-                else:
-                    compared.differing.append(entry_id)
-                    self._diverged("postgres", ours, entry_id, f"Postgres: {difference}")
-            elif ours is not None:
-                if not self._below_store_position(entry_id, stored):
-                    compared.not_compared += 1  # the store has not reached it yet
-                    continue
-                compared.extra.append(entry_id)
-                self._diverged("postgres", ours, entry_id, "produced by replay and below the "
-                               "store's position, not in the Postgres store")  # fmt: skip
-            elif full:
-                compared.missing.append(entry_id)
-                self.report.diverged(
-                    Divergence(
-                        "postgres",
-                        -1,
-                        None,
-                        None,
-                        entry_id,
-                        "in the Postgres store, not produced by replay",
-                    )
-                )
-            else:
+        replayed = {i: p.item for i, p in self._journal.items() if isinstance(p.item, JournalEntry)}
+        found = journal_differences(replayed, stored.entries)
+        compared = Compared(matched=found.matched)
+        for entry_id, difference in found.differing:
+            compared.differing.append(entry_id)
+            self._diverged("postgres", self._journal[entry_id], entry_id, f"Postgres: {difference}")
+        for entry_id in found.extra_ids:
+            if not self._below_store_position(entry_id, stored):
+                compared.not_compared += 1  # the store has not reached it yet
+                continue
+            compared.extra.append(entry_id)
+            self._diverged("postgres", self._journal[entry_id], entry_id, "produced by replay "
+                           "and below the store's position, not in the Postgres store")  # fmt: skip
+        for entry_id in found.missing_ids:
+            if not full:
                 compared.not_compared += 1
+                continue
+            compared.missing.append(entry_id)
+            detail = "in the Postgres store, not produced by replay"
+            self.report.diverged(Divergence("postgres", -1, None, None, entry_id, detail))
         for anomaly in stored.anomalies:
             compared.differing.append(anomaly)
             self.report.diverged(Divergence("postgres", -1, None, None, "a stored row", anomaly))

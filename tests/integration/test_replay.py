@@ -15,11 +15,12 @@ from pathlib import Path
 
 import fastavro
 import pytest
+from confluent_kafka import Message
 
 from paystream import workload
 from paystream.audit.journal_file import read_journal_file, write_journal_file
 from paystream.audit.replay import ReplayOptions, ReplayReport, read_log, replay_log
-from paystream.audit.replay_log import RecordedLog
+from paystream.audit.replay_log import Inputs, RecordedLog
 from paystream.audit.snapshot import SnapshotError, load_snapshot, write_snapshot
 from paystream.ledger import Transfer
 from paystream.runner import TRAFFIC_TIMEOUT_S, child_env
@@ -121,6 +122,29 @@ def test_a_changed_rule_is_found_at_the_first_batch_it_changes(recorded: Recorde
     first = report.batch_mismatches[0]
     assert first.kind == "digest" and first.batch is not None
     assert report.journal.extra or report.journal.missing or report.journal.differing
+
+
+def test_a_leg_that_does_not_decode_is_reported_at_its_batch_not_raised(
+    recorded: Recorded,
+) -> None:
+    """Only workers write legs, so a worker stops on a leg it cannot read; replay, auditing a
+    log that may have been tampered with, reports it as that batch's divergence."""
+    log = copy_of(recorded.log)
+    messages = {(kind, p): list(log.inputs.of(kind, p))
+                for kind in ("commands", "legs") for p in log.manifests}  # fmt: skip
+    partition = next(p for p in sorted(log.manifests) if messages[("legs", p)])
+    found = messages[("legs", partition)]
+    first = found[0]
+    found[0] = Message(
+        topic=first.topic(), partition=first.partition(), offset=first.offset(),
+        key=first.key(), value=b"\x00garbage", timestamp=first.timestamp(),
+    )  # fmt: skip
+    log = dataclasses.replace(log, inputs=Inputs(messages))
+    for options in (ReplayOptions(), ReplayOptions(what_if={"amount_max_minor": 10})):
+        report = replay_log(log, recorded.shell, options=options)
+        assert not report.ok
+        unreadable = [d for d in report.batch_mismatches if d.kind == "unreadable"]
+        assert unreadable and unreadable[0].partition == partition, report.summary()
 
 
 def test_a_what_if_limit_lists_exactly_the_transfers_above_it(recorded: Recorded) -> None:
