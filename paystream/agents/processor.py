@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import Message
 
 from paystream.agents.directory import Directory, DirectoryPosition
-from paystream.agents.stores import Stores, TableView, TableWrite
+from paystream.agents.stores import Index, Stores, TableView, TableWrite
 from paystream.ledger import (
     Account,
     Delivery,
@@ -27,17 +27,19 @@ from paystream.ledger import (
     Rules,
     process_batch,
 )
-from paystream.ledger.core import RESERVATION_OPEN_MS
 from paystream.tables import codecs
 from paystream.topology.avro import AvroSerde
 from paystream.topology.shell import Record, Shell, source
 from paystream.topology.topics import Topics
 
-__all__ = ["BALANCES", "IDEMPOTENCY", "Batch", "BatchProcessor", "Record"]
+__all__ = ["BALANCES", "IDEMPOTENCY", "INDEXES", "Batch", "BatchProcessor", "Record"]
 
 BALANCES = "balances"
 IDEMPOTENCY = "idempotency"
 TABLES = (BALANCES, IDEMPOTENCY)
+INDEXES: dict[str, Index] = {IDEMPOTENCY: codecs.expiry_index_row}
+"""The stores' own index rows (derived, never on a changelog): which idempotency rows expire
+when. Deriving them instead of sending them took 4 of the 17.4 records a payment wrote."""
 EXPIRED_PER_BATCH_MAX = 1_000
 """Most expired idempotency rows one batch deletes (the rest wait for the next batch)."""
 
@@ -153,16 +155,13 @@ class BatchProcessor:
     def _write_idempotency(
         self, partition: int, records: dict[IdempotencyKey, IdempotencyRecord], batch: Batch
     ) -> set[bytes]:
-        """Each record and its expiry index row; returns the keys written."""
+        """Each record (the store derives its expiry index row: INDEXES); returns the keys."""
         written: set[bytes] = set()
         for key, record in records.items():
             encoded = codecs.encode_idempotency_key(key)
             written.add(encoded)
             value = codecs.encode_idempotency_record(record)
             self._write(batch, IDEMPOTENCY, partition, encoded, value)
-            if record.expires_at_ms != RESERVATION_OPEN_MS:  # open reservations never expire
-                index = codecs.encode_expiry_index_key(record.expires_at_ms, encoded)
-                self._write(batch, IDEMPOTENCY, partition, index, b"")
         return written
 
     def _expire(self, partition: int, clock_ms: int, written: set[bytes], batch: Batch) -> None:
@@ -175,7 +174,7 @@ class BatchProcessor:
         for index, expires_at_ms, key in self._stores.expired(
             IDEMPOTENCY, partition, clock_ms, limit=EXPIRED_PER_BATCH_MAX
         ):
-            self._write(batch, IDEMPOTENCY, partition, index, None)
+            batch.writes.append(TableWrite(IDEMPOTENCY, partition, index, None))  # store only
             raw = get(key)
             if key in written or raw is None:
                 continue

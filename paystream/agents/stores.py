@@ -64,6 +64,10 @@ STABLE_CHECK_TIMEOUT_S = RESTORE_SLICE_S
 logger = logging.getLogger("paystream.stores")
 Clock = Callable[[], int]
 TopicIds = Callable[[Sequence[str]], Mapping[str, str]]
+Index = Callable[[bytes, bytes], bytes | None]
+"""(key, value) of a row written -> the empty-valued index row it implies in the same store,
+or None. Index rows are the store's own: derived as rows are applied, live or restored, and
+never on the changelog; deleting a stale one is a TableWrite with no changelog record."""
 """Changelog topic names -> their topic ids (a recreated topic has a new one)."""
 
 
@@ -130,7 +134,8 @@ def wall_clock_ms() -> int:
 
 @dataclass(frozen=True, slots=True)
 class TableWrite:
-    """One key's new bytes in one table partition (and its changelog record)."""
+    """One key's new bytes in one table partition (and its changelog record, unless the key
+    is an index row: see :data:`Index`)."""
 
     table: str
     partition: int
@@ -215,12 +220,15 @@ class Stores:
         bootstrap: str,
         changelogs: Mapping[str, str],
         client_id: str,
+        indexes: Mapping[str, Index] | None = None,
         topic_ids: TopicIds | None = None,
         clock_ms: Clock = wall_clock_ms,
     ) -> None:
-        """``changelogs``: table name -> its changelog topic (read, never committed)."""
+        """``changelogs``: table name -> its changelog topic (read, never committed).
+        ``indexes``: table name -> the index row a row implies (see :data:`Index`)."""
         self._directory = directory
         self._changelogs = dict(changelogs)
+        self._indexes = dict(indexes or {})
         self._tables = {topic: table for table, topic in self._changelogs.items()}
         self._topic_ids = kafka_topic_ids(bootstrap) if topic_ids is None else topic_ids
         self._clock_ms = clock_ms
@@ -266,7 +274,12 @@ class Stores:
         records, which the store reflects from now on.
         """
         for write in writes:
-            _put(self._held[write.partition].dbs[write.table], write.key, write.value)
+            db = self._held[write.partition].dbs[write.table]
+            _put(db, write.key, write.value)
+            index = self._indexes.get(write.table)
+            row = None if index is None or write.value is None else index(write.key, write.value)
+            if row is not None:
+                db[row] = b""
         for (table, partition), offset in (offsets or {}).items():
             positions = self._held[partition].positions
             ensure(offset >= positions[table].offset, f"{table}[{partition}] offset went back")
@@ -470,8 +483,12 @@ class Stores:
         value = message.value()
         if value is None:
             batch.delete(key)
-        else:
-            batch.put(key, value)
+            return table
+        batch.put(key, value)
+        index = self._indexes.get(table)
+        row = None if index is None else index(key, value)
+        if row is not None:
+            batch.put(row, b"")
         return table
 
     def _progress(self, run: _CatchUp) -> None:

@@ -93,6 +93,7 @@ from paystream.ledger.journal import (
 )
 from paystream.ledger.models import (
     AMOUNT_MAX_MINOR,
+    RESERVATION_OPEN_MS,
     Account,
     AccountStatus,
     CloseAccount,
@@ -423,10 +424,6 @@ def _transfer_minted_at_ms(leg: Leg) -> int:
 def _leg_expiry_ms(state: _State, leg: Leg) -> int:
     """A leg's record lives as long as its transfer id is valid, and the retention from now."""
     return max(state.clock_ms, _transfer_minted_at_ms(leg)) + state.rules.retention_ms
-
-
-RESERVATION_OPEN_MS = 2**63 - 1
-"""``expires_at_ms`` of an open reservation: it never expires until step 3 closes it."""
 
 
 def _transfer_of(leg: Leg) -> Transfer:

@@ -409,4 +409,9 @@ class IdempotencyRecord:
     code: RejectionCode | None
     """``None`` when the command was applied, else why it was rejected."""
     expires_at_ms: int
-    """Log time from which the record is forgotten (treated as absent, then deleted)."""
+    """Log time from which the record is forgotten (treated as absent, then deleted);
+    RESERVATION_OPEN_MS for an open reservation."""
+
+
+RESERVATION_OPEN_MS = 2**63 - 1
+"""``expires_at_ms`` of an open reservation: it never expires until step 3 closes it."""

@@ -23,7 +23,10 @@ Layouts (big-endian; ``str`` fields are UTF-8, their byte lengths in the header)
   transfer id
 - the idempotency table's own rows, which sort apart from every key above:
   ``0x00 "clock"`` -> ``clock_ms:i64`` (the partition's log clock), and the expiry
-  index ``0xFE expires_at_ms:u64`` + key -> empty (which keys to delete when)
+  index ``0xFE expires_at_ms:u64`` + key -> empty (which keys to delete when). The index
+  is the store's own: derived from each record as it is written (:func:`expiry_index_row`),
+  never sent to the changelog (changelogs written before it was derived hold index rows
+  and their tombstones too; a restore applies them as it applies any row)
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import Any, Final, get_args
 
 from paystream.ledger.models import (
     REJECTION_CODES,
+    RESERVATION_OPEN_MS,
     Account,
     AccountStatus,
     DirectoryEntry,
@@ -60,6 +64,7 @@ __all__ = [
     "encode_expiry_index_key",
     "encode_idempotency_key",
     "encode_idempotency_record",
+    "expiry_index_row",
 ]
 
 _ACCOUNT_FORMAT: Final = 2
@@ -309,6 +314,18 @@ def decode_clock(data: bytes) -> int:
 def encode_expiry_index_key(expires_at_ms: int, key: bytes) -> bytes:
     """The expiry index row of the idempotency row ``key``."""
     return _pack(_EXPIRY, EXPIRY_INDEX_PREFIX[0], expires_at_ms) + key
+
+
+def expiry_index_row(key: bytes, value: bytes) -> bytes | None:
+    """The expiry index row the idempotency table's row ``key`` -> ``value`` implies; None
+    for the clock, an index row itself and an open reservation (it never expires)."""
+    if key == CLOCK_KEY or key.startswith(EXPIRY_INDEX_PREFIX):
+        return None
+    fmt, expires_at_ms, *_lengths = _unpack("idempotency record", _IDEMPOTENCY, value)
+    _check_format("idempotency record", fmt, _IDEMPOTENCY_FORMAT)
+    if expires_at_ms == RESERVATION_OPEN_MS:
+        return None
+    return encode_expiry_index_key(expires_at_ms, key)
 
 
 def decode_expiry_index_key(data: bytes) -> tuple[int, bytes]:

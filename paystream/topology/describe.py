@@ -375,7 +375,7 @@ WIRES: tuple[tuple[str, str, str], ...] = (
     (
         "idempotency_changelog",
         "struct codec key",
-        "struct codec (IdempotencyRecord, the partition's clock, the expiry index)",
+        "struct codec (IdempotencyRecord, the partition's clock)",
     ),
 )
 """Topic attribute, key, format. Avro for everything other systems read; struct codecs for

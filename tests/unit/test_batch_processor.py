@@ -23,7 +23,7 @@ from fastavro import parse_schema, schemaless_writer
 from paystream.agents import processor as processor_module
 from paystream.agents import stores as stores_module
 from paystream.agents.directory import FixedDirectory
-from paystream.agents.processor import IDEMPOTENCY, Batch, BatchProcessor, Record
+from paystream.agents.processor import BALANCES, IDEMPOTENCY, INDEXES, Batch, BatchProcessor, Record
 from paystream.agents.stores import Stores, TableWrite
 from paystream.ledger import (
     CORE_VERSION,
@@ -110,9 +110,10 @@ class Harness:
             directory=directory,
             bootstrap="127.0.0.1:9",
             changelogs={
-                "balances": self.topics.balances_changelog,
+                BALANCES: self.topics.balances_changelog,
                 IDEMPOTENCY: self.topics.idempotency_changelog,
             },
+            indexes=INDEXES,
             client_id="test",
             topic_ids=lambda names: {name: "fake-id" for name in names},
         )
@@ -448,6 +449,10 @@ def _rows(batch: Batch, topic: str) -> list[tuple[bytes, bytes | None]]:
     return [(r.key, r.value) for r in batch.records if r.topic == topic]
 
 
+def _store_deletes(batch: Batch) -> set[bytes]:
+    return {w.key for w in batch.writes if w.value is None}
+
+
 def test_the_clock_and_the_expiry_index_are_written(harness: Harness) -> None:
     command = open_account(1)
     batch = harness.commit([harness.command(command, at_ms=T0_MS + 5)])
@@ -459,11 +464,12 @@ def test_the_clock_and_the_expiry_index_are_written(harness: Harness) -> None:
     claim_record = codecs.decode_idempotency_record(rows[claim])  # type: ignore[arg-type]
     assert request_record.expires_at_ms == T0_MS + 5 + RETENTION_MS
     assert claim_record.expires_at_ms == T0_MS + RETENTION_MS  # the id's own window
-    assert rows[codecs.encode_expiry_index_key(T0_MS + 5 + RETENTION_MS, request)] == b""
-    assert rows[codecs.encode_expiry_index_key(T0_MS + RETENTION_MS, claim)] == b""
-    assert len(rows) == 5
+    assert len(rows) == 3  # the clock and two records: the expiry index is the store's own
     writes = [(w.key, w.value) for w in batch.writes if w.table == IDEMPOTENCY]
     assert writes == _rows(batch, harness.topics.idempotency_changelog)
+    index = codecs.encode_expiry_index_key
+    assert harness.idempotency(index(T0_MS + 5 + RETENTION_MS, request)) == b""
+    assert harness.idempotency(index(T0_MS + RETENTION_MS, claim)) == b""
     assert harness.processor._clock_ms(P) == T0_MS + 5
 
 
@@ -527,9 +533,10 @@ def test_expired_rows_are_deleted_only_when_their_records_expiry_matches(
     tombstones = {
         key for key, value in _rows(batch, harness.topics.idempotency_changelog) if value is None
     }
-    assert tombstones == {due, index(E1, due), index(E1, rewritten), index(E1, gone)}
-    assert {w.key for w in batch.writes if w.value is None} == tombstones
-    for key in tombstones:
+    assert tombstones == {due}  # index rows are the store's own: deleted there only
+    deleted = _store_deletes(batch)
+    assert deleted == {due, index(E1, due), index(E1, rewritten), index(E1, gone)}
+    for key in deleted:
         assert harness.idempotency(key) is None
     for key in (rewritten, index(E2, rewritten), future, index(E2, future)):
         assert harness.idempotency(key) is not None
@@ -550,7 +557,8 @@ def test_a_row_expiring_exactly_now_is_deleted(harness: Harness) -> None:
     )
     batch = harness.commit([harness.command(open_account(1), at_ms=T0_MS)])
     tombstones = {k for k, v in _rows(batch, harness.topics.idempotency_changelog) if v is None}
-    assert tombstones == {edge, index(T0_MS, edge)}
+    assert tombstones == {edge}
+    assert _store_deletes(batch) == {edge, index(T0_MS, edge)}
 
 
 def test_a_request_id_used_again_after_expiry_keeps_its_new_record(harness: Harness) -> None:
@@ -573,7 +581,9 @@ def test_a_request_id_used_again_after_expiry_keeps_its_new_record(harness: Harn
     assert (event.type, event.code) == ("Completed", None)
     tombstones = {k for k, v in _rows(batch, harness.topics.idempotency_changelog) if v is None}
     index = codecs.encode_expiry_index_key
-    assert tombstones == {claim, index(T0_MS + RETENTION_MS, claim), index(later_ms, request)}
+    assert tombstones == {claim}
+    deleted = _store_deletes(batch)
+    assert deleted == {claim, index(T0_MS + RETENTION_MS, claim), index(later_ms, request)}
     raw = harness.idempotency(request)
     assert raw is not None
     assert codecs.decode_idempotency_record(raw).expires_at_ms == later_ms + RETENTION_MS
@@ -586,11 +596,13 @@ def test_expiry_is_bounded_per_batch(harness: Harness, monkeypatch: pytest.Monke
     index = codecs.encode_expiry_index_key
     _seed(harness, {k: v for n, key in enumerate(keys) for k, v in _pair(E1 + n, key)})
     batch = harness.commit([harness.command(open_account(1), at_ms=T0_MS)])
-    deleted = [k for k, v in _rows(batch, harness.topics.idempotency_changelog) if v is None]
+    deleted = [w.key for w in batch.writes if w.value is None]
     assert deleted == [index(E1, keys[0]), keys[0], index(E1 + 1, keys[1]), keys[1]]  # oldest first
     batch = harness.commit([harness.command(open_account(2, OTHER_ON_P), at_ms=T0_MS)])
-    deleted = [k for k, v in _rows(batch, harness.topics.idempotency_changelog) if v is None]
+    deleted = [w.key for w in batch.writes if w.value is None]
     assert deleted == [index(E1 + 2, keys[2]), keys[2], index(E1 + 3, keys[3]), keys[3]]
+    tombstones = [k for k, v in _rows(batch, harness.topics.idempotency_changelog) if v is None]
+    assert tombstones == [keys[2], keys[3]]
 
 
 def _pair(expires_at_ms: int, key: bytes) -> list[tuple[bytes, bytes]]:
@@ -603,25 +615,47 @@ def _pair(expires_at_ms: int, key: bytes) -> list[tuple[bytes, bytes]]:
 def test_a_restore_from_the_changelog_applies_the_tombstones(
     harness: Harness, tmp_path: Path
 ) -> None:
+    """A changelog written before the index was derived holds index rows too (``_seed``):
+    a restore applies them; one whose record expired since is stale in the restored store,
+    never a live row's, and the next expiry deletes it (storage only)."""
     due = _key("due")
     _seed(harness, dict(_pair(E1, due)))
     harness.commit([harness.command(open_account(1), at_ms=T0_MS)])
     restored = harness.new_stores(tmp_path / "restored")
     try:
-        for table in ("balances", IDEMPOTENCY):
+        for table in (BALANCES, IDEMPOTENCY):
             here, there = harness.stores.get(table, P), restored.get(table, P)
             keys = [
                 r[0]
                 for (topic, _p), rows in harness.log.partitions.items()
                 for r in rows
                 if topic == harness.processor.changelogs[table]
+                and not r[0].startswith(codecs.EXPIRY_INDEX_PREFIX)
             ]
             assert keys
             assert [here(k) for k in keys] == [there(k) for k in keys]
-        assert restored.get(IDEMPOTENCY, P)(due) is None
-        assert list(restored.expired(IDEMPOTENCY, P, T0_MS + RETENTION_MS, limit=100)) == list(
-            harness.stores.expired(IDEMPOTENCY, P, T0_MS + RETENTION_MS, limit=100)
-        )
+        there = restored.get(IDEMPOTENCY, P)
+        assert there(due) is None
+        clock_ms = T0_MS + RETENTION_MS
+        live = list(harness.stores.expired(IDEMPOTENCY, P, clock_ms, limit=100))
+        found = list(restored.expired(IDEMPOTENCY, P, clock_ms, limit=100))
+        assert set(live) <= set(found)
+        assert [key for _row, _at, key in set(found) - set(live)] == [due]
+    finally:
+        restored.close()
+
+
+def test_a_restore_derives_the_expiry_index_from_the_records(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """The changelog carries records only; a restored store indexes them as the live one did."""
+    harness.commit([harness.command(open_account(1), at_ms=T0_MS)])
+    later_ms = T0_MS + 2 * RETENTION_MS
+    live = list(harness.stores.expired(IDEMPOTENCY, P, later_ms, limit=100))
+    assert len(live) == 2  # the request id's record and the command id's claim
+    restored = harness.new_stores(tmp_path / "restored")
+    try:
+        assert list(restored.expired(IDEMPOTENCY, P, later_ms, limit=100)) == live
     finally:
         restored.close()
 

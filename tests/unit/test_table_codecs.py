@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from paystream.ledger.models import (
     REJECTION_CODES,
+    RESERVATION_OPEN_MS,
     TOTAL_MAX_MINOR,
     Account,
     DirectoryEntry,
@@ -163,6 +164,29 @@ def test_clock_round_trip(clock_ms: int) -> None:
 def test_corrupt_clock_raises(data: bytes) -> None:
     with pytest.raises(CodecError, match="clock"):
         codecs.decode_clock(data)
+
+
+@given(expires_at_ms=st.integers(min_value=0, max_value=2**63 - 2), key=idempotency_keys)
+def test_a_record_implies_its_expiry_index_row(expires_at_ms: int, key: IdempotencyKey) -> None:
+    encoded = codecs.encode_idempotency_key(key)
+    record = IdempotencyRecord(
+        command_id="c", body_sha256="0" * 64, code=None, expires_at_ms=expires_at_ms
+    )
+    value = codecs.encode_idempotency_record(record)
+    assert codecs.expiry_index_row(encoded, value) == codecs.encode_expiry_index_key(
+        expires_at_ms, encoded
+    )
+    open_reservation = dataclasses.replace(record, expires_at_ms=RESERVATION_OPEN_MS)
+    assert (
+        codecs.expiry_index_row(encoded, codecs.encode_idempotency_record(open_reservation)) is None
+    )
+
+
+def test_the_clock_and_index_rows_imply_no_index_row() -> None:
+    assert codecs.expiry_index_row(codecs.CLOCK_KEY, codecs.encode_clock(5)) is None
+    assert codecs.expiry_index_row(codecs.encode_expiry_index_key(5, b"k"), b"") is None
+    with pytest.raises(CodecError, match="idempotency record"):
+        codecs.expiry_index_row(b"\x01\x00\x00k", b"\x07" + b"\x00" * 13)
 
 
 @given(expires_at_ms=st.integers(min_value=0, max_value=U64_MAX), key=idempotency_keys)
