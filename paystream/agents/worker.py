@@ -37,6 +37,7 @@ from paystream.agents.processor import BALANCES, IDEMPOTENCY, INDEXES, Batch, Ba
 from paystream.agents.stores import RESTORE_SLICE_S, RestoreError, Stores, offsets_stable
 from paystream.agents.watchdog import Watchdog
 from paystream.ledger import INPUTS_PER_BATCH_MAX, Event, JournalEntry, ensure
+from paystream.runtime import fewer_collections
 from paystream.settings import Settings
 from paystream.topology.avro import AvroSerde
 from paystream.topology.registry import registry_from_url
@@ -522,7 +523,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _on_signal(worker.stop))
     try:
-        worker.run()
+        with fewer_collections():  # the collector took 12 % of a batch's CPU (runtime.py)
+            worker.run()
     except Exception as error:  # restart from committed state; nothing half-done survives
         logger.exception("worker failed")
         metrics.INTERNAL_ERRORS.labels(kind=type(error).__name__).inc()
