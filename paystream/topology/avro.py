@@ -18,11 +18,12 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any, Final, Literal, TypeAlias
 
-from fastavro import parse_schema, schemaless_reader, schemaless_writer
+from fastavro import parse_schema, schemaless_reader
 from fastavro.schema import to_parsing_canonical_form
 
 from paystream.ledger.models import Command, Event, JournalEntry, Leg
 from paystream.topology import records, validation
+from paystream.topology.avro_writer import Writer, compile_writer
 from paystream.topology.dlq import PoisonMessage
 from paystream.topology.registry import SchemaNotFound, SchemaRegistry
 
@@ -70,7 +71,8 @@ DEFAULT_TOPICS: Final[dict[PayloadKind, str]] = {
 @dataclass(frozen=True, slots=True)
 class _Writer:
     header: bytes
-    schema: Any
+    write: Writer
+    """The payload's compiled writer (``topology.avro_writer``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,16 +168,17 @@ class AvroSerde:
 
     def _encode(self, kind: PayloadKind, record: Any) -> bytes:
         writer = self._writers.get(kind) or self._writer(kind)
-        out = BytesIO()
-        out.write(writer.header)
-        schemaless_writer(out, writer.schema, record)
-        return out.getvalue()
+        out = bytearray(writer.header)
+        writer.write(record, out)
+        return bytes(out)
 
     def _writer(self, kind: PayloadKind) -> _Writer:
         writer = self._writers.get(kind)
         if writer is None:
             schema_id = self._registry.register(self._subjects[kind], self._texts[kind])
-            writer = _Writer(_HEADER.pack(MAGIC_BYTE, schema_id), self._readers[kind])
+            writer = _Writer(
+                _HEADER.pack(MAGIC_BYTE, schema_id), compile_writer(self._readers[kind])
+            )
             self._writers[kind] = writer
         return writer
 
