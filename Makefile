@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint venv browser services-down clean
+.PHONY: demo test lint venv bench browser services-down clean
 
 $(BIN)/.installed: pyproject.toml
 	@echo "==> creating the virtualenv $(VENV) and installing paystream with its dev tools"
@@ -41,6 +41,19 @@ browser:
 test: lint browser
 	@echo "==> pytest: unit, property, integration and end-to-end tests on real Kafka, Postgres, ClickHouse"
 	$(BIN)/python -m pytest
+
+# The benchmarks of issue 18, < 15 minutes on the 2-core development machine: bench/harness.py
+# runs each scenario in turn (bench/results/<name>.json), then bench/report.py regenerates
+# the generated section of docs/benchmarks.md and its plots (docs/img/bench-*.png). One
+# part alone: `$(BIN)/python -m bench.harness --only saga` or `--report-only`.
+$(BIN)/.bench-installed: $(BIN)/.installed pyproject.toml
+	@echo "==> installing the bench extras (matplotlib, numpy, tqdm; faust-streaming for its baseline)"
+	$(BIN)/pip install --quiet -e '.[dev,bench,bench-faust]'
+	touch $@
+
+bench: venv $(BIN)/.bench-installed
+	@echo "==> benchmarks: saga, latency, growth and the baselines, then docs/benchmarks.md"
+	$(BIN)/python -m bench.harness
 
 services-down: venv
 	$(BIN)/paystream services down

@@ -71,6 +71,7 @@ from tqdm import tqdm
 
 from bench import machine
 from bench.backlog import publish_and_wait
+from bench.report import command_line, machine_line, markdown_table, pyplot
 from paystream import workload
 from paystream.agents.worker import (
     BATCH_WINDOW_S,
@@ -87,7 +88,7 @@ from paystream.topology.reader import read_to_end
 from paystream.topology.shell import source
 from paystream.topology.topics import TOPIC_CREATE_TIMEOUT_S, Topics, ensure_topics
 
-__all__ = ["main", "run", "wire_profile"]
+__all__ = ["main", "markdown", "plots", "run", "wire_profile"]
 
 RESULTS = Path(__file__).parent / "results" / "baseline_passthrough.json"
 PAYMENTS = 50_000
@@ -881,6 +882,65 @@ def _cores(cpu: Mapping[str, Any]) -> str:
     """Members', broker's and others' CPU time over the run, in cores busy."""
     shares = [cpu[key] for key in ("members_s", "broker_s", "others_s")]
     return " ".join("?" if s is None else f"{s / cpu['window_s']:.2f}" for s in shares)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The results as a markdown fragment (bench/report.py puts it in docs/benchmarks.md)."""
+    profile = result["wire_profile"]
+    wire = markdown_table(
+        ("topic", "records per payment", "key bytes", "value bytes"),
+        [(role, f"{found['records']:.2f}", f"{found['key_bytes']:.0f}",
+          f"{found['value_bytes']:.0f}") for role, found in profile["per_payment"].items()],
+    )  # fmt: skip
+    runs = markdown_table(
+        ("processes", "payments/s", "inputs/s", "records out/s", "MB/s out", "transactions",
+         "ms produce / offsets / commit per transaction", "cores: members / broker / others"),
+        [(found["processes"], f"**{found['payments_per_s']:,.0f}**",
+          f"{found['inputs_per_s']:,.0f}", f"{found['messages_out_per_s']:,.0f}",
+          f"{found['mb_out_per_s']:.2f}", f"{found['transactions']:,}",
+          " / ".join(f"{found['ms_per_transaction'][step]:.0f}"
+                     for step in ("produce", "offsets", "commit")),
+          _cores(found["cpu"]).replace(" ", " / "))
+         for found in result["passthrough"]],
+    )  # fmt: skip
+    intro = (
+        "A confluent-kafka transactional consume -> produce passthrough (exactly-once v2, the "
+        "worker's client options) moving per payment the records paystream's saga moves, as "
+        f"many and of the same sizes, measured from {profile['transfers']:,} real transfers "
+        f"({profile['completed']:,} completed): the pipe's limit, paystream's own cost excluded."
+    )
+    return "\n\n".join((
+        "### Baseline: the pipe itself (`bench/baseline_passthrough.py`)", intro,
+        "The wire profile of a payment:", wire, "The passthrough:", runs,
+        command_line(result), machine_line(result.get("machine", {})),
+    ))  # fmt: skip
+
+
+def plots(result: dict[str, Any], img_dir: Path) -> list[Path]:
+    """Payments/s per process count, and where a transaction's time goes (PNG)."""
+    runs = result["passthrough"]
+    if not runs:
+        return []
+    plt = pyplot()
+    figure, (rate, steps) = plt.subplots(1, 2, figsize=(9, 4))
+    labels = [f"{found['processes']} process(es)" for found in runs]
+    rate.bar(labels, [found["payments_per_s"] for found in runs], color="tab:grey")
+    rate.set_ylabel("payments/s")
+    rate.set_title("Passthrough throughput")
+    bottom = [0.0] * len(runs)
+    for step in ("produce", "offsets", "commit"):
+        spent = [found["ms_per_transaction"][step] for found in runs]
+        steps.bar(labels, spent, bottom=bottom, label=step)
+        bottom = [b + s for b, s in zip(bottom, spent, strict=True)]
+    steps.set_ylabel("ms per transaction")
+    steps.set_title("A transaction's steps")
+    steps.legend()
+    figure.tight_layout()
+    img_dir.mkdir(parents=True, exist_ok=True)
+    path = img_dir / "bench-passthrough.png"
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return [path]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

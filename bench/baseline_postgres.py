@@ -65,13 +65,14 @@ from psycopg import IsolationLevel, errors
 from tqdm import tqdm  # type: ignore[import-untyped]
 
 from bench import machine as bench_machine
+from bench.report import command_line, machine_line, markdown_table, pyplot
 from bench.saga import ZIPF_S, honest_mix
 from paystream import workload
 from paystream.ledger import Transfer as LedgerTransfer
 from paystream.ledger.errors import ensure
 from paystream.services.postgres import EmbeddedPostgres
 
-__all__ = ["run"]
+__all__ = ["markdown", "plots", "run"]
 
 Distribution = Literal["uniform", "zipf"]
 Connection = psycopg.Connection[tuple[Any, ...]]
@@ -623,6 +624,63 @@ def table(result: dict[str, Any]) -> str:
             f"{found['refused']:>7,} {retries:>7,}"
         )
     return "\n".join(rows)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The results as a markdown fragment (bench/report.py puts it in docs/benchmarks.md)."""
+    rows = []
+    for found in result["distributions"]:
+        latency = found["latency_ms"]
+        rows.append((
+            found["distribution"], f"**{found['transfers_per_s']:,.0f}**",
+            f"{found['committed']:,}", f"{found['window_s']:.1f}", f"{latency['p50']:.1f}",
+            f"{latency['p95']:.1f}", f"{latency['p99']:.1f}",
+            f"{found['hottest_account_share_of_transfers']:.1%}",
+            found["deadlock_retries"] + found["serialization_retries"],
+            "yes" if found["disturbed"] else "no",
+        ))  # fmt: skip
+    table = markdown_table(
+        ("distribution", "transfers/s", "committed", "seconds", "P50 ms", "P95 ms", "P99 ms",
+         "hottest account's share", "retries", "disturbed"),
+        rows,
+    )  # fmt: skip
+    parameters = result.get("parameters", {})
+    intro = (
+        "The same transfers as the saga's (`bench.saga.honest_mix`) as single READ COMMITTED "
+        "transactions with row locks (`SELECT ... FOR UPDATE` in id order, balance check, "
+        f"two updates, two ledger rows), psycopg, {parameters.get('connections', '?')} "
+        'connections, embedded Postgres with fsync and synchronous commit on. "disturbed": '
+        f"other processes kept more than {DISTURBED_SHARE:.0%} of the machine busy."
+    )
+    return "\n\n".join((
+        "### Baseline: PostgreSQL with row locks (`bench/baseline_postgres.py`)", intro, table,
+        command_line(result), machine_line(result.get("machine", {})),
+    ))  # fmt: skip
+
+
+def plots(result: dict[str, Any], img_dir: Path) -> list[Path]:
+    """P50 / P95 / P99 of a transfer per distribution (PNG)."""
+    found = result["distributions"]
+    if not found:
+        return []
+    plt = pyplot()
+    figure, axes = plt.subplots(figsize=(6, 4))
+    width = 0.8 / len(found)
+    for index, distribution in enumerate(found):
+        latency = distribution["latency_ms"]
+        axes.bar([x + index * width for x in range(3)],
+                 [latency["p50"], latency["p95"], latency["p99"]], width,
+                 label=distribution["distribution"])  # fmt: skip
+    axes.set_xticks([x + width * (len(found) - 1) / 2 for x in range(3)], ["P50", "P95", "P99"])
+    axes.set_ylabel("ms per transfer")
+    axes.set_title("PostgreSQL row-lock baseline: transfer latency")
+    axes.legend()
+    figure.tight_layout()
+    img_dir.mkdir(parents=True, exist_ok=True)
+    path = img_dir / "bench-postgres-latency.png"
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return [path]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -16,6 +16,7 @@ Reversed, or one Rejected (insufficient funds on a hot account).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import tempfile
@@ -30,6 +31,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from tqdm import tqdm
 
 from bench import machine
+from bench.report import command_line, machine_line, markdown_table, pyplot
 from paystream import workload
 from paystream.ledger import TERMINAL_EVENT_TYPES, is_own_event
 from paystream.runner import Platform, running
@@ -169,6 +171,65 @@ def _show(found: dict[str, Any]) -> None:
           f"payments in {found['seconds']:.1f} s = {found['payments_per_s']:,.0f} payments/s "
           f"(published in {found['publish_seconds']:.1f} s; {found['outcomes']})",
           flush=True)  # fmt: skip
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The results as a markdown fragment (bench/report.py puts it in docs/benchmarks.md)."""
+    scenarios = result["scenarios"]
+    rows = [
+        (
+            found["workers"], found["distribution"], f"{found['transfers']:,}",
+            f"{found['seconds']:.1f}", f"**{found['payments_per_s']:,.0f}**",
+            f"{found['publish_seconds']:.1f}",
+            ", ".join(f"{kind} {n:,}" for kind, n in sorted(found["outcomes"].items())),
+        )
+        for found in scenarios
+    ]  # fmt: skip
+    table = markdown_table(
+        ("workers", "distribution", "payments", "seconds", "payments/s", "published in s",
+         "outcomes"),
+        rows, right=(True, False, True, True, True, True, False),
+    )  # fmt: skip
+    accounts = scenarios[0]["accounts"] if scenarios else 0
+    intro = (
+        f"The crash-safe workers as shipped, {PARTITIONS} partitions, {accounts:,} accounts, "
+        f"honest transfers (uniform, or Zipf s = {ZIPF_S}) produced as fast as the publisher "
+        "goes; payments/s from the first transfer produced to the last terminal event."
+    )
+    return "\n\n".join((
+        "### Saga throughput (`bench/saga.py`)", intro, table, command_line(result),
+        machine_line(result.get("machine", {})),
+    ))  # fmt: skip
+
+
+def plots(result: dict[str, Any], img_dir: Path) -> list[Path]:
+    """Terminal events per second over each run, and the payments answered so far (PNG)."""
+    scenarios = [s for s in result["scenarios"] if s.get("per_second")]
+    if not scenarios:
+        return []
+    plt = pyplot()
+    figure, (rate, answered) = plt.subplots(1, 2, figsize=(11, 4))
+    for found in scenarios:
+        series = found["per_second"]
+        seconds = [i * SERIES_BUCKET_MS / 1000 for i in range(len(series))]
+        label = f"{found['workers']} worker(s), {found['distribution']}"
+        rate.step(seconds, series, where="post", label=label)
+        answered.plot(seconds, list(itertools.accumulate(series)), label=label)
+    rate.set_ylabel("terminal events per second")
+    rate.set_title("Saga: payments answered per second")
+    answered.set_ylabel("payments answered")
+    answered.set_title("Saga: payments answered so far")
+    for axes in (rate, answered):
+        axes.set_xlabel("seconds since the first transfer was produced")
+        axes.set_ylim(bottom=0)
+        axes.grid(alpha=0.3)
+    answered.legend()
+    figure.tight_layout()
+    img_dir.mkdir(parents=True, exist_ok=True)
+    path = img_dir / "bench-saga-throughput.png"
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return [path]
 
 
 def main() -> None:
