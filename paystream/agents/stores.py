@@ -132,7 +132,7 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen, as shell.Record: its constructor is 9x cheaper
 class TableWrite:
     """One key's new bytes in one table partition (and its changelog record, unless the key
     is an index row: see :data:`Index`)."""
@@ -273,13 +273,11 @@ class Stores:
         ``offsets``: (table, partition) -> the offset after the last of those
         records, which the store reflects from now on.
         """
+        batches: dict[tuple[str, int], WriteBatch] = {}
         for write in writes:
-            db = self._held[write.partition].dbs[write.table]
-            _put(db, write.key, write.value)
-            index = self._indexes.get(write.table)
-            row = None if index is None or write.value is None else index(write.key, write.value)
-            if row is not None:
-                db[row] = b""
+            self._add(batches, write.table, write.partition, write.key, write.value)
+        for (table, partition), batch in batches.items():
+            self._held[partition].dbs[table].write(batch)  # one RocksDB write per store
         for (table, partition), offset in (offsets or {}).items():
             positions = self._held[partition].positions
             ensure(offset >= positions[table].offset, f"{table}[{partition}] offset went back")
@@ -477,19 +475,29 @@ class Stores:
         if (topic, partition) not in run.pending or offset >= run.ends[(topic, partition)]:
             return None
         table = self._tables[topic]
+        self._add(batches, table, partition, key, message.value())
+        return table
+
+    def _add(
+        self,
+        batches: dict[tuple[str, int], WriteBatch],
+        table: str,
+        partition: int,
+        key: bytes,
+        value: bytes | None,
+    ) -> None:
+        """One row (``None`` deletes it) and the index row it implies, into its store's batch."""
         batch = batches.get((table, partition))
         if batch is None:
             batch = batches[(table, partition)] = WriteBatch(raw_mode=True)
-        value = message.value()
         if value is None:
             batch.delete(key)
-            return table
+            return
         batch.put(key, value)
         index = self._indexes.get(table)
         row = None if index is None else index(key, value)
         if row is not None:
             batch.put(row, b"")
-        return table
 
     def _progress(self, run: _CatchUp) -> None:
         """Report how far the catch-up is (a gauge, and a log line every few seconds)."""
@@ -553,11 +561,3 @@ class Stores:
 
 def _moved(position: ChangelogPosition, offset: int) -> ChangelogPosition:
     return ChangelogPosition(topic=position.topic, topic_id=position.topic_id, offset=offset)
-
-
-def _put(db: Rdict, key: bytes, value: bytes | None) -> None:
-    """Write or (for a tombstone) delete one row."""
-    if value is None:
-        db.delete(key)
-    else:
-        db[key] = value
