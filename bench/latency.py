@@ -91,6 +91,13 @@ WARMUP_S: Final = 5.0
 """The first seconds of each load are published and answered but not in its percentiles:
 each load starts with a transient (the first second's latency is several times the fifth's
 in the runs of 1 Dec 2026), and the target is about the load, not its start."""
+BROKER_WARMUP_S: Final = 45
+BROKER_WARMUP_RATE: Final = 1_000
+"""Before the measured loads, an untimed one at this rate for BROKER_WARMUP_S: a broker in
+service has compiled its hot code, a fresh one has not. 30 s after a fresh broker started,
+49 % of its CPU was its JIT compiler (C2; perf, cpu-clock), and over three 15 s loads of
+500/s in a row its cores fell from 1.39 to 1.31 to 0.94 and the readable P99 from 1,120 to
+536 to 446 ms (1 Dec 2026)."""
 ACCOUNTS: Final = 10_000
 SEED: Final = 18
 TARGET_RATE: Final = 1_000
@@ -158,24 +165,32 @@ def above_capacity(load: dict[str, Any]) -> bool:
 
 def run(
     *, rates: Sequence[int], duration_s: int, accounts: int, warmup_s: float = WARMUP_S,
-    quiet_load: float | None = None,
+    quiet_load: float | None = None, broker_warmup_s: int = BROKER_WARMUP_S,
 ) -> dict[str, Any]:  # fmt: skip
     quiet = None if quiet_load is None else wait_quiet(quiet_load, QUIET_WAIT_MAX_S)
     load_1m = os.getloadavg()[0]
     started = time.monotonic()
     loads: list[dict[str, Any]] = []
+    broker_warmup: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as directory:
         home = Path(directory)
         broker = start_on_free_ports(home / "kafka")
         try:
             with platform(broker.bootstrap, home, name="latency", partitions=PARTITIONS) as p:
-                mix = honest_mix(accounts=accounts, transfers=sum(rates) * duration_s,
+                warming = BROKER_WARMUP_RATE * broker_warmup_s
+                mix = honest_mix(accounts=accounts, transfers=sum(rates) * duration_s + warming,
                                  distribution="uniform")  # fmt: skip
                 built = workload.build(seed=SEED, mix=mix, run_id="latency",
                                        now_ms=int(time.time() * 1000))  # fmt: skip
                 setup(p, built)
                 traffic = [t for t in built.traffic if isinstance(t, Transfer)]
                 with answers_of(p) as answers:
+                    if warming:
+                        warm, traffic = traffic[:warming], traffic[warming:]
+                        broker_warmup = offered_load(
+                            p, home, answers, warm, per_second=BROKER_WARMUP_RATE,
+                            label="broker warm-up",
+                        )  # fmt: skip
                     for rate in rates:
                         mine, traffic = traffic[: rate * duration_s], traffic[rate * duration_s :]
                         found = offered_load(p, home, answers, mine, per_second=rate,
@@ -188,12 +203,14 @@ def run(
     return {
         "command": f"python -m bench.latency --rates {' '.join(map(str, rates))} "
         f"--duration-s {duration_s} --warmup-s {warmup_s:g} --accounts {accounts}"
+        f" --broker-warmup-s {broker_warmup_s}"
         + ("" if quiet_load is None else f" --quiet-load {quiet_load}"),
         "quiet": quiet,
         "machine": machine.facts(load_average_1m_at_start=round(load_1m, 2)),
         "accounts": accounts, "duration_s": duration_s, "warmup_s": warmup_s,
         "partitions": PARTITIONS,
         "workers": WORKERS, "loads": loads, "wall_s": round(time.monotonic() - started, 1),
+        "broker_warmup_s": broker_warmup_s, "broker_warmup": broker_warmup,
         "api": api_summaries(API_RESULTS),
     }  # fmt: skip
 
@@ -342,12 +359,23 @@ def quiet_line(result: dict[str, Any]) -> list[str]:
             f" average {quiet['loadavg_1m']:.2f} then).", ""]  # fmt: skip
 
 
+def _warmup_line(result: dict[str, Any]) -> list[str]:
+    warm = result.get("broker_warmup")
+    if not warm:
+        return ["The broker was not warmed up first (a fresh broker spends much of its CPU "
+                "compiling its own code for its first minute).", ""]  # fmt: skip
+    return [f"First, untimed, {result['broker_warmup_s']} s at {warm['offered_per_s']:,}/s "
+            f"warmed up the fresh broker (its JIT compiler); the broker and everything else "
+            f"used {cores(warm['usage'])} cores then.", ""]  # fmt: skip
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The scenario's section of docs/benchmarks.md."""
     return "\n".join([
         "### Latency at fixed offered load", "",
         DEFINITION.format(accounts=result["accounts"], duration_s=result["duration_s"],
                           warmup_s=result.get("warmup_s", 0)), "",
+        *_warmup_line(result),
         _loads_table(result["loads"]), "", _target(result["loads"]), "",
         *quiet_line(result),
         *_api_section(result.get("api", [])), "",
@@ -412,14 +440,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--accounts", type=int, default=ACCOUNTS)
     parser.add_argument(
+        "--broker-warmup-s", type=int, default=BROKER_WARMUP_S,
+        help=f"an untimed load at {BROKER_WARMUP_RATE:,}/s first, this long (0: none)",
+    )  # fmt: skip
+    parser.add_argument(
         "--quiet-load", type=float, default=None,
         help="first wait (2 min at most) for a 1-minute load average under it",
     )  # fmt: skip
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     result = run(rates=args.rates, duration_s=args.duration_s, accounts=args.accounts,
-                 warmup_s=args.warmup_s,
-                 quiet_load=args.quiet_load)  # fmt: skip
+                 warmup_s=args.warmup_s, quiet_load=args.quiet_load,
+                 broker_warmup_s=args.broker_warmup_s)  # fmt: skip
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     print(markdown(result))
