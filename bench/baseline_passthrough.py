@@ -841,6 +841,11 @@ def run(
         with _broker(bootstrap, home) as (address, kafka_version, broker_pid):
             measured = measure_wire(address, home / "wire", transfers=profile_transfers)
             profile = measured.per_payment
+            # Untimed, first: the fresh broker's JIT compiler warms up (bench.saga's
+            # BROKER_WARMUP_TRANSFERS says what a cold broker cost).
+            warmup = passthrough(profile, bootstrap=address, payments=payments,
+                                 processes=max(processes), broker_pid=broker_pid,
+                                 progress=progress)  # fmt: skip
             runs = [
                 passthrough(profile, bootstrap=address, payments=payments, processes=n,
                             broker_pid=broker_pid, progress=progress)
@@ -850,7 +855,7 @@ def run(
         "machine": machine.facts(kafka=kafka_version, load_average_1m_at_start=load_average_1m),
         "payments": payments,
         "wire_profile": measured.as_json(), "option_differences": option_differences(),
-        "passthrough": runs,
+        "passthrough": runs, "broker_warmup": warmup,
     }  # fmt: skip
 
 
@@ -909,6 +914,12 @@ def markdown(result: dict[str, Any]) -> str:
         f"many and of the same sizes, measured from {profile['transfers']:,} real transfers "
         f"({profile['completed']:,} completed): the pipe's limit, paystream's own cost excluded."
     )
+    warmup = result.get("broker_warmup")
+    if warmup:
+        intro += (
+            f" First, untimed, a run with {warmup['processes']} processes warmed the fresh "
+            f"broker's JIT compiler up ({warmup['payments_per_s']:,.0f} payments/s then)."
+        )
     return "\n\n".join((
         "### Baseline: the pipe itself (`bench/baseline_passthrough.py`)", intro,
         "The wire profile of a payment:", wire, "The passthrough:", runs,

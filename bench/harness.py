@@ -53,6 +53,8 @@ SCENARIOS: Final[dict[str, tuple[str, ...]]] = {
     # 2026-12-01: 309 s at these sizes under a load average of 7-14 from other benchmarks
     # (143 s of it timed, at 317-1,319 payments/s), 131 s with 4,000 transfers; quiet
     # (about 1,000-1,300 payments/s): about 160 s.
+    # Its broker is warmed up first by an untimed scenario (--broker-warmup-transfers 16000):
+    # 91 s in all on 1 Dec 2026, quiet.
     "saga": _argv("--transfers 16000 --accounts 10000 --workers 1 2 --distribution uniform zipf"),
     # P50/P95/P99 command -> Completed at 500, 1,000 and 2,000 payments/s offered, 20 s each,
     # the first 5 s of each left out. Measured: 212 s under load (every load fell behind);

@@ -49,6 +49,10 @@ WAIT_TIMEOUT_S: Final = 1_200.0
 """The longest a scenario may take to answer every transfer (then it fails)."""
 POLL_BATCH_MAX: Final = 10_000
 SERIES_BUCKET_MS: Final = 1_000
+BROKER_WARMUP_TRANSFERS: Final = 16_000
+"""An untimed scenario on the fresh broker before the measured ones: its JIT compiler took
+49 % of its CPU 30 s after start (docs/benchmarks.md), which slowed the first scenario only
+and made 1 -> 2 workers look super-linear (2.13x in the make bench run of 1 Dec 2026)."""
 
 
 def honest_mix(*, accounts: int, transfers: int, distribution: str) -> workload.Mix:
@@ -142,14 +146,21 @@ def _figures(
 
 
 def run(
-    *, transfers: int, accounts: int, workers: list[int], distributions: list[str]
-) -> dict[str, Any]:
+    *, transfers: int, accounts: int, workers: list[int], distributions: list[str],
+    broker_warmup_transfers: int = BROKER_WARMUP_TRANSFERS,
+) -> dict[str, Any]:  # fmt: skip
     load_1m = os.getloadavg()[0]
     results = []
+    warmup = None
     with tempfile.TemporaryDirectory(prefix="bench-saga-") as directory:
         home = Path(directory)
         broker = start_on_free_ports(home / "kafka")
         try:
+            if broker_warmup_transfers:
+                warmup = scenario(broker.bootstrap, home, workers=max(workers),
+                                  distribution="uniform", accounts=accounts,
+                                  transfers=broker_warmup_transfers)  # fmt: skip
+                print(f"broker warm-up, untimed: {warmup['payments_per_s']:,.0f} payments/s")
             for count in workers:
                 for distribution in distributions:
                     found = scenario(broker.bootstrap, home, workers=count,
@@ -161,8 +172,10 @@ def run(
             broker.stop()
     return {
         "command": f"python -m bench.saga --transfers {transfers} --accounts {accounts} "
-        f"--workers {' '.join(map(str, workers))} --distribution {' '.join(distributions)}",
+        f"--workers {' '.join(map(str, workers))} --distribution {' '.join(distributions)} "
+        f"--broker-warmup-transfers {broker_warmup_transfers}",
         "machine": machine.facts(load_average_1m_at_start=load_1m), "scenarios": results,
+        "broker_warmup": warmup,
     }  # fmt: skip
 
 
@@ -196,6 +209,13 @@ def markdown(result: dict[str, Any]) -> str:
         f"honest transfers (uniform, or Zipf s = {ZIPF_S}) produced as fast as the publisher "
         "goes; payments/s from the first transfer produced to the last terminal event."
     )
+    warmup = result.get("broker_warmup")
+    if warmup:
+        intro += (
+            f" First, untimed, {warmup['transfers']:,} transfers with {warmup['workers']} "
+            f"workers warmed the fresh broker's JIT compiler up ({warmup['payments_per_s']:,.0f}"
+            " payments/s then)."
+        )
     return "\n\n".join((
         "### Saga throughput (`bench/saga.py`)", intro, table, command_line(result),
         machine_line(result.get("machine", {})),
@@ -239,10 +259,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--distribution", nargs="+", default=["uniform", "zipf"],
                         choices=DISTRIBUTIONS)  # fmt: skip
+    parser.add_argument("--broker-warmup-transfers", type=int, default=BROKER_WARMUP_TRANSFERS,
+                        help="an untimed scenario first, of this many (0: none)")  # fmt: skip
     parser.add_argument("--output", type=Path, default=Path("bench/results/saga.json"))
     args = parser.parse_args()
     result = run(transfers=args.transfers, accounts=args.accounts, workers=args.workers,
-                 distributions=args.distribution)  # fmt: skip
+                 distributions=args.distribution,
+                 broker_warmup_transfers=args.broker_warmup_transfers)  # fmt: skip
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     print(f"written to {args.output}")
