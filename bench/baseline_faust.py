@@ -79,6 +79,7 @@ from tqdm import tqdm
 
 from bench import machine
 from bench.baseline_passthrough import CpuReading, process_cpu_s
+from bench.report import write_result
 from bench.saga import DEPOSIT_MINOR, honest_mix
 from paystream import workload
 from paystream.ledger import Transfer, ensure
@@ -670,9 +671,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     result |= run(transfers=args.transfers, accounts=args.accounts, processes=args.processes,
                   linger_ms=args.linger_ms, log_dir=args.log_dir)  # fmt: skip
     print(markdown(result))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written to {args.output}")
+    write_result(args.output, result)
 
 
 if __name__ == "__main__":

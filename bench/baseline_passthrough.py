@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import multiprocessing
 import os
 import shlex
@@ -71,7 +70,7 @@ from tqdm import tqdm
 
 from bench import machine
 from bench.backlog import publish_and_wait
-from bench.report import command_line, machine_line, markdown_table, pyplot
+from bench.report import command_line, machine_line, markdown_table, pyplot, write_result
 from paystream import workload
 from paystream.agents.worker import (
     BATCH_WINDOW_S,
@@ -969,9 +968,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         profile_transfers=args.profile_transfers, bootstrap=args.bootstrap,
     )  # fmt: skip
     print(_table(result))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written to {args.output}")
+    write_result(args.output, result)
 
 
 if __name__ == "__main__":

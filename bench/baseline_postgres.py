@@ -44,7 +44,6 @@ seconds of this process, of Postgres and of the whole machine are in the JSON).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import resource
@@ -65,7 +64,7 @@ from psycopg import IsolationLevel, errors
 from tqdm import tqdm  # type: ignore[import-untyped]
 
 from bench import machine as bench_machine
-from bench.report import command_line, machine_line, markdown_table, pyplot
+from bench.report import command_line, machine_line, markdown_table, pyplot, write_result
 from bench.saga import ZIPF_S, honest_mix
 from paystream import workload
 from paystream.ledger import Transfer as LedgerTransfer
@@ -707,9 +706,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if found["disturbed"]:
             print(f"  warning: other processes kept more than {DISTURBED_SHARE:.0%} of the "
                   "machine busy in this window: its figures are disturbed")  # fmt: skip
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written to {args.output}")
+    write_result(args.output, result)
 
 
 if __name__ == "__main__":

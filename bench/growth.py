@@ -52,7 +52,6 @@ was not run (``--sizes 1000 10000 100000 1000000`` runs it: expect tens of minut
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -64,7 +63,7 @@ from bench import machine
 from bench.answers import WORKERS, Answers, answers_of, platform, worker_usage
 from bench.consistency import PacedPublisher, Usage, md_table, wait_quiet
 from bench.latency import SETTLE_S, above_capacity, cores, offered_load, quiet_line
-from bench.report import command_line, machine_line, pyplot
+from bench.report import command_line, machine_line, pyplot, write_result
 from bench.saga import PARTITIONS, honest_mix
 from paystream import workload
 from paystream.ledger import Command, Transfer
@@ -447,10 +446,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         warmup_s=args.warmup_s,
         quiet_load=args.quiet_load,
     )  # fmt: skip
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
     print(markdown(result))
-    print(f"written to {args.output}")
+    write_result(args.output, result)
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ from bench.answers import (
     worker_usage,
 )
 from bench.consistency import PacedPublisher, Usage, md_table, setup, wait_quiet
-from bench.report import command_line, machine_line, pyplot
+from bench.report import command_line, machine_line, pyplot, write_result
 from bench.saga import PARTITIONS, honest_mix
 from paystream import workload
 from paystream.ledger import Transfer
@@ -452,10 +452,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     result = run(rates=args.rates, duration_s=args.duration_s, accounts=args.accounts,
                  warmup_s=args.warmup_s, quiet_load=args.quiet_load,
                  broker_warmup_s=args.broker_warmup_s)  # fmt: skip
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
     print(markdown(result))
-    print(f"written to {args.output}")
+    write_result(args.output, result)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ __all__ = [
     "rewrite",
     "scale_out",
     "section",
+    "write_result",
 ]
 
 ROOT: Final = Path(__file__).resolve().parent.parent
@@ -139,6 +140,13 @@ def _flat(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.2f}"
     return str(value)
+
+
+def write_result(path: Path, result: Mapping[str, Any]) -> None:
+    """A scenario's ``bench/results/<name>.json`` (what this module reads back)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written to {path}")
 
 
 def command_line(result: Mapping[str, Any]) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import tempfile
 import threading
@@ -31,7 +30,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from tqdm import tqdm
 
 from bench import machine
-from bench.report import command_line, machine_line, markdown_table, pyplot
+from bench.report import command_line, machine_line, markdown_table, pyplot, write_result
 from paystream import workload
 from paystream.ledger import TERMINAL_EVENT_TYPES, is_own_event
 from paystream.runner import Platform, running
@@ -266,9 +265,7 @@ def main() -> None:
     result = run(transfers=args.transfers, accounts=args.accounts, workers=args.workers,
                  distributions=args.distribution,
                  broker_warmup_transfers=args.broker_warmup_transfers)  # fmt: skip
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written to {args.output}")
+    write_result(args.output, result)
 
 
 if __name__ == "__main__":
