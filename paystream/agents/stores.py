@@ -64,11 +64,11 @@ STABLE_CHECK_TIMEOUT_S = RESTORE_SLICE_S
 logger = logging.getLogger("paystream.stores")
 Clock = Callable[[], int]
 TopicIds = Callable[[Sequence[str]], Mapping[str, str]]
+"""Changelog topic names -> their topic ids (a recreated topic has a new one)."""
 Index = Callable[[bytes, bytes], bytes | None]
 """(key, value) of a row written -> the empty-valued index row it implies in the same store,
 or None. Index rows are the store's own: derived as rows are applied, live or restored, and
 never on the changelog; deleting a stale one is a TableWrite with no changelog record."""
-"""Changelog topic names -> their topic ids (a recreated topic has a new one)."""
 
 
 class RestoreError(RuntimeError):
