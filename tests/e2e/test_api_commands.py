@@ -10,7 +10,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +20,7 @@ import httpx
 import psycopg
 import pytest
 import schemathesis
+from confluent_kafka import Producer
 from hypothesis import HealthCheck, settings
 from schemathesis import checks
 
@@ -30,6 +30,7 @@ from paystream.api.app import create_app
 from paystream.services.keycloak import KeycloakServer
 from paystream.services.process import free_port, pid_alive, wait_until
 from paystream.settings import Settings
+from paystream.topology.partitioner import partition_for
 from tests.e2e.harness import platform
 from tests.support.api import HTTP_TIMEOUT_S, bearer, is_ready, problem, serving
 from tests.support.keycloak import client_token
@@ -189,7 +190,7 @@ def test_freeze_unfreeze_and_close(api: str, tokens: dict[str, str]) -> None:
 
 
 def test_closing_refusals_are_problems_with_the_cores_codes(
-    api: str, tokens: dict[str, str]
+    api: str, tokens: dict[str, str], api_platform: tuple[Settings, str]
 ) -> None:
     token = tokens["partner-demo-1"]
     funded = open_funded(api, token, 10)
@@ -202,30 +203,46 @@ def test_closing_refusals_are_problems_with_the_cores_codes(
     )
     deposit = {"account_id": empty, "amount_minor": 5, "currency": "EUR"}
     problem(post(api, "/v1/deposits", token, deposit, key=key(), **WAIT), 409, "account_closed")
-    assert closing_under_a_payment_in_flight(api, token) == "account_has_pending"
+    assert closing_under_a_payment_in_flight(api, token, api_platform[0]) == "account_has_pending"
 
 
-IN_FLIGHT_ATTEMPTS_MAX = 10
-CLOSE_AFTER_S = 0.05
+@contextlib.contextmanager
+def legs_held_back(settings: Settings, account_id: str) -> Iterator[None]:
+    """Hold back every leg to ``account_id``: an open transaction on its ``legs`` partition
+    keeps read_committed readers (the worker) before it until it ends, and it ends aborted,
+    so no reader ever sees its record."""
+    partition = partition_for(account_id.encode(), settings.partitions)
+    holder = Producer({"bootstrap.servers": settings.bootstrap, "acks": "all",
+                       "transactional.id": f"test-hold-{uuid.uuid4().hex}"})  # fmt: skip
+    holder.init_transactions(HOLD_TIMEOUT_S)
+    holder.begin_transaction()
+    holder.produce(settings.topic("legs"), key=account_id.encode(), value=b"held",
+                   partition=partition)  # fmt: skip
+    if holder.flush(HOLD_TIMEOUT_S):
+        raise RuntimeError("the holding record was not delivered")
+    try:
+        yield
+    finally:
+        holder.abort_transaction(HOLD_TIMEOUT_S)
 
 
-def closing_under_a_payment_in_flight(api: str, token: str) -> str:
-    """Pay an account's whole balance out and close it 50 ms later, not waiting for the
-    payment's answer: the close lands on the source's partition right behind the transfer,
-    long before step 3 comes back (two transactions later), so the source still holds the
-    pending debit. Retried when the close came first (account_not_empty) or step 3 did."""
-    for _ in range(IN_FLIGHT_ATTEMPTS_MAX):
-        source, target = open_funded(api, token, 40), open_funded(api, token, 0)
-        body = {"from_account": source, "to_account": target, "amount_minor": 40,
-                "currency": "EUR"}  # fmt: skip
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            paid = pool.submit(post, api, "/v1/payments", token, body, key=key())
-            time.sleep(CLOSE_AFTER_S)
-            closed = post(api, f"/v1/accounts/{source}/close", token, None, key=key(), **WAIT)
-            assert paid.result().status_code == 202
-        if closed.status_code == 409 and closed.json()["code"] == "account_has_pending":
-            return str(problem(closed, 409, "account_has_pending")["code"])
-    return "the close never met the payment in flight"
+HOLD_TIMEOUT_S = 30.0
+
+
+def closing_under_a_payment_in_flight(api: str, token: str, settings: Settings) -> str:
+    """Pay an account's whole balance out while the payment's step 2 is held back, then close
+    the account: the source still holds the pending debit, whatever the machine's speed.
+    Once the hold ends the payment completes."""
+    source, target = open_funded(api, token, 40), open_funded(api, token, 0)
+    body = {"from_account": source, "to_account": target, "amount_minor": 40, "currency": "EUR"}
+    with legs_held_back(settings, target):
+        paid = post(api, "/v1/payments", token, body, key=key())
+        assert paid.status_code == 202, paid.text
+        closed = post(api, f"/v1/accounts/{source}/close", token, None, key=key(), **WAIT)
+    payment = f"/v1/payments/{paid.json()['payment_id']}"
+    assert wait_until(lambda: get(api, payment, token).json()["status"] == "completed",
+                      timeout_s=HOLD_TIMEOUT_S), "the held payment never completed"  # fmt: skip
+    return str(problem(closed, 409, "account_has_pending")["code"])
 
 
 def test_a_reference_is_kept_bounded_and_part_of_the_request(
