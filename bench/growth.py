@@ -40,29 +40,50 @@ grown store. Nothing expires within a run at a 7-day window, so the cost of expi
 itself (deleting about as many rows per payment as it writes, at steady state) is not in
 these figures.
 
-**10^6 accounts.** Opening and funding them is 2,000,000 commands through the workers;
-each size reports its setup rate, and the report extrapolates the time for 10^6 when it
-was not run (``--sizes 1000 10000 100000 1000000`` runs it: expect tens of minutes).
+**10^6 accounts.** Opening and funding them is 2,000,000 commands through the workers,
+beyond the 15 minutes of ``make bench``; they run on their own (a few minutes):
+
+    .venv/bin/python -m bench.growth --sizes 1000000 --prior-transfers 0 \
+        --output bench/results/growth_large.json
+
+and every later run of the default sizes carries that result's sizes as rows of its own
+(``LARGE_RESULTS``; the command and the time it ran are reported beside them).
+
+**The broker warms up first** (``--broker-warmup-s``): a fresh broker spends its first
+minute compiling (its JIT), which the first size would otherwise pay for; an untimed load
+on a platform of its own (1,000 accounts) runs before the sizes.
 
     .venv/bin/python -m bench.growth [--sizes 1000 10000 100000] [--transfers 5000]
         [--paced-rate 500] [--paced-s 8] [--warmup-s 3] [--prior-transfers 10000]
-        [--store-accounts 1000] [--quiet-load 2.0] [--output bench/results/growth.json]
+        [--store-accounts 1000] [--broker-warmup-s 45] [--quiet-load 2.0]
+        [--output bench/results/growth.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
 from bench import machine
 from bench.answers import WORKERS, Answers, answers_of, platform, worker_usage
 from bench.consistency import PacedPublisher, Usage, md_table, wait_quiet
-from bench.latency import SETTLE_S, above_capacity, cores, offered_load, quiet_line
+from bench.latency import (
+    BROKER_WARMUP_RATE,
+    BROKER_WARMUP_S,
+    SETTLE_S,
+    above_capacity,
+    cores,
+    offered_load,
+    quiet_line,
+    warmup_line,
+)
 from bench.report import command_line, machine_line, pyplot, write_result
 from bench.saga import PARTITIONS, honest_mix
 from paystream import workload
@@ -75,6 +96,9 @@ from paystream.topology.reader import read_to_end
 __all__ = ["main", "markdown", "plots", "run"]
 
 RESULTS: Final = Path(__file__).parent / "results" / "growth.json"
+LARGE_RESULTS: Final = RESULTS.with_name("growth_large.json")
+"""The sizes run on their own (10^6 accounts), carried into every later run's result."""
+WARMUP_ACCOUNTS: Final = 1_000
 SIZES: Final = (1_000, 10_000, 100_000)
 SIZES_ALLOWED: Final = (1_000, 10_000, 100_000, 1_000_000)
 TRANSFERS: Final = 5_000
@@ -194,6 +218,23 @@ def size_scenario(
             "measures": measures, "retention_s": retention_s}  # fmt: skip
 
 
+def warm_up(bootstrap: str, home: Path, *, seconds: int) -> dict[str, Any]:
+    """An untimed load on a platform of its own, so no size pays for the fresh broker's
+    JIT compiler; what it achieved is reported."""
+    warming = BROKER_WARMUP_RATE * seconds
+    mix = honest_mix(accounts=WARMUP_ACCOUNTS, transfers=warming, distribution="uniform")
+    built = workload.build(seed=SEED, mix=mix, run_id="growth-warmup",
+                           now_ms=int(time.time() * 1000))  # fmt: skip
+    traffic = [t for t in built.traffic if isinstance(t, Transfer)]
+    with (
+        platform(bootstrap, home, name="growth-warmup", partitions=PARTITIONS) as p,
+        answers_of(p) as answers,
+    ):
+        open_accounts(p, home, answers, built.setup)
+        return offered_load(p, home, answers, traffic, per_second=BROKER_WARMUP_RATE,
+                            label="broker warm-up")  # fmt: skip
+
+
 def _brief(load: dict[str, Any]) -> dict[str, Any]:
     keys = ("transfers", "achieved_per_s", "worker_cpu_ms_per_payment", "outcomes")
     return {k: load[k] for k in keys}
@@ -210,6 +251,7 @@ def _show(found: dict[str, Any]) -> None:
 def run(
     *, sizes: Sequence[int], transfers: int, paced_rate: int, paced_s: int, prior: int,
     store_accounts: int, warmup_s: float = WARMUP_S, quiet_load: float | None = None,
+    broker_warmup_s: int = BROKER_WARMUP_S,
 ) -> dict[str, Any]:  # fmt: skip
     if prior and store_accounts not in sizes:
         raise ValueError("--store-accounts must be one of --sizes")
@@ -221,6 +263,11 @@ def run(
         home = Path(directory)
         broker = start_on_free_ports(home / "kafka")
         try:
+            warm = (
+                warm_up(broker.bootstrap, home, seconds=broker_warmup_s)
+                if broker_warmup_s
+                else None
+            )
             for size in sizes:
                 scenarios.append(size_scenario(
                     broker.bootstrap, home, accounts=size, transfers=transfers,
@@ -233,12 +280,13 @@ def run(
         f"python -m bench.growth --sizes {' '.join(map(str, sizes))} --transfers {transfers} "
         f"--paced-rate {paced_rate} --paced-s {paced_s} --warmup-s {warmup_s:g} "
         f"--prior-transfers {prior} "
-        f"--store-accounts {store_accounts}"
+        f"--store-accounts {store_accounts} --broker-warmup-s {broker_warmup_s}"
     ) + ("" if quiet_load is None else f" --quiet-load {quiet_load}")
     return {
         "command": command, "quiet": quiet,
         "machine": machine.facts(load_average_1m_at_start=round(load_1m, 2)),
         "partitions": PARTITIONS, "workers": WORKERS, "warmup_s": warmup_s,
+        "broker_warmup_s": broker_warmup_s, "broker_warmup": warm,
         "retention_s": scenarios[0]["retention_s"],
         "scenarios": scenarios, "wall_s": round(time.monotonic() - started, 1),
     }  # fmt: skip
@@ -247,11 +295,42 @@ def run(
 # --- report -----------------------------------------------------------------------------
 
 
+def separate_runs(output: Path) -> list[dict[str, Any]]:
+    """The result of the sizes run on their own (``LARGE_RESULTS``), unless this run is it."""
+    if output.resolve() == LARGE_RESULTS.resolve() or not LARGE_RESULTS.exists():
+        return []
+    large = json.loads(LARGE_RESULTS.read_text())
+    written = datetime.fromtimestamp(LARGE_RESULTS.stat().st_mtime, UTC)
+    return [large | {"written": written.strftime("%Y-%m-%d %H:%M UTC")}]
+
+
+def scenarios(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every size's scenario by accounts, this run's and those of ``separate_runs``."""
+    own = {s["accounts"] for s in result["scenarios"]}
+    carried = [s for run in result.get("separate", []) for s in run["scenarios"]
+               if s["accounts"] not in own]  # fmt: skip
+    return sorted(result["scenarios"] + carried, key=lambda s: int(s["accounts"]))
+
+
 def _rows(result: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """(label, measure) in order: every size's first measurement, then grown stores."""
-    first = [(f"{s['accounts']:,}", s["measures"][0]) for s in result["scenarios"]]
-    grown = [(m["label"], m) for s in result["scenarios"] for m in s["measures"][1:]]
+    first = [(f"{s['accounts']:,}", s["measures"][0]) for s in scenarios(result)]
+    grown = [(m["label"], m) for s in scenarios(result) for m in s["measures"][1:]]
     return first + grown
+
+
+def _sizes(run: dict[str, Any]) -> str:
+    return ", ".join(f"{s['accounts']:,}" for s in run["scenarios"])
+
+
+def _separate_line(result: dict[str, Any]) -> list[str]:
+    return [
+        f"The {_sizes(run)} accounts rows come "
+        f"from a run of their own ({run['written']}, {run['wall_s']:.0f} s, "
+        f"{'its broker warmed up first' if run.get('broker_warmup') else 'a cold broker'}): "
+        f"`{run['command']}`."
+        for run in result.get("separate", [])
+    ]  # fmt: skip
 
 
 def _cost_table(result: dict[str, Any]) -> str:
@@ -302,13 +381,13 @@ def _setup_table(result: dict[str, Any]) -> list[str]:
         [f"{s['accounts']:,}", f"{s['setup']['commands']:,}", f"{s['setup']['seconds']:,.1f}",
          f"{s['setup']['commands_per_s']:,.0f}", f"{s['setup']['worker_cpu_ms_per_command']:.2f}",
          f"{s['build_s']:.1f}"]
-        for s in result["scenarios"]
+        for s in scenarios(result)
     ]  # fmt: skip
     header = ["accounts", "commands (open + fund)", "seconds", "commands/s",
               "worker CPU ms/command", "workload built in s"]  # fmt: skip
     parts = ["Opening and funding the accounts through the workers (publish to last answer):",
              "", md_table(header, rows, left=1)]  # fmt: skip
-    largest = max(result["scenarios"], key=lambda s: s["accounts"])
+    largest = scenarios(result)[-1]
     if largest["accounts"] < 1_000_000:
         rate = largest["setup"]["commands_per_s"]
         parts += ["", f"10^6 accounts were not run (`--sizes ... 1000000` runs them): at the "
@@ -319,7 +398,7 @@ def _setup_table(result: dict[str, Any]) -> list[str]:
 
 
 def _store_section(result: dict[str, Any]) -> list[str]:
-    for s in result["scenarios"]:
+    for s in scenarios(result):
         if len(s["measures"]) > 1:
             return _store_text(s["measures"][0], s["measures"][1], s["retention_s"])
     return ["No grown-store measurement in this run (`--prior-transfers 0`)."]
@@ -375,7 +454,8 @@ def markdown(result: dict[str, Any]) -> str:
     """The scenario's section of docs/benchmarks.md."""
     return "\n".join([
         "### Cost against size", "", HOW.format(warmup_s=result.get("warmup_s", 0)), "",
-        _cost_table(result), "", _verdict(result), "", *quiet_line(result),
+        *warmup_line(result), _cost_table(result), "", *_separate_line(result), "",
+        _verdict(result), "", *quiet_line(result),
         *_setup_table(result), "", *_store_section(result), "",
         f"{command_line(result)} ({result['wall_s']:.0f} s).", "",
         f"{machine_line(result['machine'])} {SHARED}",
@@ -388,8 +468,8 @@ def plots(result: dict[str, Any], img_dir: Path) -> list[Path]:
     plt = pyplot()
     img_dir.mkdir(parents=True, exist_ok=True)
     figure, axes = plt.subplots(1, 3, figsize=(13, 4))
-    first = [(s["accounts"], s["measures"][0]) for s in result["scenarios"]]
-    grown = [(s["accounts"], m) for s in result["scenarios"] for m in s["measures"][1:]]
+    first = [(s["accounts"], s["measures"][0]) for s in scenarios(result)]
+    grown = [(s["accounts"], m) for s in scenarios(result) for m in s["measures"][1:]]
     panels: tuple[tuple[Callable[[dict[str, Any]], float], str], ...] = (
         (lambda m: m["flood"]["worker_cpu_ms_per_payment"], "worker CPU ms per payment (flood)"),
         (lambda m: m["flood"]["achieved_per_s"], "payments/s (flood)"),
@@ -436,6 +516,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--quiet-load", type=float, default=None,
         help="first wait (2 min at most) for a 1-minute load average under it",
     )  # fmt: skip
+    parser.add_argument(
+        "--broker-warmup-s", type=int, default=BROKER_WARMUP_S,
+        help=f"first an untimed load at {BROKER_WARMUP_RATE:,}/s for this long (0: none)",
+    )  # fmt: skip
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.prior_transfers and args.store_accounts not in args.sizes:
@@ -443,9 +527,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     result = run(
         sizes=args.sizes, transfers=args.transfers, paced_rate=args.paced_rate,
         paced_s=args.paced_s, prior=args.prior_transfers, store_accounts=args.store_accounts,
-        warmup_s=args.warmup_s,
-        quiet_load=args.quiet_load,
+        warmup_s=args.warmup_s, quiet_load=args.quiet_load,
+        broker_warmup_s=args.broker_warmup_s,
     )  # fmt: skip
+    result["separate"] = separate_runs(args.output)
     print(markdown(result))
     write_result(args.output, result)
 

@@ -78,6 +78,7 @@ __all__ = [
     "plots",
     "quiet_line",
     "run",
+    "warmup_line",
 ]
 
 RESULTS: Final = Path(__file__).parent / "results" / "latency.json"
@@ -359,7 +360,7 @@ def quiet_line(result: dict[str, Any]) -> list[str]:
             f" average {quiet['loadavg_1m']:.2f} then).", ""]  # fmt: skip
 
 
-def _warmup_line(result: dict[str, Any]) -> list[str]:
+def warmup_line(result: dict[str, Any]) -> list[str]:
     warm = result.get("broker_warmup")
     if not warm:
         return ["The broker was not warmed up first (a fresh broker spends much of its CPU "
@@ -375,7 +376,7 @@ def markdown(result: dict[str, Any]) -> str:
         "### Latency at fixed offered load", "",
         DEFINITION.format(accounts=result["accounts"], duration_s=result["duration_s"],
                           warmup_s=result.get("warmup_s", 0)), "",
-        *_warmup_line(result),
+        *warmup_line(result),
         _loads_table(result["loads"]), "", _target(result["loads"]), "",
         *quiet_line(result),
         *_api_section(result.get("api", [])), "",
