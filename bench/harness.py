@@ -64,12 +64,12 @@ SCENARIOS: Final[dict[str, tuple[str, ...]]] = {
         "--rates 500 1000 2000 --duration-s 20 --warmup-s 5 --accounts 10000 --broker-warmup-s 45"
     ),
     # Cost against size: 10^3, 10^4, 10^5 accounts, and the 10^3 platform again after 10,000
-    # more transfers grew its idempotency store, after 45 s warming the broker up. Measured
-    # in parts under load: 156 s (10^3, the grown store, 10^4) and 125 s (10^5, 70 s of it
-    # opening and funding): about 4.5 min, plus the warm-up. 10^6 accounts run on their own
-    # (bench.growth.LARGE_RESULTS); this run carries their rows.
+    # more transfers grew its idempotency store, after 45 s warming the broker up; floods of
+    # 20,000 transfers (5,000 gave a CPU figure per payment that moved 2x between sizes).
+    # Measured quiet: 196 s. 10^6 accounts run on their own (bench.growth.LARGE_RESULTS,
+    # 388 s); this run carries their rows.
     "growth": _argv(
-        "--sizes 1000 10000 100000 --transfers 5000 --paced-rate 500 --paced-s 8 --warmup-s 3"
+        "--sizes 1000 10000 100000 --transfers 20000 --paced-rate 500 --paced-s 8 --warmup-s 3"
         " --prior-transfers 10000 --store-accounts 1000 --broker-warmup-s 45"
     ),
     # The wire profile (500 transfers), then the passthrough with 1 and 2 processes. Measured:
