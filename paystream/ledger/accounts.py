@@ -43,6 +43,17 @@ def settlement_account_id(currency: str, partition: int) -> str:
     return f"{SYSTEM_ACCOUNT_PREFIX}settlement:{currency}:{partition}"
 
 
+def payouts_clearing_account_id(currency: str, partition: int) -> str:
+    """The payouts-clearing shard of ``partition``: payouts reserved, then paid out of it."""
+    ensure(0 <= partition <= PARTITION_MAX, "partition out of range")
+    return f"{SYSTEM_ACCOUNT_PREFIX}payouts-clearing:{currency}:{partition}"
+
+
+SCREENING_KEY_PREFIX = f"{SYSTEM_ACCOUNT_PREFIX}screening:"
+"""The keys of ``ConfigureScreening`` commands: ``@screening:<n>``, one ``n`` per partition
+(chosen so that the key's murmur2 partition is that partition)."""
+
+
 def is_system_account_id(account_id: str) -> bool:
     """System ids are reserved: clients can neither open nor address them."""
     return account_id.startswith(SYSTEM_ACCOUNT_PREFIX)

@@ -61,6 +61,7 @@ from typing import Generic, TypeVar
 
 from paystream.ledger.accounts import (
     PARTITION_MAX,
+    SCREENING_KEY_PREFIX,
     credit,
     credits_fit,
     debit,
@@ -69,6 +70,7 @@ from paystream.ledger.accounts import (
     has_funds,
     is_system_account_id,
     new_account,
+    payouts_clearing_account_id,
     post_credit,
     post_debit,
     reserve_credit,
@@ -87,25 +89,31 @@ from paystream.ledger.ids import command_id_parts
 from paystream.ledger.journal import (
     check_balanced,
     deposit_entry,
+    payout_debit_entry,
+    payout_settlement_entry,
     transfer_credit_entry,
     transfer_debit_entry,
     withdrawal_entry,
 )
 from paystream.ledger.models import (
     AMOUNT_MAX_MINOR,
+    OPS_PARTNER_ID,
     RESERVATION_OPEN_MS,
     Account,
     AccountStatus,
     CloseAccount,
     Command,
     Compensation,
+    ConfigureScreening,
     Confirmation,
     CreditLeg,
+    DecidePayout,
     Delivery,
     Deposit,
     DirectoryEntry,
     Event,
     EventType,
+    FailPayout,
     FreezeAccount,
     IdempotencyKey,
     IdempotencyRecord,
@@ -114,11 +122,31 @@ from paystream.ledger.models import (
     Malformed,
     OpenAccount,
     Output,
+    Payout,
+    PayoutCommand,
     RejectionCode,
+    RequestPayout,
     Rules,
+    SendPayout,
+    SettlePayout,
     Transfer,
     UnfreezeAccount,
     Withdrawal,
+)
+from paystream.ledger.payouts import (
+    STATE_EVENTS,
+    authorized,
+    beneficiary_code,
+    beneficiary_key,
+    new_payout,
+    transition,
+)
+from paystream.ledger.screening import (
+    PayoutProfile,
+    ScreeningRules,
+    profile_after,
+    rules_from_json,
+    screen,
 )
 
 INPUTS_PER_BATCH_MAX = 10_000
@@ -148,6 +176,17 @@ class BatchResult:
     """Every output, in input order."""
     clock_ms: int
     """The partition's log clock after the batch: the latest log time seen."""
+    payouts: dict[str, Payout]
+    """Changed payouts only, in their final version."""
+    profiles: dict[str, PayoutProfile]
+    """Changed screening profiles (by source account) only."""
+    screening: ScreeningRules | None
+    """The partition's new screening rules, if a ``ConfigureScreening`` changed them."""
+
+
+_NO_PAYOUTS: Mapping[str, Payout] = {}
+_NO_PROFILES: Mapping[str, PayoutProfile] = {}
+_NO_RULES = ScreeningRules()
 
 
 def process_batch(
@@ -159,8 +198,15 @@ def process_batch(
     directory: Mapping[str, DirectoryEntry],
     clock_ms: int,
     rules: Rules,
+    payouts: Mapping[str, Payout] = _NO_PAYOUTS,
+    profiles: Mapping[str, PayoutProfile] = _NO_PROFILES,
+    screening: ScreeningRules = _NO_RULES,
 ) -> BatchResult:
     """Apply ``deliveries`` (all from ``partition``) in order; never mutates the mappings.
+
+    ``payouts``, ``profiles`` and ``screening`` are the partition's payout state (by payout
+    id, by source account, its current screening rules); unlike the directory, a batch's
+    own changes to them are visible to its later inputs.
 
     ``directory`` is a snapshot: changes made by this batch are not visible to
     later inputs of the batch (they reach it through the ``DirectoryEntry``
@@ -172,6 +218,9 @@ def process_batch(
     ensure(len(deliveries) <= INPUTS_PER_BATCH_MAX, "batch larger than INPUTS_PER_BATCH_MAX")
     ensure(type(partition) is int and 0 <= partition <= PARTITION_MAX, "partition out of range")
     state = _State(partition, accounts, idempotency, directory, clock_ms, rules)
+    state.payouts = _Overlay(payouts)
+    state.profiles = _Overlay(profiles)
+    state.screening = screening
     for delivery in deliveries:
         _process(state, delivery)
     return BatchResult(
@@ -179,10 +228,33 @@ def process_batch(
         idempotency=state.changed_records,
         outputs=tuple(state.outputs),
         clock_ms=state.clock_ms,
+        payouts=state.payouts.changed,
+        profiles=state.profiles.changed,
+        screening=None if state.screening is screening else state.screening,
     )
 
 
 # --- the working overlay -------------------------------------------------------------
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _Overlay(Generic[K, V]):
+    """A read-only base and the batch's changes on top of it."""
+
+    __slots__ = ("_base", "changed")
+
+    def __init__(self, base: Mapping[K, V]) -> None:
+        self._base = base
+        self.changed: dict[K, V] = {}
+
+    def get(self, key: K) -> V | None:
+        value = self.changed.get(key)
+        return self._base.get(key) if value is None else value
+
+    def put(self, key: K, value: V) -> None:
+        self.changed[key] = value
 
 
 class _State:
@@ -197,7 +269,10 @@ class _State:
         "directory",
         "outputs",
         "partition",
+        "payouts",
+        "profiles",
         "rules",
+        "screening",
     )
 
     def __init__(
@@ -218,6 +293,9 @@ class _State:
         self.changed_accounts: dict[str, Account] = {}
         self.changed_records: dict[IdempotencyKey, IdempotencyRecord] = {}
         self.outputs: list[Output] = []
+        self.payouts: _Overlay[str, Payout] = _Overlay({})
+        self.profiles: _Overlay[str, PayoutProfile] = _Overlay({})
+        self.screening = ScreeningRules()
 
     def account(self, account_id: str) -> Account | None:
         account = self.changed_accounts.get(account_id)
@@ -239,6 +317,9 @@ class _State:
 
     def settlement_id(self, currency: str) -> str:
         return settlement_account_id(currency, self.partition)
+
+    def clearing_id(self, currency: str) -> str:
+        return payouts_clearing_account_id(currency, self.partition)
 
     def live_record(self, key: IdempotencyKey) -> IdempotencyRecord | None:
         """The record under ``key`` unless it has expired (expired records count as absent)."""
@@ -296,6 +377,12 @@ def _process(state: _State, delivery: Delivery) -> None:
         _process_command(state, delivery, item, _UNFREEZE_ACCOUNT)
     elif isinstance(item, CloseAccount):
         _process_command(state, delivery, item, _CLOSE_ACCOUNT)
+    elif isinstance(item, RequestPayout):
+        _process_command(state, delivery, item, _REQUEST_PAYOUT)
+    elif isinstance(item, DecidePayout | SendPayout | SettlePayout | FailPayout):
+        _process_command(state, delivery, item, _PAYOUT_COMMAND)
+    elif isinstance(item, ConfigureScreening):
+        _process_command(state, delivery, item, _CONFIGURE_SCREENING)
     elif isinstance(item, Malformed):
         _process_malformed(state, delivery, item)
     else:
@@ -483,7 +570,7 @@ def _command_event(
     if isinstance(command, Transfer):
         amount_minor, currency = command.amount_minor, command.currency
         counterparty, reference = command.destination_account_id, command.reference
-    elif isinstance(command, Deposit | Withdrawal):
+    elif isinstance(command, Deposit | Withdrawal | RequestPayout):
         amount_minor, currency = command.amount_minor, command.currency
         reference = command.reference
     elif isinstance(command, OpenAccount):
@@ -582,6 +669,19 @@ def _usable_account(
     if account.currency != currency:
         return "currency_mismatch"
     return account
+
+
+def _outgoing(
+    state: _State, source: Account, system_id: str, amount_minor: int
+) -> Account | RejectionCode:
+    """The system shard ``system_id`` (in the source's currency) if ``source`` may send it
+    ``amount_minor``: funds first, then both accounts' total bounds; else why not."""
+    if not has_funds(source, amount_minor):
+        return "insufficient_funds"
+    system = state.system_account(system_id, source.currency)
+    if not (debits_fit(source, amount_minor) and credits_fit(system, amount_minor)):
+        return "balance_overflow"
+    return system
 
 
 def _destination_code(entry: DirectoryEntry | None, transfer: Transfer) -> RejectionCode | None:
@@ -699,11 +799,9 @@ def _execute_withdrawal(state: _State, command: Withdrawal) -> RejectionCode | N
     account = _usable_account(state, command.account_id, command.partner_id, command.currency)
     if isinstance(account, str):
         return account
-    if not has_funds(account, amount_minor):
-        return "insufficient_funds"
-    settlement = state.system_account(state.settlement_id(command.currency), command.currency)
-    if not (debits_fit(account, amount_minor) and credits_fit(settlement, amount_minor)):
-        return "balance_overflow"
+    settlement = _outgoing(state, account, state.settlement_id(command.currency), amount_minor)
+    if isinstance(settlement, str):
+        return settlement
     state.put_account(debit(account, amount_minor))
     state.put_account(credit(settlement, amount_minor))
     return None
@@ -732,11 +830,9 @@ def _execute_transfer(state: _State, command: Transfer) -> RejectionCode | None:
     code = _destination_code(state.directory.get(command.destination_account_id), command)
     if code is not None:
         return code
-    if not has_funds(source, amount_minor):
-        return "insufficient_funds"
-    transit = state.system_account(state.transit_id(command.currency), command.currency)
-    if not (debits_fit(source, amount_minor) and credits_fit(transit, amount_minor)):
-        return "balance_overflow"
+    transit = _outgoing(state, source, state.transit_id(command.currency), amount_minor)
+    if isinstance(transit, str):
+        return transit
     state.put_account(reserve_debit(source, amount_minor))
     state.put_account(reserve_credit(transit, amount_minor))
     reservation = _record(command.command_id, body_sha256(command), None, RESERVATION_OPEN_MS)
@@ -872,6 +968,235 @@ def _emit_compensation(state: _State, leg: Compensation, code: RejectionCode | N
     state.outputs.append(_leg_event(leg, "Reversed", "reversed", leg.reason))
 
 
+# --- payouts (ledger.payouts: the state machine; screening: the rules) -------------------
+
+
+def _execute_request_payout(state: _State, command: RequestPayout) -> RejectionCode | None:
+    """Reserve the amount (pending DEBIT source / CREDIT payouts clearing), then screen the
+    payout: held on any rule's hit, else queued. Refused: nothing reserved."""
+    amount_minor = command.amount_minor
+    code = (
+        _amount_code(amount_minor)
+        or _limit_code(amount_minor, state.rules)
+        or beneficiary_code(command)
+    )
+    if code is not None:
+        return code
+    source = _usable_account(state, command.account_id, command.partner_id, command.currency)
+    if isinstance(source, str):
+        return source
+    clearing = _outgoing(state, source, state.clearing_id(command.currency), amount_minor)
+    if isinstance(clearing, str):
+        return clearing
+    ensure(state.payouts.get(command.command_id) is None, "a claimed payout id already in use")
+    state.put_account(reserve_debit(source, amount_minor))
+    state.put_account(reserve_credit(clearing, amount_minor))
+    profile = _profile(state, command.account_id)
+    key = beneficiary_key(command)
+    codes = screen(
+        state.screening,
+        profile,
+        now_ms=state.clock_ms,
+        amount_minor=amount_minor,
+        currency=command.currency,
+        beneficiary_key=key,
+        country=command.beneficiary_country,
+    )
+    payout = new_payout(command, requested_at_ms=state.clock_ms, rule_codes=codes)
+    state.payouts.put(payout.payout_id, payout)
+    state.profiles.put(
+        command.account_id,
+        profile_after(
+            profile,
+            now_ms=state.clock_ms,
+            window_ms=state.screening.velocity_window_ms,
+            amount_minor=amount_minor,
+            approved_beneficiary=None if codes else key,
+        ),
+    )
+    return None
+
+
+def _profile(state: _State, account_id: str) -> PayoutProfile:
+    profile = state.profiles.get(account_id)
+    return PayoutProfile(account_id=account_id) if profile is None else profile
+
+
+def _emit_request_payout(state: _State, command: RequestPayout, code: RejectionCode | None) -> None:
+    """Refused: ``Failed`` with the code. Accepted: the reservation and the payout's first
+    state (``Held`` with the rules it hit, or ``Queued``)."""
+    if code is not None:
+        state.outputs.append(_command_event(command, "Failed", "failed", code))
+        return
+    payout = _payout(state, command.command_id)
+    state.emit_entry(payout_debit_entry(payout, state.clearing_id(payout.currency), "pending", 1))
+    state.outputs.append(_payout_event(payout, payout.state))
+
+
+def _payout(state: _State, payout_id: str) -> Payout:
+    payout = state.payouts.get(payout_id)
+    if payout is None:
+        raise InvariantViolation(f"payout applied but not kept: {payout_id}")
+    return payout
+
+
+def _execute_payout_command(state: _State, command: PayoutCommand) -> RejectionCode | None:
+    """A decision or the rail's report: ``payouts.transition`` says what it does, and the
+    accounts follow (reserve again, post then pay out of clearing, or void)."""
+    if not authorized(command):
+        return "not_authorized"
+    payout = state.payouts.get(command.payout_id)
+    if payout is None or payout.account_id != command.account_id:
+        return "payout_not_found"
+    moved = transition(payout, command)
+    if isinstance(moved, str):
+        return moved
+    code = _move_money(state, payout, moved.money)
+    if code is not None:
+        return code
+    state.payouts.put(payout.payout_id, moved.payout)
+    if isinstance(command, DecidePayout) and moved.payout.state == "queued":
+        state.profiles.put(
+            payout.account_id,
+            profile_after(
+                _profile(state, payout.account_id),
+                now_ms=state.clock_ms,
+                window_ms=state.screening.velocity_window_ms,
+                approved_beneficiary=beneficiary_key(payout),
+            ),
+        )
+    return None
+
+
+def _move_money(state: _State, payout: Payout, money: str | None) -> RejectionCode | None:
+    """Reserve the payout's amount again (refused like a request would be), or post or void
+    the reservation it holds (always lands: the reservation guaranteed it)."""
+    if money is None:
+        return None
+    amount_minor, clearing_id = payout.amount_minor, state.clearing_id(payout.currency)
+    source, clearing = state.account(payout.account_id), state.account(clearing_id)
+    if source is None or clearing is None:
+        raise InvariantViolation(f"payout without its accounts: {payout!r}")
+    if money == "reserve":
+        code = _status_code(source.status)
+        if code is not None:
+            return code
+        reserved = _outgoing(state, source, clearing_id, amount_minor)
+        if isinstance(reserved, str):
+            return reserved
+        state.put_account(reserve_debit(source, amount_minor))
+        state.put_account(reserve_credit(clearing, amount_minor))
+        return None
+    ensure(
+        source.pending_debits_minor >= amount_minor
+        and clearing.pending_credits_minor >= amount_minor,
+        f"payout reservation not held by the accounts: {payout!r}",
+    )
+    if money == "void":
+        state.put_account(void_debit(source, amount_minor))
+        state.put_account(void_credit(clearing, amount_minor))
+        return None
+    state.put_account(post_debit(source, amount_minor))
+    posted = post_credit(clearing, amount_minor)
+    settlement = state.system_account(state.settlement_id(payout.currency), payout.currency)
+    ensure(
+        debits_fit(posted, amount_minor) and credits_fit(settlement, amount_minor),
+        "payout settlement past the account totals",
+    )
+    state.put_account(debit(posted, amount_minor))
+    state.put_account(credit(settlement, amount_minor))
+    return None
+
+
+def _emit_payout_command(state: _State, command: PayoutCommand, code: RejectionCode | None) -> None:
+    """Refused: ``Rejected``. Applied: the entries, the payout's new state (with who changed
+    it and what it was), then ``Completed`` for the command itself."""
+    if code is not None:
+        state.outputs.append(_command_event(command, "Rejected", "rejected", code))
+        return
+    payout = _payout(state, command.payout_id)
+    clearing_id, n = state.clearing_id(payout.currency), payout.reservations
+    if payout.state == "settled":
+        state.emit_entry(payout_debit_entry(payout, clearing_id, "post", n))
+        settlement_id = state.settlement_id(payout.currency)
+        state.emit_entry(payout_settlement_entry(payout, clearing_id, settlement_id))
+    elif payout.state == "failed":
+        state.emit_entry(payout_debit_entry(payout, clearing_id, "void", n))
+    elif isinstance(command, DecidePayout) and command.decision == "override":
+        state.emit_entry(payout_debit_entry(payout, clearing_id, "pending", n))
+    decision = command if isinstance(command, DecidePayout) else None
+    state.outputs.append(
+        _payout_event(
+            payout,
+            f"{payout.state}.{payout.version}",
+            actor=None if decision is None else decision.officer,
+            reason=payout.failure_reason if decision is None else decision.reason,
+            previous=_previous_state(command, payout),
+        )
+    )
+    state.outputs.append(_command_event(command, "Completed", "completed"))
+
+
+def _previous_state(command: PayoutCommand, payout: Payout) -> EventType:
+    """The state ``command`` moved ``payout`` from (``payouts.transition``'s only edges)."""
+    if isinstance(command, SendPayout):
+        return "Queued"
+    if isinstance(command, SettlePayout | FailPayout):
+        return "Sending"
+    if command.decision != "override":
+        return "Held"
+    return "Queued" if payout.state == "failed" else "Failed"
+
+
+def _payout_event(
+    payout: Payout,
+    step: str,
+    *,
+    actor: str | None = None,
+    reason: str | None = None,
+    previous: EventType | None = None,
+) -> Event:
+    """The payout's state as an event of the payout (``payment_id`` = payout id)."""
+    return Event(
+        event_id=f"{payout.payout_id}:{step}",
+        payment_id=payout.payout_id,
+        type=STATE_EVENTS[payout.state],
+        command_type=RequestPayout.__name__,
+        partner_id=payout.partner_id,
+        account_id=payout.account_id,
+        issued_at_ms=payout.issued_at_ms,
+        amount_minor=payout.amount_minor,
+        currency=payout.currency,
+        code=payout.failure_code,
+        reference=payout.reference,
+        rule_codes=payout.rule_codes,
+        reason=reason,
+        actor=actor,
+        previous_type=previous,
+    )
+
+
+def _execute_configure_screening(
+    state: _State, command: ConfigureScreening
+) -> RejectionCode | None:
+    """The partition's screening rules from now on (for payouts requested after it)."""
+    if command.partner_id != OPS_PARTNER_ID:
+        return "not_authorized"
+    if not command.account_id.startswith(SCREENING_KEY_PREFIX):
+        return "account_not_found"
+    try:
+        state.screening = rules_from_json(command.rules_json, configured_by=command.command_id)
+    except ValueError:
+        return "invalid_rules"
+    return None
+
+
+def _emit_configure_screening(
+    state: _State, command: ConfigureScreening, code: RejectionCode | None
+) -> None:
+    _emit_outcome(state, command, code)
+
+
 _OPEN_ACCOUNT: _Handler[OpenAccount] = _Handler(_execute_open_account, _emit_account_command)
 _FREEZE_ACCOUNT: _Handler[FreezeAccount] = _Handler(_execute_freeze_account, _emit_account_command)
 _UNFREEZE_ACCOUNT: _Handler[UnfreezeAccount] = _Handler(
@@ -884,3 +1209,8 @@ _TRANSFER: _Handler[Transfer] = _Handler(_execute_transfer, _emit_transfer)
 _CREDIT_LEG: _Handler[CreditLeg] = _Handler(_execute_credit_leg, _emit_credit_leg)
 _CONFIRMATION: _Handler[Confirmation] = _Handler(_execute_confirmation, _emit_confirmation)
 _COMPENSATION: _Handler[Compensation] = _Handler(_execute_compensation, _emit_compensation)
+_REQUEST_PAYOUT: _Handler[RequestPayout] = _Handler(_execute_request_payout, _emit_request_payout)
+_PAYOUT_COMMAND: _Handler[PayoutCommand] = _Handler(_execute_payout_command, _emit_payout_command)
+_CONFIGURE_SCREENING: _Handler[ConfigureScreening] = _Handler(
+    _execute_configure_screening, _emit_configure_screening
+)

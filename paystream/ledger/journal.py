@@ -16,6 +16,7 @@ from paystream.ledger.models import (
     JournalEntry,
     JournalLine,
     Leg,
+    Payout,
     Phase,
     Withdrawal,
 )
@@ -155,6 +156,50 @@ def transfer_credit_entry(leg: CreditLeg, transit_account_id: str) -> JournalEnt
         credit_account_id=leg.destination_account_id,
         currency=leg.currency,
         amount_minor=leg.amount_minor,
+    )
+
+
+def payout_debit_entry(
+    payout: Payout, clearing_account_id: str, phase: Phase, n: int
+) -> JournalEntry:
+    """A payout's ``n``-th reservation (``pending``, ``<payout>:reserve`` then
+    ``reserve.<n>``), or its posting or void (``post`` / ``void``, with the same suffix):
+    DEBIT source / CREDIT its payouts-clearing shard."""
+    suffix = "" if n == 1 else f".{n}"
+    step = {"pending": "reserve", "post": STEP_POST, "void": STEP_VOID}[phase] + suffix
+    return two_line_entry(
+        step=step,
+        payment_id=payout.payout_id,
+        kind="payout_debit",
+        partner_id=payout.partner_id,
+        account_id=payout.account_id,
+        issued_at_ms=payout.issued_at_ms,
+        debit_account_id=payout.account_id,
+        credit_account_id=clearing_account_id,
+        currency=payout.currency,
+        amount_minor=payout.amount_minor,
+        phase=phase,
+        pending_entry_id=None
+        if phase == "pending"
+        else entry_id(payout.payout_id, "reserve" + suffix),
+    )
+
+
+def payout_settlement_entry(
+    payout: Payout, clearing_account_id: str, settlement_account_id: str
+) -> JournalEntry:
+    """The bank paid: DEBIT payouts-clearing / CREDIT external settlement (``<payout>:settle``)."""
+    return two_line_entry(
+        step="settle",
+        payment_id=payout.payout_id,
+        kind="payout_settlement",
+        partner_id=payout.partner_id,
+        account_id=payout.account_id,
+        issued_at_ms=payout.issued_at_ms,
+        debit_account_id=clearing_account_id,
+        credit_account_id=settlement_account_id,
+        currency=payout.currency,
+        amount_minor=payout.amount_minor,
     )
 
 

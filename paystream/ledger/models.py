@@ -44,19 +44,52 @@ RejectionCode: TypeAlias = Literal[
     "wrong_partition",
     "invalid_field",
     "unknown_command",
+    "not_authorized",
+    "invalid_beneficiary",
+    "invalid_rules",
+    "payout_not_found",
+    "payout_not_held",
+    "payout_not_overridable",
+    "payout_not_queued",
+    "payout_not_sending",
+    "review_rejected",
+    "bank_rejected",
 ]
-"""Why an input was refused. The last three are the DLQ reasons of commands whose ids
-could be read (the record went to ``dlq`` too)."""
+"""Why an input was refused. ``wrong_partition``, ``invalid_field`` and ``unknown_command``
+are the DLQ reasons of commands whose ids could be read (the record went to ``dlq`` too).
+``review_rejected`` and ``bank_rejected`` are why a payout ``Failed`` (a person or the bank
+said no), not why a command was refused."""
 REJECTION_CODES: tuple[RejectionCode, ...] = get_args(RejectionCode)
 
-EventType: TypeAlias = Literal["Debited", "Completed", "Reversed", "Duplicate", "Rejected"]
+EventType: TypeAlias = Literal[
+    "Debited",
+    "Completed",
+    "Reversed",
+    "Duplicate",
+    "Rejected",
+    "Held",
+    "Queued",
+    "Sending",
+    "Settled",
+    "Failed",
+]
 EVENT_TYPES: tuple[EventType, ...] = get_args(EventType)
 TERMINAL_EVENT_TYPES: frozenset[EventType] = frozenset(
-    ("Completed", "Reversed", "Duplicate", "Rejected")
+    ("Completed", "Reversed", "Duplicate", "Rejected", "Held", "Queued", "Failed")
 )
-"""The one answer each input gets; ``Debited`` is a transfer's step, not its end."""
+"""The one answer each input gets; ``Debited`` is a transfer's step, not its end. A payout's
+request is answered by its first state, ``Held``, ``Queued`` or ``Failed`` (nothing reserved);
+its later states (``Sending``, ``Settled``, another ``Queued`` or ``Failed``) are facts about
+the payout that answer the review's or the rail's commands, not the request."""
 Side: TypeAlias = Literal["debit", "credit"]
-EntryKind: TypeAlias = Literal["deposit", "withdrawal", "transfer_debit", "transfer_credit"]
+EntryKind: TypeAlias = Literal[
+    "deposit",
+    "withdrawal",
+    "transfer_debit",
+    "transfer_credit",
+    "payout_debit",
+    "payout_settlement",
+]
 ENTRY_KINDS: tuple[EntryKind, ...] = get_args(EntryKind)
 Phase: TypeAlias = Literal["posted", "pending", "post", "void"]
 """TigerBeetle's two-phase transfers. ``posted`` and ``post`` move posted totals; ``pending``
@@ -199,8 +232,134 @@ class Transfer:
     at most ``REFERENCE_LENGTH_MAX`` characters. Carried to every event of the payment."""
 
 
+# --- payouts (money to an external beneficiary; on `commands`, keyed by the source) ----
+
+OPS_PARTNER_ID = "@ops"
+"""The partner id of the platform's operators: review decisions and screening rules. No
+client partner id starts with ``@`` (the API refuses such tenants)."""
+RAIL_PARTNER_ID = "@rail"
+"""The partner id of the bank-rail connector's commands."""
+PayoutState: TypeAlias = Literal["held", "queued", "sending", "settled", "failed"]
+PAYOUT_STATES: tuple[PayoutState, ...] = get_args(PayoutState)
+Decision: TypeAlias = Literal["approve", "reject", "override"]
+DECISIONS: tuple[Decision, ...] = get_args(Decision)
+BENEFICIARY_NAME_LENGTH_MAX = 140
+"""A pain.001 creditor name's 140 characters."""
+REASON_LENGTH_MAX = 500
+"""Longest free-text reason of a decision or a bank's report."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestPayout:
+    """Money from a client account to an external beneficiary; its command id is the
+    payout id. The beneficiary is an IBAN (and optionally a BIC) or an account number and
+    a routing number; the API checks them with ``schwifty``, the core their shape."""
+
+    command_id: str
+    request_id: str
+    partner_id: str
+    issued_at_ms: int
+    account_id: str
+    batch_id: str
+    amount_minor: int
+    currency: str
+    beneficiary_name: str
+    beneficiary_country: str
+    beneficiary_iban: str | None
+    beneficiary_bic: str | None
+    beneficiary_account_number: str | None
+    beneficiary_routing_number: str | None
+    reference: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DecidePayout:
+    """A compliance officer's decision on a payout (partner ``OPS_PARTNER_ID``), keyed by
+    the payout's source account. ``approve`` or ``reject`` a held payout; ``override`` turns
+    an earlier decision around while the money still allows it (see ``ledger.core``)."""
+
+    command_id: str
+    request_id: str
+    partner_id: str
+    issued_at_ms: int
+    account_id: str
+    payout_id: str
+    decision: Decision
+    officer: str
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SendPayout:
+    """The rail connector takes a queued payout (partner ``RAIL_PARTNER_ID``); it sends the
+    instruction to the bank only once this is accepted (``Sending``)."""
+
+    command_id: str
+    request_id: str
+    partner_id: str
+    issued_at_ms: int
+    account_id: str
+    payout_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SettlePayout:
+    """The bank settled the payout: post the reservation, then pay out of clearing."""
+
+    command_id: str
+    request_id: str
+    partner_id: str
+    issued_at_ms: int
+    account_id: str
+    payout_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class FailPayout:
+    """The bank refused or returned the payout (its ISO 20022 reason code), or retries
+    were exhausted: void the reservation."""
+
+    command_id: str
+    request_id: str
+    partner_id: str
+    issued_at_ms: int
+    account_id: str
+    payout_id: str
+    reason_code: str
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigureScreening:
+    """New screening rules for one partition (partner ``OPS_PARTNER_ID``), as canonical
+    JSON (``ledger.screening.rules_from_json``); keyed by that partition's screening id
+    (``accounts.screening_account_id``), so an operator sends one per partition."""
+
+    command_id: str
+    request_id: str
+    partner_id: str
+    issued_at_ms: int
+    account_id: str
+    rules_json: str
+
+
+PayoutCommand: TypeAlias = DecidePayout | SendPayout | SettlePayout | FailPayout
+"""The commands that act on an existing payout (``payout_id``)."""
+
 Command: TypeAlias = (
-    OpenAccount | FreezeAccount | UnfreezeAccount | CloseAccount | Deposit | Withdrawal | Transfer
+    OpenAccount
+    | FreezeAccount
+    | UnfreezeAccount
+    | CloseAccount
+    | Deposit
+    | Withdrawal
+    | Transfer
+    | RequestPayout
+    | DecidePayout
+    | SendPayout
+    | SettlePayout
+    | FailPayout
+    | ConfigureScreening
 )
 COMMAND_TYPES: tuple[type[Command], ...] = (
     OpenAccount,
@@ -210,6 +369,12 @@ COMMAND_TYPES: tuple[type[Command], ...] = (
     Deposit,
     Withdrawal,
     Transfer,
+    RequestPayout,
+    DecidePayout,
+    SendPayout,
+    SettlePayout,
+    FailPayout,
+    ConfigureScreening,
 )
 
 
@@ -340,6 +505,44 @@ class Rules:
             )
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Payout:
+    """A payout as its source's partition keeps it (table ``payouts``), from its request on.
+
+    ``reservation`` is the id of the open pending entry holding its funds, ``None`` once
+    posted or voided (a rejection overridden reserves again, under a new id).
+    """
+
+    payout_id: str
+    request_id: str
+    batch_id: str
+    partner_id: str
+    account_id: str
+    issued_at_ms: int
+    requested_at_ms: int
+    """Log time of the request: where the velocity window counts it."""
+    amount_minor: int
+    currency: str
+    beneficiary_name: str
+    beneficiary_country: str
+    beneficiary_iban: str | None
+    beneficiary_bic: str | None
+    beneficiary_account_number: str | None
+    beneficiary_routing_number: str | None
+    reference: str | None
+    state: PayoutState
+    rule_codes: tuple[str, ...] = ()
+    """The screening rules it hit (held), in ``screening.RULE_CODES`` order."""
+    decision: Decision | None = None
+    """The last review decision applied to it."""
+    failure_code: RejectionCode | None = None
+    failure_reason: str | None = None
+    reservation: str | None = None
+    reservations: int = 0
+    """How many times its funds were reserved (1, or more after overrides)."""
+    version: int = 0
+
+
 # --- outputs (facts) ---------------------------------------------------------------
 
 
@@ -384,6 +587,14 @@ class Event:
     code: RejectionCode | None = None
     original_payment_id: str | None = None
     reference: str | None = None
+    rule_codes: tuple[str, ...] = ()
+    """A payout's screening hits (``Held``, and the decisions on it)."""
+    reason: str | None = None
+    """Free text: an officer's reason, the bank's report."""
+    actor: str | None = None
+    """Who made a payout's state change: the officer of a decision."""
+    previous_type: EventType | None = None
+    """The payout's state before a change that a decision or the rail made (audit's before)."""
 
 
 Output: TypeAlias = JournalEntry | Event | CreditLeg | Confirmation | Compensation | DirectoryEntry

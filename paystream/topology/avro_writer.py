@@ -115,8 +115,9 @@ class _Compiler:
         kind = schema["type"]
         if kind == "record":
             return self._record(schema)
-        if kind == "enum":
-            return _enum(schema["symbols"])
+        if kind == "enum":  # named: a later field may refer to it by name
+            self._named[schema["name"]] = _enum(schema["symbols"])
+            return self._named[schema["name"]]
         if kind == "array":
             return _array(self.writer(schema["items"]))
         if kind == "fixed":

@@ -34,6 +34,7 @@ __all__ = [
     "LEG_BRANCHES",
     "NAMESPACE",
     "Record",
+    "command_branch",
     "command_from_record",
     "command_header",
     "command_to_record",
@@ -188,6 +189,12 @@ COMMAND_BRANCHES: Final = frozenset(_BODY_READERS)
 """Full names of the command body records this code reads and writes."""
 
 
+def command_branch(command_type: type[Command]) -> str:
+    """The full name of ``command_type``'s body record (in ``COMMAND_BRANCHES`` when the
+    wire carries it: the core knows payout commands before the worker can keep payouts)."""
+    return f"{NAMESPACE}.{command_type.__name__}"
+
+
 def command_from_record(record: Record) -> Command:
     """``record`` as read with ``return_record_name=True`` (body is ``(name, fields)``)."""
     name, body = record["body"]
@@ -337,6 +344,10 @@ def event_to_record(event: Event) -> Record:
         "code": event.code,
         "original_payment_id": event.original_payment_id,
         "reference": event.reference,
+        "rule_codes": list(event.rule_codes),
+        "reason": event.reason,
+        "actor": event.actor,
+        "previous_type": event.previous_type,
     }
 
 
@@ -355,4 +366,8 @@ def event_from_record(r: Record) -> Event:
         code=r["code"],
         original_payment_id=r["original_payment_id"],
         reference=r["reference"],
+        rule_codes=tuple(r["rule_codes"]),
+        reason=r["reason"],
+        actor=r["actor"],
+        previous_type=r["previous_type"],
     )

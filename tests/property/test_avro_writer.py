@@ -28,12 +28,18 @@ SCHEMAS = {
 }
 
 
-def values(schema: Any) -> st.SearchStrategy[Any]:
-    """Any value ``schema`` carries, in fastavro's form (tuple notation for record unions)."""
+def values(schema: Any, named: dict[str, Any] | None = None) -> st.SearchStrategy[Any]:
+    """Any value ``schema`` carries, in fastavro's form (tuple notation for record unions);
+    ``named``: the named types seen so far (a later field may name an earlier enum)."""
+    named = {} if named is None else named
+    if isinstance(schema, str) and schema in named:
+        return values(named[schema], named)
+    if isinstance(schema, dict) and "name" in schema:
+        named[schema["name"]] = schema
     if isinstance(schema, list):
         if all(isinstance(b, dict) and b.get("type") == "record" for b in schema):
-            return st.one_of([st.tuples(st.just(b["name"]), values(b)) for b in schema])
-        return st.one_of([values(b) for b in schema])
+            return st.one_of([st.tuples(st.just(b["name"]), values(b, named)) for b in schema])
+        return st.one_of([values(b, named) for b in schema])
     kind = schema if isinstance(schema, str) else schema["type"]
     simple: dict[str, st.SearchStrategy[Any]] = {
         "null": st.none(),
@@ -49,9 +55,10 @@ def values(schema: Any) -> st.SearchStrategy[Any]:
     if kind == "fixed":
         return st.binary(min_size=schema["size"], max_size=schema["size"])
     if kind == "array":
-        return st.lists(values(schema["items"]), max_size=4)
+        return st.lists(values(schema["items"], named), max_size=4)
     if kind == "record":
-        return st.fixed_dictionaries({f["name"]: values(f["type"]) for f in schema["fields"]})
+        fields = {f["name"]: values(f["type"], named) for f in schema["fields"]}
+        return st.fixed_dictionaries(fields)
     raise NotImplementedError(kind)
 
 

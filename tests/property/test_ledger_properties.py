@@ -183,7 +183,13 @@ def _in_random_chunks(deliveries: list[Delivery], rng: random.Random) -> BatchRe
         clock_ms = result.clock_ms
         position += size
     return BatchResult(
-        accounts=accounts, idempotency=records, outputs=tuple(outputs), clock_ms=clock_ms
+        accounts=accounts,
+        idempotency=records,
+        outputs=tuple(outputs),
+        clock_ms=clock_ms,
+        payouts={},
+        profiles={},
+        screening=None,
     )
 
 
@@ -306,6 +312,14 @@ UNREACHABLE_CODES = {
     "balance_overflow": "128-bit totals: an account would need more than 2**64 commands "
     "of the largest amount (2**63-1) before a posting could pass 2**128-1",
 }
+PAYOUT_EVENT_TYPES = {"Held", "Queued", "Sending", "Settled", "Failed"}
+PAYOUT_CODES = {
+    "not_authorized", "invalid_beneficiary", "invalid_rules", "payout_not_found",
+    "payout_not_held", "payout_not_overridable", "payout_not_queued", "payout_not_sending",
+    "review_rejected", "bank_rejected",
+}  # fmt: skip
+"""Payouts are not in this simulator's traffic yet: test_ledger_payouts and
+test_payout_properties reach them."""
 COVERAGE_SEEDS = range(4)
 COMPENSATION_REASONS = {
     "account_frozen",
@@ -337,9 +351,9 @@ def test_the_generator_reaches_every_outcome() -> None:
                 a.account_id.startswith("@settlement:") and a.posted_debits_minor > 2**64
                 for _, a in sim.all_accounts()
             )
-    assert {event_type for event_type, _ in answers} == set(EVENT_TYPES)
+    assert {event_type for event_type, _ in answers} == set(EVENT_TYPES) - PAYOUT_EVENT_TYPES
     codes = {code for event_type, code in answers if event_type == "Rejected"}
-    assert codes == set(REJECTION_CODES) - set(UNREACHABLE_CODES)
+    assert codes == set(REJECTION_CODES) - set(UNREACHABLE_CODES) - PAYOUT_CODES
     assert set(reasons) >= COMPENSATION_REASONS
     assert answers[("Duplicate", None)] > 0 and answers[("Duplicate", "insufficient_funds")] > 0
     assert reruns > 0

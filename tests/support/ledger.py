@@ -19,12 +19,16 @@ from paystream.ledger import (
     BatchResult,
     CloseAccount,
     Compensation,
+    ConfigureScreening,
     Confirmation,
     CreditLeg,
+    DecidePayout,
+    Decision,
     Delivery,
     Deposit,
     DirectoryEntry,
     Event,
+    FailPayout,
     FreezeAccount,
     IdempotencyKey,
     IdempotencyRecord,
@@ -33,14 +37,21 @@ from paystream.ledger import (
     Malformed,
     OpenAccount,
     Output,
+    Payout,
+    PayoutProfile,
     RejectionCode,
+    RequestPayout,
     Rules,
+    ScreeningRules,
+    SendPayout,
+    SettlePayout,
     Transfer,
     UnfreezeAccount,
     Withdrawal,
     mint_command_id,
     process_batch,
 )
+from paystream.ledger.models import OPS_PARTNER_ID, RAIL_PARTNER_ID
 
 PARTNER = "p1"
 OTHER_PARTNER = "p2"
@@ -178,7 +189,13 @@ def run_in_singles(
         clock_ms = result.clock_ms
     outputs = tuple(output for step in steps for output in step.outputs)
     merged = BatchResult(
-        accounts=changed_accounts, idempotency=changed_records, outputs=outputs, clock_ms=clock_ms
+        accounts=changed_accounts,
+        idempotency=changed_records,
+        outputs=outputs,
+        clock_ms=clock_ms,
+        payouts={},
+        profiles={},
+        screening=None,
     )
     return merged, steps
 
@@ -302,6 +319,125 @@ def transfer(
         destination_account_id=destination,
         amount_minor=amount_minor,
         currency=currency,
+    )
+
+
+IBAN = "DE89370400440532013000"
+
+
+def request_payout(
+    n: int | str,
+    source: str = "src",
+    amount_minor: int = 100,
+    *,
+    currency: str = "EUR",
+    iban: str | None = IBAN,
+    bic: str | None = None,
+    account_number: str | None = None,
+    routing_number: str | None = None,
+    name: str = "Ada Lovelace",
+    country: str = "DE",
+    batch_id: str = "batch-1",
+    partner_id: str = PARTNER,
+    request_id: str | None = None,
+    partition: int = 0,
+    at_ms: int = T0_MS,
+) -> RequestPayout:
+    return RequestPayout(
+        **_ids(n, request_id, partition, at_ms),  # type: ignore[arg-type]
+        partner_id=partner_id,
+        account_id=source,
+        batch_id=batch_id,
+        amount_minor=amount_minor,
+        currency=currency,
+        beneficiary_name=name,
+        beneficiary_country=country,
+        beneficiary_iban=iban,
+        beneficiary_bic=bic,
+        beneficiary_account_number=account_number,
+        beneficiary_routing_number=routing_number,
+    )
+
+
+def decide(
+    n: int | str,
+    payout: RequestPayout,
+    decision: Decision,
+    reason: str | None = None,
+    *,
+    officer: str = "officer-1",
+    partner_id: str = OPS_PARTNER_ID,
+    request_id: str | None = None,
+    partition: int = 0,
+    at_ms: int = T0_MS,
+) -> DecidePayout:
+    return DecidePayout(
+        **_ids(n, request_id, partition, at_ms),  # type: ignore[arg-type]
+        partner_id=partner_id,
+        account_id=payout.account_id,
+        payout_id=payout.command_id,
+        decision=decision,
+        officer=officer,
+        reason=reason,
+    )
+
+
+RailCommand = SendPayout | SettlePayout
+
+
+def rail(
+    kind: type[RailCommand],
+    n: int | str,
+    payout: RequestPayout,
+    *,
+    partner_id: str = RAIL_PARTNER_ID,
+    request_id: str | None = None,
+    partition: int = 0,
+    at_ms: int = T0_MS,
+) -> RailCommand:
+    """The rail connector's SendPayout or SettlePayout for ``payout``."""
+    return kind(
+        **_ids(n, request_id, partition, at_ms),  # type: ignore[arg-type]
+        partner_id=partner_id,
+        account_id=payout.account_id,
+        payout_id=payout.command_id,
+    )
+
+
+def fail_payout(
+    n: int | str,
+    payout: RequestPayout,
+    reason_code: str = "AC04",
+    reason: str | None = "closed account",
+    *,
+    partner_id: str = RAIL_PARTNER_ID,
+    partition: int = 0,
+    at_ms: int = T0_MS,
+) -> FailPayout:
+    return FailPayout(
+        **_ids(n, None, partition, at_ms),  # type: ignore[arg-type]
+        partner_id=partner_id,
+        account_id=payout.account_id,
+        payout_id=payout.command_id,
+        reason_code=reason_code,
+        reason=reason,
+    )
+
+
+def configure_screening(
+    n: int | str,
+    rules_json: str,
+    *,
+    partner_id: str = OPS_PARTNER_ID,
+    key: str = "@screening:0",
+    partition: int = 0,
+    at_ms: int = T0_MS,
+) -> ConfigureScreening:
+    return ConfigureScreening(
+        **_ids(n, None, partition, at_ms),  # type: ignore[arg-type]
+        partner_id=partner_id,
+        account_id=key,
+        rules_json=rules_json,
     )
 
 
@@ -446,6 +582,11 @@ class Cluster:
     clocks_ms: dict[int, int] = field(default_factory=lambda: defaultdict(int))
     next_offsets: dict[int, int] = field(default_factory=lambda: defaultdict(int))
     outputs: list[Output] = field(default_factory=list)
+    payouts: dict[int, dict[str, Payout]] = field(default_factory=lambda: defaultdict(dict))
+    profiles: dict[int, dict[str, PayoutProfile]] = field(default_factory=lambda: defaultdict(dict))
+    screening: dict[int, ScreeningRules] = field(
+        default_factory=lambda: defaultdict(ScreeningRules)
+    )
 
     @classmethod
     def of(cls, accounts: Iterable[Account], *, rules: Rules = RULES) -> Cluster:
@@ -469,9 +610,16 @@ class Cluster:
             directory=MappingProxyType(self.directory),
             clock_ms=self.clocks_ms[partition],
             rules=self.rules,
+            payouts=MappingProxyType(self.payouts[partition]),
+            profiles=MappingProxyType(self.profiles[partition]),
+            screening=self.screening[partition],
         )
         self.accounts.update(result.accounts)
         self.records[partition].update(result.idempotency)
+        self.payouts[partition].update(result.payouts)
+        self.profiles[partition].update(result.profiles)
+        if result.screening is not None:
+            self.screening[partition] = result.screening
         self.clocks_ms[partition] = result.clock_ms
         self.next_offsets[partition] += len(inputs)
         self.directory.update((e.account_id, e) for e in of_type(result.outputs, DirectoryEntry))

@@ -21,10 +21,13 @@ from paystream.ledger import (
     InvariantViolation,
     JournalEntry,
     Rules,
+    SendPayout,
+    SettlePayout,
     check_balanced,
     process_batch,
 )
 from paystream.ledger.accounts import PARTITION_MAX
+from paystream.ledger.screening import ScreeningRules, rules_to_json
 from tests.support.ledger import (
     OTHER_PARTNER,
     PARTNER,
@@ -33,7 +36,9 @@ from tests.support.ledger import (
     Cluster,
     balance_sum,
     cid,
+    configure_screening,
     confirmation_of,
+    decide,
     deposit,
     directory_of,
     events,
@@ -42,6 +47,8 @@ from tests.support.ledger import (
     malformed,
     of_type,
     open_account,
+    rail,
+    request_payout,
     run,
     run_in_singles,
     status_command,
@@ -252,16 +259,24 @@ def test_the_hostile_batch_keeps_the_books() -> None:
 
 def test_finding_11_event_types_are_exactly_the_emitted_set() -> None:
     """Finding 11: ``Accepted`` and ``Failed`` were declared but never emitted (and
-    ``Failed`` was treated as terminal). EVENT_TYPES is now exactly what the core emits:
-    one run that emits every type, and no type declared that it does not emit."""
+    ``Failed`` was treated as terminal). EVENT_TYPES is now exactly what the core emits
+    (``Failed`` came back with payouts): one run that emits every type, and no type declared
+    that it does not emit."""
     world = Cluster.of([make_account("src", credits_minor=100), make_account("dst")])
     world.saga(transfer(1, "src", "dst", 10))  # Debited, Completed
     world.saga(transfer(2, "src", "ghost", 10))  # Debited, Reversed
     world.apply([transfer(1, "src", "dst", 10)])  # Duplicate
     world.apply([transfer(3, "src", "dst", 10_000)])  # Rejected
+    held = request_payout(4, "src", 20, country="KP")
+    rules = rules_to_json(ScreeningRules(blocked_countries=frozenset({"KP"})))
+    world.apply([configure_screening(5, rules), held])  # Held
+    world.apply([decide(6, held, "approve"), rail(SendPayout, 7, held)])  # Queued, Sending
+    world.apply([rail(SettlePayout, 8, held)])  # Settled
+    world.apply([request_payout(9, "src", 10**6)])  # Failed
     emitted = {e.type for e in world.events()}
-    expected = {"Debited", "Completed", "Reversed", "Duplicate", "Rejected"}
+    expected = {"Debited", "Completed", "Reversed", "Duplicate", "Rejected", "Held", "Queued",
+                "Sending", "Settled", "Failed"}  # fmt: skip
     assert emitted == set(EVENT_TYPES) == expected
     assert len(EVENT_TYPES) == len(expected)
-    assert set(EVENT_TYPES) - {"Debited"} == TERMINAL_EVENT_TYPES
-    assert not {"Accepted", "Failed"} & set(EVENT_TYPES)
+    assert set(EVENT_TYPES) - {"Debited", "Sending", "Settled"} == TERMINAL_EVENT_TYPES
+    assert "Accepted" not in EVENT_TYPES
