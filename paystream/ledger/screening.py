@@ -263,8 +263,8 @@ def rules_to_json(rules: ScreeningRules) -> str:
 
 def rules_from_json(text: str, *, configured_by: str | None = None) -> ScreeningRules:
     """Rules from a JSON document (keys as ``rules_to_json`` writes them; any left out take
-    their defaults); ``ValueError`` on anything else: unknown keys, wrong types, values out
-    of range. Pure: replay reads the same rules from the same text."""
+    their defaults; limits in currency order); ``ValueError`` on anything else: unknown keys,
+    wrong types, values out of range. Pure: replay reads the same rules from the same text."""
     if len(text) > RULES_JSON_LENGTH_MAX:
         raise ValueError(f"rules longer than {RULES_JSON_LENGTH_MAX} characters")
     try:
@@ -276,7 +276,7 @@ def rules_from_json(text: str, *, configured_by: str | None = None) -> Screening
     if not isinstance(limits, list):
         raise ValueError("limits must be a list")
     return ScreeningRules(
-        limits=tuple(_limit(entry) for entry in limits),
+        limits=tuple(sorted((_limit(entry) for entry in limits), key=lambda lim: lim.currency)),
         velocity_window_ms=_integer(document.get("velocity_window_ms", 24 * 3600 * 1000)),
         velocity_count_max=_optional_integer(document.get("velocity_count_max")),
         blocked_beneficiaries=_strings(document.get("blocked_beneficiaries", [])),
