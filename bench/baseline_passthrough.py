@@ -118,7 +118,7 @@ JOIN_TIMEOUT_S = 30.0
 
 ROLES = (
     "commands", "legs", "ledger", "events", "batches", "directory",
-    "balances_changelog", "idempotency_changelog", "dlq",
+    "balances_changelog", "idempotency_changelog", "payouts_changelog", "dlq",
 )  # fmt: skip
 """Every topic of the profile, by its field name in ``Topics``."""
 INPUT_ROLES = ("commands", "legs")

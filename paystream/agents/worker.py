@@ -33,7 +33,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from paystream.agents import failfast, metrics
 from paystream.agents.directory import DirectoryFollower
-from paystream.agents.processor import BALANCES, IDEMPOTENCY, INDEXES, Batch, BatchProcessor
+from paystream.agents.processor import INDEXES, Batch, BatchProcessor, changelogs
 from paystream.agents.stores import RESTORE_SLICE_S, RestoreError, Stores, offsets_stable
 from paystream.agents.watchdog import Watchdog
 from paystream.ledger import INPUTS_PER_BATCH_MAX, Event, JournalEntry, ensure
@@ -346,10 +346,7 @@ class LedgerWorker:
         self._stores = Stores(
             directory=worker_dir(settings, name),
             bootstrap=settings.bootstrap,
-            changelogs={
-                BALANCES: self._topics.balances_changelog,
-                IDEMPOTENCY: self._topics.idempotency_changelog,
-            },
+            changelogs=changelogs(self._topics),
             indexes=INDEXES,
             client_id=f"{app_id_for(settings)}-{name}",
         )

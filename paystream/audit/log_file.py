@@ -80,6 +80,14 @@ def write_log_file(
     return sum(len(found) for found in records.values())
 
 
+def _topics(names: Mapping[str, Any]) -> Topics:
+    """The header's topics; files written before the payouts table name no payouts changelog
+    (replay reads none), so it is named after the idempotency changelog's prefix."""
+    idempotency = str(names["idempotency_changelog"])
+    derived = idempotency.removesuffix("idempotency-changelog") + "payouts-changelog"
+    return Topics(**{"payouts_changelog": derived, **names})
+
+
 def read_log_file(path: Path) -> LoadedLog:
     try:
         with path.open("rb") as found:
@@ -87,7 +95,7 @@ def read_log_file(path: Path) -> LoadedLog:
             header = json.loads(reader.metadata[_METADATA_KEY])
             if header.get("format") != FORMAT:
                 raise LogFileError(f"{path}: format {header.get('format')!r}, not {FORMAT}")
-            topics = Topics(**header["topics"])
+            topics = _topics(header["topics"])
             records: dict[Role, list[Message]] = {role: [] for role in ROLES}
             for row in reader:
                 role, message = _message(cast(Mapping[str, Any], row), topics)

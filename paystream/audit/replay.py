@@ -74,6 +74,9 @@ from paystream.ledger import (
     InvariantViolation,
     JournalEntry,
     Output,
+    Payout,
+    PayoutProfile,
+    ScreeningRules,
     Transfer,
     process_batch,
 )
@@ -186,16 +189,21 @@ class _Partition:
     chain: bytes = CHAIN_START
     batches: int = 0
     last_offset: int = -1
+    payouts: dict[str, Payout] = field(default_factory=dict)
+    profiles: dict[str, PayoutProfile] = field(default_factory=dict)
+    screening: ScreeningRules = field(default_factory=ScreeningRules)
 
     @classmethod
     def of(cls, state: PartitionState) -> _Partition:
         return cls(dict(state.accounts), dict(state.idempotency), state.clock_ms, state.chain,
-                   state.batches, state.last_offset)  # fmt: skip
+                   state.batches, state.last_offset, dict(state.payouts),
+                   dict(state.profiles), state.screening)  # fmt: skip
 
     def frozen(self) -> PartitionState:
         return PartitionState(
             batches=self.batches, last_offset=self.last_offset, clock_ms=self.clock_ms,
             chain=self.chain, accounts=dict(self.accounts), idempotency=dict(self.idempotency),
+            payouts=dict(self.payouts), profiles=dict(self.profiles), screening=self.screening,
         )  # fmt: skip
 
 
@@ -374,7 +382,8 @@ class _Run:
                 deliveries, partition=partition, accounts=MappingProxyType(state.accounts),
                 idempotency=MappingProxyType(state.idempotency),
                 directory=self._directory.at(manifest.directory), clock_ms=state.clock_ms,
-                rules=rules,
+                rules=rules, payouts=MappingProxyType(state.payouts),
+                profiles=MappingProxyType(state.profiles), screening=state.screening,
             )  # fmt: skip
         except InvariantViolation as error:  # the log is not what the workers ran
             self._mismatch("invariant", partition, index, manifest.worker,
@@ -382,6 +391,10 @@ class _Run:
             return []
         state.accounts.update(result.accounts)
         state.idempotency.update(result.idempotency)
+        state.payouts.update(result.payouts)
+        state.profiles.update(result.profiles)
+        if result.screening is not None:
+            state.screening = result.screening
         state.clock_ms = result.clock_ms
         chain = hashlib.sha256(state.chain)
         sent: list[Record] = []

@@ -15,14 +15,22 @@ import hashlib
 import json
 import struct
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
 import fastavro
 
-from paystream.ledger import CORE_VERSION, Account, IdempotencyKey, IdempotencyRecord
-from paystream.tables import codecs
+from paystream.ledger import (
+    CORE_VERSION,
+    Account,
+    IdempotencyKey,
+    IdempotencyRecord,
+    Payout,
+    PayoutProfile,
+    ScreeningRules,
+)
+from paystream.tables import codecs, payout_codecs
 
 __all__ = ["PartitionState", "Snapshot", "SnapshotError", "load_snapshot", "write_snapshot"]
 
@@ -35,12 +43,12 @@ _ROW_SCHEMA: Final = fastavro.parse_schema({
     "fields": [
         {"name": "partition", "type": "int"},
         {"name": "table", "type": {"type": "enum", "name": "SnapshotTable",
-                                   "symbols": ["balances", "idempotency"]}},
+                                   "symbols": ["balances", "idempotency", "payouts"]}},
         {"name": "key", "type": "bytes"},
         {"name": "value", "type": "bytes"},
     ],
 })  # fmt: skip
-Table = Literal["balances", "idempotency"]
+Table = Literal["balances", "idempotency", "payouts"]
 
 
 class SnapshotError(ValueError):
@@ -58,6 +66,9 @@ class PartitionState:
     chain: bytes
     accounts: Mapping[str, Account]
     idempotency: Mapping[IdempotencyKey, IdempotencyRecord]
+    payouts: Mapping[str, Payout] = field(default_factory=dict)
+    profiles: Mapping[str, PayoutProfile] = field(default_factory=dict)
+    screening: ScreeningRules = field(default_factory=ScreeningRules)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -92,6 +103,17 @@ class Snapshot:
             )
             for key, value in records:
                 yield partition, "idempotency", key, value
+            for key, value in sorted(_payout_rows(state)):
+                yield partition, "payouts", key, value
+
+
+def _payout_rows(state: PartitionState) -> Iterator[tuple[bytes, bytes]]:
+    for payout_id, payout in state.payouts.items():
+        yield payout_codecs.payout_key(payout_id), payout_codecs.encode_payout(payout)
+    for account_id, profile in state.profiles.items():
+        yield payout_codecs.profile_key(account_id), payout_codecs.encode_profile(profile)
+    if state.screening != ScreeningRules():
+        yield payout_codecs.RULES_KEY, payout_codecs.encode_rules(state.screening)
 
 
 def write_snapshot(snapshot: Snapshot, path: Path) -> str:
@@ -140,9 +162,12 @@ def _states(
 ) -> dict[int, PartitionState]:
     accounts: dict[int, dict[str, Account]] = {int(p): {} for p in positions}
     records: dict[int, dict[IdempotencyKey, IdempotencyRecord]] = {int(p): {} for p in positions}
+    payout_rows: dict[int, list[tuple[bytes, bytes]]] = {int(p): [] for p in positions}
     for partition, table, key, value in rows:
         if table == "balances":
             accounts[partition][codecs.decode_account_key(key)] = codecs.decode_account(value)
+        elif table == "payouts":
+            payout_rows[partition].append((key, value))
         else:
             records[partition][codecs.decode_idempotency_key(key)] = (
                 codecs.decode_idempotency_record(value)
@@ -152,9 +177,25 @@ def _states(
             batches=int(s["batches"]), last_offset=int(s["last_offset"]),
             clock_ms=int(s["clock_ms"]), chain=bytes.fromhex(s["chain"]),
             accounts=accounts[int(p)], idempotency=records[int(p)],
+            **_payout_state(payout_rows[int(p)]),
         )
         for p, s in positions.items()
     }  # fmt: skip
+
+
+def _payout_state(rows: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    """A partition's payouts, profiles and rules from its ``payouts`` rows (by key kind)."""
+    payouts: dict[str, Payout] = {}
+    profiles: dict[str, PayoutProfile] = {}
+    screening = ScreeningRules()
+    for key, value in rows:
+        if key == payout_codecs.RULES_KEY:
+            screening = payout_codecs.decode_rules(value)
+        elif key.startswith(payout_codecs.payout_key("")):
+            payouts[key[1:].decode("utf-8")] = payout_codecs.decode_payout(value)
+        else:
+            profiles[key[1:].decode("utf-8")] = payout_codecs.decode_profile(value)
+    return {"payouts": payouts, "profiles": profiles, "screening": screening}
 
 
 def _digest(

@@ -113,6 +113,7 @@ TABLES: tuple[TableDecl, ...] = (
         "(partner, request id) | command id | (leg, transfer id)",
         "idempotency_changelog",
     ),
+    TableDecl("payouts", "payout id | source account | the partition's rules", "payouts_changelog"),
 )
 ROUTES: tuple[RouteDecl, ...] = (
     RouteDecl(JournalEntry, "ledger", "account", "account_id", MURMUR2),
@@ -385,6 +386,11 @@ WIRES: tuple[tuple[str, str, str], ...] = (
         "idempotency_changelog",
         "struct codec key",
         "struct codec (IdempotencyRecord, the partition's clock)",
+    ),
+    (
+        "payouts_changelog",
+        "kind byte + payout id, account id or none",
+        "JSON `paystream.tables.payout_codecs` (Payout, PayoutProfile, ScreeningRules)",
     ),
 )
 """Topic attribute, key, format. Avro for everything other systems read; struct codecs for

@@ -38,6 +38,7 @@ class Topics:
     directory: str
     balances_changelog: str
     idempotency_changelog: str
+    payouts_changelog: str
     partitions: int
 
     @classmethod
@@ -52,6 +53,7 @@ class Topics:
             directory=settings.topic(f"{APP_NAME}.directory"),
             balances_changelog=settings.topic(f"{APP_NAME}.balances-changelog"),
             idempotency_changelog=settings.topic(f"{APP_NAME}.idempotency-changelog"),
+            payouts_changelog=settings.topic(f"{APP_NAME}.payouts-changelog"),
             partitions=settings.partitions,
         )
 
@@ -95,6 +97,7 @@ class Topics:
             self.directory: forever,
             self.balances_changelog: compact,
             self.idempotency_changelog: compact,
+            self.payouts_changelog: compact,
         }
 
 

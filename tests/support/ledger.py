@@ -6,6 +6,7 @@ and log times from the caller, so a test reads like the records it stands for.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections import ChainMap, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -323,6 +324,18 @@ def transfer(
 
 
 IBAN = "DE89370400440532013000"
+
+
+def a_payout(**changes: object) -> Payout:
+    """A queued payout of 5 EUR from ``src`` (``changes`` replace fields), for table tests."""
+    payout = Payout(
+        payout_id="po-1", request_id="r", batch_id="b", partner_id=PARTNER, account_id="src",
+        issued_at_ms=1, requested_at_ms=1, amount_minor=5, currency="EUR",
+        beneficiary_name="Ada Lovelace", beneficiary_country="DE", beneficiary_iban=IBAN,
+        beneficiary_bic=None, beneficiary_account_number=None, beneficiary_routing_number=None,
+        reference=None, state="queued",
+    )  # fmt: skip
+    return dataclasses.replace(payout, **changes)  # type: ignore[arg-type]
 
 
 def request_payout(

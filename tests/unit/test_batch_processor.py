@@ -23,7 +23,15 @@ from fastavro import parse_schema, schemaless_writer
 from paystream.agents import processor as processor_module
 from paystream.agents import stores as stores_module
 from paystream.agents.directory import FixedDirectory
-from paystream.agents.processor import BALANCES, IDEMPOTENCY, INDEXES, Batch, BatchProcessor, Record
+from paystream.agents.processor import (
+    BALANCES,
+    IDEMPOTENCY,
+    INDEXES,
+    Batch,
+    BatchProcessor,
+    Record,
+    changelogs,
+)
 from paystream.agents.stores import Stores, TableWrite
 from paystream.ledger import (
     CORE_VERSION,
@@ -109,10 +117,7 @@ class Harness:
         stores = Stores(
             directory=directory,
             bootstrap="127.0.0.1:9",
-            changelogs={
-                BALANCES: self.topics.balances_changelog,
-                IDEMPOTENCY: self.topics.idempotency_changelog,
-            },
+            changelogs=changelogs(self.topics),
             indexes=INDEXES,
             client_id="test",
             topic_ids=lambda names: {name: "fake-id" for name in names},

@@ -21,6 +21,7 @@ from paystream.tables.payout_codecs import (
     payout_key,
     profile_key,
 )
+from tests.support.ledger import a_payout
 
 text = st.text(max_size=30)
 optional = st.none() | text
@@ -95,25 +96,7 @@ def test_the_three_kinds_of_row_have_keys_apart() -> None:
     assert len(keys) == 3
 
 
-PAYOUT = Payout(
-    payout_id="p",
-    request_id="r",
-    batch_id="b",
-    partner_id="p1",
-    account_id="a",
-    issued_at_ms=1,
-    requested_at_ms=1,
-    amount_minor=5,
-    currency="EUR",
-    beneficiary_name="n",
-    beneficiary_country="DE",
-    beneficiary_iban="DE89370400440532013000",
-    beneficiary_bic=None,
-    beneficiary_account_number=None,
-    beneficiary_routing_number=None,
-    reference=None,
-    state="queued",
-)
+PAYOUT = a_payout()
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ from paystream.agents.directory import FixedDirectory
 from paystream.agents.processor import Batch, BatchProcessor
 from paystream.ledger import (
     Account,
+    BatchResult,
     Compensation,
     Confirmation,
     CreditLeg,
@@ -27,13 +28,14 @@ from paystream.ledger import (
     Rules,
 )
 from paystream.settings import Settings
-from paystream.tables import codecs
+from paystream.tables import codecs, payout_codecs
 from paystream.topology import describe
 from paystream.topology.avro import AvroSerde
 from paystream.topology.dlq import DLQ_VALUE_BYTES_MAX, PoisonMessage
 from paystream.topology.partitioner import partition_for
 from paystream.topology.registry import FileSchemaRegistry
 from paystream.topology.topics import Topics
+from tests.support.ledger import a_payout
 from tests.unit.kafka_fakes import FakeMessage
 
 REPO = Path(__file__).resolve().parents[2]
@@ -135,6 +137,7 @@ def test_every_topic_of_topics_is_a_node(settings: Settings, topics: Topics) -> 
         "directory",
         "balances_changelog",
         "idempotency_changelog",
+        "payouts_changelog",
     }
     assert topology.topic_names() == {getattr(topics, a) for a in describe.topic_attributes(topics)}
 
@@ -151,6 +154,7 @@ def test_every_topic_is_prefix_dot_name(topics: Topics) -> None:
         "directory": "acme.ledger.directory",
         "balances_changelog": "acme.ledger.balances-changelog",
         "idempotency_changelog": "acme.ledger.idempotency-changelog",
+        "payouts_changelog": "acme.ledger.payouts-changelog",
     }
     assert topics.payloads() == {
         "command": "acme.commands",
@@ -203,6 +207,12 @@ def test_dead_letters_match_batch_processor(
     assert batch.dead_letters == ["undecodable"]
 
 
+PAYOUT_RESULT = BatchResult(
+    accounts={}, idempotency={}, outputs=(), clock_ms=0, profiles={}, screening=None,
+    payouts={"po-1": a_payout()},
+)  # fmt: skip
+
+
 def test_changelogs_match_batch_processor(processor: BatchProcessor, topics: Topics) -> None:
     account = Account(
         account_id="acct-s",
@@ -223,6 +233,10 @@ def test_changelogs_match_batch_processor(processor: BatchProcessor, topics: Top
                 SOURCE_PARTITION, {("request", "partner-1", "req-1"): record}, batch
             ),
             [request],
+        ),
+        "payouts": (
+            lambda batch: processor._write_payouts(SOURCE_PARTITION, PAYOUT_RESULT, batch),
+            [payout_codecs.payout_key("po-1")],
         ),
     }
     assert {table.name for table in describe.TABLES} == set(writes) == set(processor.changelogs)
