@@ -42,6 +42,7 @@ from typing import Final, Literal, TypeAlias
 
 from paystream.ledger.models import (
     BENEFICIARY_NAME_LENGTH_MAX,
+    DECISIONS,
     OPS_PARTNER_ID,
     RAIL_PARTNER_ID,
     REASON_LENGTH_MAX,
@@ -185,6 +186,8 @@ def transition(payout: Payout, command: PayoutCommand) -> Transition | Rejection
 
 
 def _decide(payout: Payout, command: DecidePayout) -> Transition | RejectionCode:
+    if command.decision not in DECISIONS:
+        return "invalid_field"
     if command.reason is not None and len(command.reason) > REASON_LENGTH_MAX:
         return "invalid_field"
     if not command.officer or len(command.officer) > BENEFICIARY_NAME_LENGTH_MAX:

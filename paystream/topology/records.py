@@ -14,15 +14,21 @@ from paystream.ledger.models import (
     CloseAccount,
     Command,
     Compensation,
+    ConfigureScreening,
     Confirmation,
     CreditLeg,
+    DecidePayout,
     Deposit,
     Event,
+    FailPayout,
     FreezeAccount,
     JournalEntry,
     JournalLine,
     Leg,
     OpenAccount,
+    RequestPayout,
+    SendPayout,
+    SettlePayout,
     Transfer,
     UnfreezeAccount,
     Withdrawal,
@@ -60,6 +66,20 @@ _CLOSE_ACCOUNT: Final = f"{NAMESPACE}.CloseAccount"
 _DEPOSIT: Final = f"{NAMESPACE}.Deposit"
 _WITHDRAWAL: Final = f"{NAMESPACE}.Withdrawal"
 _TRANSFER: Final = f"{NAMESPACE}.Transfer"
+_PAYOUT_BODIES: Final[dict[type, tuple[str, ...]]] = {
+    RequestPayout: (
+        "batch_id", "amount_minor", "currency", "beneficiary_name", "beneficiary_country",
+        "beneficiary_iban", "beneficiary_bic", "beneficiary_account_number",
+        "beneficiary_routing_number", "reference",
+    ),
+    DecidePayout: ("payout_id", "decision", "officer", "reason"),
+    SendPayout: ("payout_id",),
+    SettlePayout: ("payout_id",),
+    FailPayout: ("payout_id", "reason_code", "reason"),
+    ConfigureScreening: ("rules_json",),
+}  # fmt: skip
+"""The body fields of the payout commands, named as in their dataclasses: one generic writer
+and reader each (the envelope's fields are every command's)."""
 _CREDIT_LEG: Final = f"{NAMESPACE}.CreditLeg"
 _CONFIRMATION: Final = f"{NAMESPACE}.Confirmation"
 _COMPENSATION: Final = f"{NAMESPACE}.Compensation"
@@ -91,6 +111,32 @@ def _transfer_body(c: Transfer) -> _Branch:
     }
 
 
+def _payout_body(cls: type) -> Callable[[Any], _Branch]:
+    name, names = f"{NAMESPACE}.{cls.__name__}", _PAYOUT_BODIES[cls]
+
+    def body(c: Any) -> _Branch:
+        return name, {field: getattr(c, field) for field in names}
+
+    return body
+
+
+def _payout_reader(cls: type) -> _BodyReader:
+    names = _PAYOUT_BODIES[cls]
+
+    def read(r: Record, b: Record) -> Command:
+        command: Command = cls(
+            command_id=r["command_id"],
+            request_id=r["request_id"],
+            partner_id=r["partner_id"],
+            issued_at_ms=r["issued_at_ms"],
+            account_id=r["account_id"],
+            **{field: b[field] for field in names},
+        )
+        return command
+
+    return read
+
+
 def _empty_body(name: str) -> Callable[[Command], _Branch]:
     def body(_: Command) -> _Branch:
         return name, {}
@@ -106,6 +152,7 @@ _BODY_WRITERS: Final[dict[type, Callable[[Any], _Branch]]] = {
     Deposit: _money_body(_DEPOSIT),
     Withdrawal: _money_body(_WITHDRAWAL),
     Transfer: _transfer_body,
+    **{cls: _payout_body(cls) for cls in _PAYOUT_BODIES},
 }
 
 
@@ -183,6 +230,7 @@ _BODY_READERS: Final[dict[str, _BodyReader]] = {
     _DEPOSIT: _money(Deposit),
     _WITHDRAWAL: _money(Withdrawal),
     _TRANSFER: _transfer,
+    **{f"{NAMESPACE}.{cls.__name__}": _payout_reader(cls) for cls in _PAYOUT_BODIES},
 }
 
 COMMAND_BRANCHES: Final = frozenset(_BODY_READERS)
@@ -369,5 +417,11 @@ def event_from_record(r: Record) -> Event:
         rule_codes=tuple(r["rule_codes"]),
         reason=r["reason"],
         actor=r["actor"],
-        previous_type=r["previous_type"],
+        previous_type=_branch_value(r["previous_type"]),
     )
+
+
+def _branch_value(value: Any) -> Any:
+    """A named type inside a union reads as ``(full name, value)`` under fastavro's
+    ``return_record_name=True`` (enums too): the value."""
+    return value[1] if isinstance(value, tuple) else value

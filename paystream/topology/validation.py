@@ -10,22 +10,33 @@ from __future__ import annotations
 import unicodedata
 from typing import Final
 
+from paystream.ledger.accounts import SCREENING_KEY_PREFIX
 from paystream.ledger.currencies import is_iso4217
 from paystream.ledger.journal import LINE_COUNT_MAX, LINE_COUNT_MIN
 from paystream.ledger.models import (
+    BENEFICIARY_NAME_LENGTH_MAX,
+    DECISIONS,
+    REASON_LENGTH_MAX,
     REFERENCE_LENGTH_MAX,
     REJECTION_CODES,
     SYSTEM_ACCOUNT_PREFIX,
     Command,
     Compensation,
+    ConfigureScreening,
+    DecidePayout,
     Deposit,
     Event,
+    FailPayout,
     JournalEntry,
     Leg,
     OpenAccount,
+    RequestPayout,
+    SendPayout,
+    SettlePayout,
     Transfer,
     Withdrawal,
 )
+from paystream.ledger.screening import RULES_JSON_LENGTH_MAX
 from paystream.topology.dlq import CommandHeader, PoisonMessage
 
 __all__ = [
@@ -80,13 +91,21 @@ _REFERENCE_REFUSED_CATEGORIES: Final = frozenset(("Cc", "Cs"))
 """Control characters (NUL among them: Postgres text cannot hold it) and lone surrogates."""
 
 
-def _check_reference(field: str, value: str | None) -> None:
+def _check_reference(
+    field: str, value: str | None, *, length_max: int = REFERENCE_LENGTH_MAX
+) -> None:
+    """Free text (a reference, a reason): 1..``length_max`` characters, nothing invisible."""
     if value is None:
         return
-    if not 0 < len(value) <= REFERENCE_LENGTH_MAX:
-        raise _invalid(field, f"length must be 1..{REFERENCE_LENGTH_MAX}", value)
+    if not 0 < len(value) <= length_max:
+        raise _invalid(field, f"length must be 1..{length_max}", value)
     if any(unicodedata.category(ch) in _REFERENCE_REFUSED_CATEGORIES for ch in value):
         raise _invalid(field, "control characters and lone surrogates are not allowed", value)
+
+
+BENEFICIARY_FIELD_LENGTH_MAX: Final = 35
+"""Longest IBAN, BIC, account or routing number, or bank reason code (ISO 20022's Max35Text);
+their shapes are the core's (``invalid_beneficiary``), their size is bounded here."""
 
 
 def _check_rejection_code(field: str, value: str) -> None:
@@ -100,13 +119,55 @@ def validate_command(command: Command) -> None:
     _check_id("request_id", command.request_id)
     _check_id("partner_id", command.partner_id)
     _check_time("issued_at_ms", command.issued_at_ms)
+    if isinstance(command, ConfigureScreening):
+        _check_screening(command)
+        return
     _check_client_account("account_id", command.account_id)
+    if isinstance(command, RequestPayout):
+        _check_request_payout(command)
+    elif isinstance(command, DecidePayout | SendPayout | SettlePayout | FailPayout):
+        _check_payout_command(command)
     if isinstance(command, Transfer):
         _check_client_account("destination_account_id", command.destination_account_id)
     if isinstance(command, OpenAccount | Deposit | Withdrawal | Transfer):
         _check_currency("currency", command.currency)
     if isinstance(command, Deposit | Withdrawal | Transfer):
         _check_reference("reference", command.reference)
+
+
+def _check_screening(command: ConfigureScreening) -> None:
+    key = command.account_id
+    if not (key.startswith(SCREENING_KEY_PREFIX) and len(key) <= ID_LENGTH_MAX):
+        raise _invalid("account_id", f"a screening key is {SCREENING_KEY_PREFIX}<n>", key)
+    if len(command.rules_json) > RULES_JSON_LENGTH_MAX:
+        raise _invalid(
+            "rules_json", f"longer than {RULES_JSON_LENGTH_MAX}", len(command.rules_json)
+        )
+
+
+def _check_request_payout(command: RequestPayout) -> None:
+    _check_id("batch_id", command.batch_id)
+    _check_currency("currency", command.currency)
+    _check_reference("reference", command.reference)
+    if len(command.beneficiary_name) > BENEFICIARY_NAME_LENGTH_MAX:
+        raise _invalid("beneficiary_name", "too long", len(command.beneficiary_name))
+    for field in ("beneficiary_country", "beneficiary_iban", "beneficiary_bic",
+                  "beneficiary_account_number", "beneficiary_routing_number"):  # fmt: skip
+        value = getattr(command, field)
+        if value is not None and len(value) > BENEFICIARY_FIELD_LENGTH_MAX:
+            raise _invalid(field, f"longer than {BENEFICIARY_FIELD_LENGTH_MAX}", value)
+
+
+def _check_payout_command(command: DecidePayout | SendPayout | SettlePayout | FailPayout) -> None:
+    _check_id("payout_id", command.payout_id)
+    if isinstance(command, DecidePayout):
+        if command.decision not in DECISIONS:
+            raise _invalid("decision", f"one of {', '.join(DECISIONS)}", command.decision)
+        _check_id("officer", command.officer)
+        _check_reference("reason", command.reason, length_max=REASON_LENGTH_MAX)
+    if isinstance(command, FailPayout):
+        _check_id("reason_code", command.reason_code, length_max=BENEFICIARY_FIELD_LENGTH_MAX)
+        _check_reference("reason", command.reason, length_max=REASON_LENGTH_MAX)
 
 
 def validate_leg(leg: Leg) -> None:

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from paystream.ledger.currencies import ISO4217_CODES
 from paystream.ledger.models import (
+    DECISIONS,
     ENTRY_KINDS,
     EVENT_TYPES,
     PHASES,
@@ -24,14 +25,20 @@ from paystream.ledger.models import (
     SYSTEM_ACCOUNT_PREFIX,
     CloseAccount,
     Compensation,
+    ConfigureScreening,
     Confirmation,
     CreditLeg,
+    DecidePayout,
     Deposit,
     Event,
+    FailPayout,
     FreezeAccount,
     JournalEntry,
     JournalLine,
     OpenAccount,
+    RequestPayout,
+    SendPayout,
+    SettlePayout,
     Transfer,
     UnfreezeAccount,
     Withdrawal,
@@ -88,6 +95,27 @@ commands = st.one_of(
         reference=references,
     ),
 )
+short = st.text(max_size=35)
+screening_keys = st.integers(0, 10**6).map(lambda n: f"@screening:{n}")
+reasons = st.none() | st.text(st.characters(exclude_categories=("Cc", "Cs")), min_size=1,
+                              max_size=500)  # fmt: skip
+payout_commands = st.one_of(
+    st.builds(
+        RequestPayout, **_common(), batch_id=ids, amount_minor=amounts, currency=currencies,
+        beneficiary_name=st.text(max_size=140), beneficiary_country=short,
+        beneficiary_iban=st.none() | short, beneficiary_bic=st.none() | short,
+        beneficiary_account_number=st.none() | short,
+        beneficiary_routing_number=st.none() | short, reference=references,
+    ),
+    st.builds(DecidePayout, **_common(), payout_id=ids, decision=st.sampled_from(DECISIONS),
+              officer=ids, reason=reasons),
+    st.builds(SendPayout, **_common(), payout_id=ids),
+    st.builds(SettlePayout, **_common(), payout_id=ids),
+    st.builds(FailPayout, **_common(), payout_id=ids, reason_code=st.text(min_size=1, max_size=35),
+              reason=reasons),
+    st.builds(ConfigureScreening, **{**_common(), "account_id": screening_keys},
+              rules_json=st.text(max_size=200)),
+)  # fmt: skip
 
 _leg_fields: dict[str, Any] = {
     "transfer_id": ids,
@@ -140,6 +168,10 @@ events = st.builds(
     code=st.none() | codes,
     original_payment_id=st.none() | ids,
     reference=references,
+    rule_codes=st.lists(ids, max_size=3).map(tuple),
+    reason=st.none() | st.text(max_size=50),
+    actor=st.none() | ids,
+    previous_type=st.none() | st.sampled_from(EVENT_TYPES),
 )
 
 
@@ -155,6 +187,11 @@ def serde(registry: FileSchemaRegistry) -> AvroSerde:
 
 @given(command=commands)
 def test_command_round_trip(serde: AvroSerde, command: Any) -> None:
+    assert serde.decode_command(serde.encode_command(command)) == command
+
+
+@given(command=payout_commands)
+def test_payout_command_round_trip(serde: AvroSerde, command: Any) -> None:
     assert serde.decode_command(serde.encode_command(command)) == command
 
 
