@@ -135,6 +135,7 @@ from paystream.ledger.models import (
 )
 from paystream.ledger.payouts import (
     STATE_EVENTS,
+    Money,
     authorized,
     beneficiary_code,
     beneficiary_key,
@@ -1068,7 +1069,7 @@ def _execute_payout_command(state: _State, command: PayoutCommand) -> RejectionC
     return None
 
 
-def _move_money(state: _State, payout: Payout, money: str | None) -> RejectionCode | None:
+def _move_money(state: _State, payout: Payout, money: Money | None) -> RejectionCode | None:
     """Reserve the payout's amount again (refused like a request would be), or post or void
     the reservation it holds (always lands: the reservation guaranteed it)."""
     if money is None:

@@ -57,6 +57,7 @@ from paystream.ledger.models import (
     SendPayout,
     SettlePayout,
 )
+from paystream.ledger.screening import COUNTRY_PATTERN
 
 __all__ = [
     "Money",
@@ -75,7 +76,6 @@ _IBAN: Final = re.compile(r"^[A-Z]{2}[0-9]{2}[A-Z0-9]{11,30}$")
 _BIC: Final = re.compile(r"^[A-Z]{6}[A-Z0-9]{2}([A-Z0-9]{3})?$")
 _ACCOUNT_NUMBER: Final = re.compile(r"^[0-9A-Z]{4,34}$")
 _ROUTING_NUMBER: Final = re.compile(r"^[0-9]{9}$")
-_COUNTRY: Final = re.compile(r"^[A-Z]{2}$")
 _REASON_CODE: Final = re.compile(r"^[A-Z0-9]{1,35}$")
 """An ISO 20022 status reason code (ExternalStatusReason1Code is 4 characters; proprietary
 codes up to 35)."""
@@ -104,7 +104,7 @@ def beneficiary_code(command: RequestPayout) -> RejectionCode | None:
     c = command
     if not (0 < len(c.beneficiary_name) <= BENEFICIARY_NAME_LENGTH_MAX):
         return "invalid_beneficiary"
-    if not c.beneficiary_name.isprintable() or not _COUNTRY.match(c.beneficiary_country):
+    if not c.beneficiary_name.isprintable() or not COUNTRY_PATTERN.match(c.beneficiary_country):
         return "invalid_beneficiary"
     if c.beneficiary_iban is not None:
         if c.beneficiary_account_number is not None or c.beneficiary_routing_number is not None:

@@ -83,7 +83,8 @@ COUNT_MAX: Final = RECENT_PAYOUTS_MAX - 1
 RULES_JSON_LENGTH_MAX: Final = 512 * 1024
 """The longest rules document a ``ConfigureScreening`` carries (Kafka's record limit is 1 MB)."""
 BLOCKED_ENTRY_LENGTH_MAX: Final = 64
-_COUNTRY: Final = re.compile(r"^[A-Z]{2}$")
+COUNTRY_PATTERN: Final = re.compile(r"^[A-Z]{2}$")
+"""An ISO 3166-1 alpha-2 code, upper case."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -141,7 +142,7 @@ class ScreeningRules:
                 raise ValueError(f"a block list holds at most {BLOCKED_MAX} entries")
             if any(not 0 < len(entry) <= BLOCKED_ENTRY_LENGTH_MAX for entry in blocked):
                 raise ValueError(f"block list entries are 1..{BLOCKED_ENTRY_LENGTH_MAX} long")
-        if not all(_COUNTRY.match(country) for country in self.blocked_countries):
+        if not all(COUNTRY_PATTERN.match(country) for country in self.blocked_countries):
             raise ValueError("blocked countries are ISO 3166-1 alpha-2 codes, upper case")
 
     def limits_of(self, currency: str) -> CurrencyLimits:

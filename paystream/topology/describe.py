@@ -31,7 +31,6 @@ from paystream.ledger import (
     Output,
 )
 from paystream.settings import Settings
-from paystream.topology import records
 from paystream.topology.dlq import PoisonMessage
 from paystream.topology.manifest import BatchManifest
 from paystream.topology.topics import Topics, app_id_for
@@ -95,15 +94,7 @@ class GlobalStoreDecl:
 
 
 SOURCES: tuple[SourceDecl, ...] = (
-    SourceDecl(
-        "commands",
-        "source account",
-        tuple(
-            t.__name__
-            for t in COMMAND_TYPES
-            if records.command_branch(t) in records.COMMAND_BRANCHES
-        ),
-    ),
+    SourceDecl("commands", "source account", tuple(t.__name__ for t in COMMAND_TYPES)),
     SourceDecl("legs", "target account", tuple(t.__name__ for t in typing.get_args(Leg))),
 )
 TABLES: tuple[TableDecl, ...] = (

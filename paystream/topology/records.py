@@ -40,7 +40,6 @@ __all__ = [
     "LEG_BRANCHES",
     "NAMESPACE",
     "Record",
-    "command_branch",
     "command_from_record",
     "command_header",
     "command_to_record",
@@ -235,12 +234,6 @@ _BODY_READERS: Final[dict[str, _BodyReader]] = {
 
 COMMAND_BRANCHES: Final = frozenset(_BODY_READERS)
 """Full names of the command body records this code reads and writes."""
-
-
-def command_branch(command_type: type[Command]) -> str:
-    """The full name of ``command_type``'s body record (in ``COMMAND_BRANCHES`` when the
-    wire carries it: the core knows payout commands before the worker can keep payouts)."""
-    return f"{NAMESPACE}.{command_type.__name__}"
 
 
 def command_from_record(record: Record) -> Command:
