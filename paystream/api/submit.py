@@ -225,7 +225,7 @@ def row_from_events(seen: list[Seen]) -> read_models.Row | None:
         if not is_own_event(item.event) or item.event.type not in STATUS_EVENTS:
             continue
         later = records.payment_row(item.event)
-        row = later if row is None else records.payment_then(row, later)
+        row = later if row is None else records.PAYMENTS.then(row, later)
     return None if row is None else dict(zip(records.PAYMENT_COLUMNS, row, strict=True))
 
 

@@ -9,13 +9,14 @@ chain of a partition is the same whoever writes it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from paystream.ledger import Event, JournalEntry
+from paystream.ledger import Event, JournalEntry, PayoutDetails
 
 Kind = Literal["journal_entry", "event", "dead_letter"]
 GENESIS_HASH = bytes(32)
@@ -97,9 +98,10 @@ def entry_audit(entry_fields: Sequence[Any], lines: Sequence[Sequence[Any]]) -> 
 EVENT_COLUMNS = (
     "event_id", "payment_id", "type", "command_type", "partner_id", "account_id",
     "counterparty_account_id", "amount_minor", "currency", "code", "original_payment_id",
-    "issued_at_ms", "events_partition", "events_offset", "reference",
+    "issued_at_ms", "events_partition", "events_offset", "reference", "rule_codes", "reason",
+    "actor", "previous_type", "payout",
 )  # fmt: skip
-ADDED_EVENT_COLUMNS = ("reference",)
+ADDED_EVENT_COLUMNS = ("reference", "rule_codes", "reason", "actor", "previous_type", "payout")
 """Columns added after the first events were chained: in an event's audit body only when
 set, so the bodies (and hashes) of every event chained before them stay as they were."""
 
@@ -109,17 +111,85 @@ def event_row(event: Event, origin: Origin) -> tuple[Any, ...]:
         event.event_id, event.payment_id, event.type, event.command_type, event.partner_id,
         event.account_id, event.counterparty_account_id, event.amount_minor, event.currency,
         event.code, event.original_payment_id, event.issued_at_ms, origin.partition,
-        origin.offset, event.reference,
+        origin.offset, event.reference, list(event.rule_codes) or None, event.reason,
+        event.actor, event.previous_type, _details(event.payout),
     )  # fmt: skip
 
 
+def _details(details: PayoutDetails | None) -> str | None:
+    """A payout's details as the JSON text of the ``jsonb`` column (it reads back a dict)."""
+    return None if details is None else canonical(dataclasses.asdict(details))
+
+
 def event_audit(fields: Sequence[Any]) -> AuditRow:
+    """An event's audit row, from its ``payment_events`` row as written or as read back."""
     named = dict(zip(EVENT_COLUMNS, fields, strict=True))
     for column in ADDED_EVENT_COLUMNS:
         if named[column] is None:
             del named[column]
+    if isinstance(named.get("payout"), str):
+        named["payout"] = json.loads(named["payout"])
     origin = Origin("events", named["events_partition"], named["events_offset"])
     return AuditRow(origin.chain, "event", named["event_id"], canonical(named))
+
+
+# --- read models folded from events -----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Fold:
+    """A read model with one row per id, folded from the id's events in log order.
+
+    Each event says a whole row; a later one sets the ``latest`` columns, sets the
+    ``latest_known`` ones when it has a value, fills the ``first_known`` ones only if no
+    earlier event did; every other column stays as first seen. ``then`` does it in Python
+    (the API's view of events it has seen), ``upsert`` in SQL (the sink's).
+    """
+
+    table: str
+    columns: tuple[str, ...]
+    latest: tuple[str, ...]
+    latest_known: tuple[str, ...] = ()
+    first_known: tuple[str, ...] = ()
+
+    def then(self, before: Sequence[Any], later: Sequence[Any]) -> tuple[Any, ...]:
+        """The row after a later event's row."""
+        return tuple(
+            self._column_then(name, was, now)
+            for name, was, now in zip(self.columns, before, later, strict=True)
+        )
+
+    def _column_then(self, name: str, was: Any, now: Any) -> Any:
+        if name in self.latest:
+            return now
+        if name in self.latest_known:
+            return was if now is None else now
+        if name in self.first_known and was is None:
+            return now
+        return was
+
+    @property
+    def upsert(self) -> str:
+        """``INSERT ... ON CONFLICT DO UPDATE`` from the same-named stage (``stage_<table>``)."""
+        columns, table = ", ".join(self.columns), self.table
+        updates = ", ".join(
+            [f"{c} = excluded.{c}" for c in self.latest]
+            + [f"{c} = coalesce(excluded.{c}, {table}.{c})" for c in self.latest_known]
+            + [f"{c} = coalesce({table}.{c}, excluded.{c})" for c in self.first_known]
+        )
+        return (
+            f"INSERT INTO {table} ({columns}) SELECT {columns} FROM stage_{table}"
+            f" ORDER BY 1 ON CONFLICT ({self.columns[0]}) DO UPDATE SET {updates}"
+        )
+
+
+def fold(shape: Fold, rows: Iterable[Sequence[Any]]) -> list[tuple[Any, ...]]:
+    """One row per id (the first column), each the fold of its rows in order."""
+    folded: dict[Any, tuple[Any, ...]] = {}
+    for row in rows:
+        before = folded.get(row[0])
+        folded[row[0]] = tuple(row) if before is None else shape.then(before, row)
+    return list(folded.values())
 
 
 # --- payments -------------------------------------------------------------------------
@@ -130,19 +200,20 @@ STEP_COLUMN = {
     "Reversed": "reversed_at_ms",
     "Rejected": "rejected_at_ms",
 }
-PAYMENT_COLUMNS = (
-    "payment_id", "command_type", "partner_id", "account_id", "counterparty_account_id",
-    "amount_minor", "currency", "status", "code", "created_at_ms", *STEP_COLUMN.values(),
-    "updated_at_ms", "last_event_id", "reference",
+PAYMENTS = Fold(
+    table="payments",
+    columns=(
+        "payment_id", "command_type", "partner_id", "account_id", "counterparty_account_id",
+        "amount_minor", "currency", "status", "code", "created_at_ms", *STEP_COLUMN.values(),
+        "updated_at_ms", "last_event_id", "reference",
+    ),
+    latest=("status", "code", "updated_at_ms", "last_event_id"),
+    first_known=(
+        "counterparty_account_id", "amount_minor", "currency", "reference",
+        *STEP_COLUMN.values(),
+    ),
 )  # fmt: skip
-PAYMENT_LATEST = ("status", "code", "updated_at_ms", "last_event_id")
-"""Columns a later event of the payment sets."""
-PAYMENT_FIRST_KNOWN = (
-    "counterparty_account_id", "amount_minor", "currency", "reference", *STEP_COLUMN.values(),
-)  # fmt: skip
-"""Columns a later event fills in only if no earlier one did; the rest stay as first seen."""
-_LATEST = frozenset(PAYMENT_COLUMNS.index(c) for c in PAYMENT_LATEST)
-_FIRST_KNOWN = frozenset(PAYMENT_COLUMNS.index(c) for c in PAYMENT_FIRST_KNOWN)
+PAYMENT_COLUMNS = PAYMENTS.columns
 
 
 def payment_row(event: Event) -> tuple[Any, ...]:
@@ -158,17 +229,75 @@ def payment_row(event: Event) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
-def payment_then(before: Sequence[Any], later: Sequence[Any]) -> tuple[Any, ...]:
-    """A payment's row after a later event's row (the sink's upsert does the same in SQL)."""
-    return tuple(
-        _column_then(i, was, now) for i, (was, now) in enumerate(zip(before, later, strict=True))
-    )
+# --- payouts --------------------------------------------------------------------------
+
+PAYOUT_STEP_COLUMN = {
+    "Held": "held_at_ms",
+    "Queued": "queued_at_ms",
+    "Sending": "sending_at_ms",
+    "Settled": "settled_at_ms",
+    "Failed": "failed_at_ms",
+}
+"""When a payout last entered each state (a payout approved again after an override is
+queued twice: the row keeps the last)."""
+PAYOUTS = Fold(
+    table="payouts",
+    columns=(
+        "payout_id", "batch_id", "partner_id", "account_id", "amount_minor", "currency",
+        "reference", "beneficiary_name", "beneficiary_country", "beneficiary_iban",
+        "beneficiary_bic", "beneficiary_account_number", "beneficiary_routing_number", "status",
+        "code", "reason", "rule_codes", "created_at_ms", *PAYOUT_STEP_COLUMN.values(),
+        "updated_at_ms", "last_event_id",
+    ),
+    latest=("status", "code", "reason", "rule_codes", "updated_at_ms", "last_event_id"),
+    latest_known=tuple(PAYOUT_STEP_COLUMN.values()),
+)  # fmt: skip
+PAYOUT_COLUMNS = PAYOUTS.columns
 
 
-def _column_then(index: int, was: Any, now: Any) -> Any:
-    if index in _LATEST or (index in _FIRST_KNOWN and was is None):
-        return now
-    return was
+def is_payout_state(event: Event) -> bool:
+    """Whether ``event`` is a payout's own state (its request's answer included), not a
+    duplicate request's answer (which never makes or changes a payout)."""
+    return event.payout is not None and event.type != "Duplicate"
+
+
+def payout_row(event: Event) -> tuple[Any, ...]:
+    """The ``payouts`` row one of a payout's own events says."""
+    d = event.payout
+    if d is None:
+        raise ValueError(f"not a payout's event: {event.event_id}")
+    steps = [
+        event.issued_at_ms if PAYOUT_STEP_COLUMN.get(event.type) == column else None
+        for column in PAYOUT_STEP_COLUMN.values()
+    ]
+    return (
+        event.payment_id, d.batch_id, event.partner_id, event.account_id, event.amount_minor,
+        event.currency, event.reference, d.beneficiary_name, d.beneficiary_country,
+        d.beneficiary_iban, d.beneficiary_bic, d.beneficiary_account_number,
+        d.beneficiary_routing_number, event.type, event.code, event.reason,
+        list(event.rule_codes), event.issued_at_ms, *steps, event.issued_at_ms, event.event_id,
+    )  # fmt: skip
+
+
+REVIEW_COLUMNS = (
+    "event_id", "payout_id", "partner_id", "decision", "officer", "reason", "rule_codes",
+    "status_before", "status_after", "decided_at_ms",
+)  # fmt: skip
+
+
+def review_row(event: Event) -> tuple[Any, ...] | None:
+    """The ``payout_reviews`` row of a payout event a person's decision made (one with an
+    actor), else None. The decision is read off the transition: a held payout approved
+    (-> Queued) or rejected (-> Failed); anything else an override."""
+    if event.actor is None or event.previous_type is None or not is_payout_state(event):
+        return None
+    decision = "override"
+    if event.previous_type == "Held":
+        decision = "approve" if event.type == "Queued" else "reject"
+    return (
+        event.event_id, event.payment_id, event.partner_id, decision, event.actor, event.reason,
+        list(event.rule_codes), event.previous_type, event.type, event.issued_at_ms,
+    )  # fmt: skip
 
 
 # --- dead letters ---------------------------------------------------------------------

@@ -89,7 +89,7 @@ def stored_positions(
 
 TABLES = (
     "journal_entries", "ledger_lines", "accounts", "payments", "payment_events", "dlq_records",
-    "audit_log",
+    "audit_log", "payouts", "payout_reviews",
 )  # fmt: skip
 
 
@@ -158,7 +158,14 @@ def _facts(conn: Connection, batch: Batch) -> tuple[dict[str, int], list[AuditRo
         event_rows = {e.event_id: records.event_row(e, o) for e, o in batch.events}
         new_events = _insert_new(cur, "stage_events", event_rows.values())
         events = [e for e, _ in _first_of_each(batch.events, new_events, lambda e: e.event_id)]
-        counts["payments"] = _payments(cur, [e for e in events if is_own_event(e)])
+        own = [e for e in events if is_own_event(e)]
+        payouts = [e for e in own if records.is_payout_state(e)]
+        counts["payments"] = _fold(
+            cur, records.PAYMENTS, [records.payment_row(e) for e in own if e.payout is None]
+        )
+        counts["payouts"] = _fold(cur, records.PAYOUTS, [records.payout_row(e) for e in payouts])
+        reviews = [row for row in map(records.review_row, payouts) if row is not None]
+        counts["payout_reviews"] = _copy(cur, "payout_reviews", records.REVIEW_COLUMNS, reviews)
         audit += [records.event_audit(event_rows[e.event_id]) for e in events]
         counts["payment_events"] = len(events)
         dead_rows = {(row[0], row[1]): row for row, _ in batch.dead_letters}
@@ -191,7 +198,8 @@ STAGES: dict[str, tuple[str, Sequence[str]]] = {
     "stage_entries": ("journal_entries", records.ENTRY_COLUMNS),
     "stage_events": ("payment_events", records.EVENT_COLUMNS),
     "stage_dead_letters": ("dlq_records", records.DLQ_COLUMNS),
-    "stage_payments": ("payments", records.PAYMENT_COLUMNS),
+    "stage_payments": ("payments", records.PAYMENTS.columns),
+    "stage_payouts": ("payouts", records.PAYOUTS.columns),
     "stage_account_deltas": ("accounts", ACCOUNT_DELTA_COLUMNS),
     "stage_directory": ("accounts", DIRECTORY_COLUMNS),
 }
@@ -316,30 +324,14 @@ def _directory(conn: Connection, entries: list[DirectoryEntry], counts: dict[str
     counts["accounts"] += len(rows)
 
 
-def _payments(cur: Cursor, events: list[Event]) -> int:
-    """Each payment's latest status, from its own events (they arrive in order: one events
-    partition each). Answers to records that repeated or misused an id stay in
-    ``payment_events`` only: they never create or change a payment."""
-    folded: dict[str, tuple[Any, ...]] = {}
-    for event in events:
-        row = records.payment_row(event)
-        before = folded.get(event.payment_id)
-        folded[event.payment_id] = row if before is None else records.payment_then(before, row)
-    if _stage(cur, "stage_payments", folded.values()) is None:
+def _fold(cur: Cursor, shape: records.Fold, rows: list[tuple[Any, ...]]) -> int:
+    """Upsert the read model ``shape`` from its rows, in log order (an id's events arrive in
+    order: one events partition each); how many ids."""
+    folded = records.fold(shape, rows)
+    if _stage(cur, f"stage_{shape.table}", folded) is None:
         return 0
-    columns = ", ".join(records.PAYMENT_COLUMNS)
-    cur.execute(
-        f"INSERT INTO payments ({columns}) SELECT {columns} FROM stage_payments"
-        f" ORDER BY payment_id ON CONFLICT (payment_id) DO UPDATE SET {_PAYMENT_UPDATE}"
-    )
+    cur.execute(shape.upsert)
     return len(folded)
-
-
-_PAYMENT_UPDATE = ", ".join(
-    [f"{c} = excluded.{c}" for c in records.PAYMENT_LATEST]
-    + [f"{c} = coalesce(payments.{c}, excluded.{c})" for c in records.PAYMENT_FIRST_KNOWN]
-)
-"""``records.payment_then`` in SQL: a payment row meeting a later event of its payment."""
 
 
 def _append_audit(

@@ -140,6 +140,7 @@ from paystream.ledger.payouts import (
     beneficiary_code,
     beneficiary_key,
     new_payout,
+    payout_details,
     transition,
 )
 from paystream.ledger.screening import (
@@ -593,6 +594,7 @@ def _command_event(
         code=code,
         original_payment_id=original_payment_id,
         reference=reference,
+        payout=payout_details(command) if isinstance(command, RequestPayout) else None,
     )
 
 
@@ -1031,7 +1033,7 @@ def _emit_request_payout(state: _State, command: RequestPayout, code: RejectionC
         return
     payout = _payout(state, command.command_id)
     state.emit_entry(payout_debit_entry(payout, state.clearing_id(payout.currency), "pending", 1))
-    state.outputs.append(_payout_event(payout, payout.state))
+    state.outputs.append(_payout_event(payout, payout.state, at_ms=command.issued_at_ms))
 
 
 def _payout(state: _State, payout_id: str) -> Payout:
@@ -1130,6 +1132,7 @@ def _emit_payout_command(state: _State, command: PayoutCommand, code: RejectionC
         _payout_event(
             payout,
             f"{payout.state}.{payout.version}",
+            at_ms=command.issued_at_ms,
             actor=None if decision is None else decision.officer,
             reason=payout.failure_reason if decision is None else decision.reason,
             previous=_previous_state(command, payout),
@@ -1153,11 +1156,15 @@ def _payout_event(
     payout: Payout,
     step: str,
     *,
+    at_ms: int,
     actor: str | None = None,
     reason: str | None = None,
     previous: EventType | None = None,
 ) -> Event:
-    """The payout's state as an event of the payout (``payment_id`` = payout id)."""
+    """The payout's state as an event of the payout (``payment_id`` = payout id), at the
+    time the command that changed it was issued (a payment's events all carry its command's
+    time; a payout's states are minutes or days apart, and their times are what review and
+    the rail's service levels are measured by)."""
     return Event(
         event_id=f"{payout.payout_id}:{step}",
         payment_id=payout.payout_id,
@@ -1165,7 +1172,7 @@ def _payout_event(
         command_type=RequestPayout.__name__,
         partner_id=payout.partner_id,
         account_id=payout.account_id,
-        issued_at_ms=payout.issued_at_ms,
+        issued_at_ms=at_ms,
         amount_minor=payout.amount_minor,
         currency=payout.currency,
         code=payout.failure_code,
@@ -1174,6 +1181,7 @@ def _payout_event(
         reason=reason,
         actor=actor,
         previous_type=previous,
+        payout=payout_details(payout),
     )
 
 

@@ -571,6 +571,23 @@ class JournalEntry:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PayoutDetails:
+    """What a payout's events carry beyond a payment's: its batch and where the money goes.
+
+    The rail builds its instruction from a ``Queued`` event alone, and the read models show
+    a payout's beneficiary and batch, so every event of a payout carries them (the request's
+    refusal included)."""
+
+    batch_id: str
+    beneficiary_name: str
+    beneficiary_country: str
+    beneficiary_iban: str | None = None
+    beneficiary_bic: str | None = None
+    beneficiary_account_number: str | None = None
+    beneficiary_routing_number: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Event:
     """A status fact about a payment or command; keyed by ``payment_id``."""
 
@@ -595,6 +612,8 @@ class Event:
     """Who made a payout's state change: the officer of a decision."""
     previous_type: EventType | None = None
     """The payout's state before a change that a decision or the rail made (audit's before)."""
+    payout: PayoutDetails | None = None
+    """A payout's batch and beneficiary, on every event of a payout."""
 
 
 Output: TypeAlias = JournalEntry | Event | CreditLeg | Confirmation | Compensation | DirectoryEntry

@@ -51,6 +51,7 @@ from paystream.ledger.models import (
     FailPayout,
     Payout,
     PayoutCommand,
+    PayoutDetails,
     PayoutState,
     RejectionCode,
     RequestPayout,
@@ -66,6 +67,7 @@ __all__ = [
     "beneficiary_code",
     "beneficiary_key",
     "new_payout",
+    "payout_details",
     "transition",
 ]
 
@@ -159,6 +161,19 @@ def new_payout(
         reservation=reservation_id(c.command_id, 1),
         reservations=1,
         version=1,
+    )
+
+
+def payout_details(source: RequestPayout | Payout) -> PayoutDetails:
+    """The batch and beneficiary a payout's events carry, from its request or its record."""
+    return PayoutDetails(
+        batch_id=source.batch_id,
+        beneficiary_name=source.beneficiary_name,
+        beneficiary_country=source.beneficiary_country,
+        beneficiary_iban=source.beneficiary_iban,
+        beneficiary_bic=source.beneficiary_bic,
+        beneficiary_account_number=source.beneficiary_account_number,
+        beneficiary_routing_number=source.beneficiary_routing_number,
     )
 
 

@@ -7,6 +7,7 @@ guessed from the record's shape (three command bodies are empty records).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, Final, TypeAlias
 
@@ -26,6 +27,7 @@ from paystream.ledger.models import (
     JournalLine,
     Leg,
     OpenAccount,
+    PayoutDetails,
     RequestPayout,
     SendPayout,
     SettlePayout,
@@ -389,6 +391,7 @@ def event_to_record(event: Event) -> Record:
         "reason": event.reason,
         "actor": event.actor,
         "previous_type": event.previous_type,
+        "payout": _payout_details_record(event.payout),
     }
 
 
@@ -411,7 +414,23 @@ def event_from_record(r: Record) -> Event:
         reason=r["reason"],
         actor=r["actor"],
         previous_type=_branch_value(r["previous_type"]),
+        payout=_payout_details(_branch_value(r["payout"])),
     )
+
+
+_PAYOUT_DETAILS_FIELDS: Final = tuple(field.name for field in dataclasses.fields(PayoutDetails))
+
+
+def _payout_details_record(details: PayoutDetails | None) -> Record | None:
+    """A record alone beside null in its union: written as a plain dict."""
+    if details is None:
+        return None
+    return {name: getattr(details, name) for name in _PAYOUT_DETAILS_FIELDS}
+
+
+def _payout_details(r: Record | None) -> PayoutDetails | None:
+    """An event's payout details (absent from events written before event schema v4)."""
+    return None if r is None else PayoutDetails(**r)
 
 
 def _branch_value(value: Any) -> Any:

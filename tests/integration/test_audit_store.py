@@ -15,8 +15,31 @@ from paystream.audit import records, store
 from paystream.audit.migrate import Migration, MigrationError, migrate
 from paystream.audit.records import Origin
 from paystream.audit.store import Batch, ChainHead, Fenced
-from paystream.ledger import DirectoryEntry, Event, JournalEntry, is_own_event
-from tests.support.ledger import Cluster, deposit, entries, events, open_account, run, transfer
+from paystream.ledger import (
+    DirectoryEntry,
+    Event,
+    JournalEntry,
+    SendPayout,
+    SettlePayout,
+    is_own_event,
+)
+from paystream.ledger.screening import CurrencyLimits, ScreeningRules, rules_to_json
+from tests.support.ledger import (
+    T0_MS,
+    Cluster,
+    configure_screening,
+    decide,
+    deposit,
+    entries,
+    events,
+    fail_payout,
+    make_account,
+    open_account,
+    rail,
+    request_payout,
+    run,
+    transfer,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -139,7 +162,7 @@ def test_a_payment_read_in_one_batch_equals_one_event_per_batch(audit_dsn: str) 
     for event in event_rows:
         with conn.transaction():
             store._create_stages(conn.cursor())
-            store._payments(conn.cursor(), [event])
+            store._fold(conn.cursor(), records.PAYMENTS, [records.payment_row(event)])
     one_by_one = conn.execute(payments).fetchall()
     assert in_one == one_by_one
     assert {row[7] for row in in_one} >= {"Completed", "Reversed"}
@@ -161,10 +184,104 @@ def test_a_reference_is_recorded_and_chained_only_when_set(dsn: str) -> None:
         f"SELECT {', '.join(records.EVENT_COLUMNS)}, a.body FROM payment_events"
         " JOIN audit_log a ON a.kind = 'event' AND a.ref = event_id ORDER BY event_id"
     ).fetchall()
+    reference = records.EVENT_COLUMNS.index("reference")
     for *columns, body in stored:
         assert records.event_audit(columns).body == body  # what audit verify rebuilds
-        assert ("reference" in json.loads(body)) == (columns[-1] is not None)
-    assert {columns[-1] for *columns, _ in stored} == {"invoice 42", None}
+        assert ("reference" in json.loads(body)) == (columns[reference] is not None)
+    assert {columns[reference] for *columns, _ in stored} == {"invoice 42", None}
+
+
+def payout_facts() -> tuple[list[JournalEntry], list[Event], dict[str, str]]:
+    """Payouts through the real core: settled, failed by the bank, held then approved, held
+    then rejected then overridden back, refused for funds; and a duplicate request."""
+    rules = ScreeningRules(limits=(CurrencyLimits(currency="EUR", amount_max_minor=500),))
+    cluster = Cluster.of([make_account("src", credits_minor=2_000)])
+    cluster.apply([configure_screening("rules", rules_to_json(rules))])
+    settled, failed = request_payout(1, amount_minor=100), request_payout(2, amount_minor=200)
+    approved, overridden = request_payout(3, amount_minor=600), request_payout(4, amount_minor=700)
+    cluster.apply([settled, failed, approved, overridden, request_payout(5, amount_minor=5_000)])
+    cluster.apply([request_payout(13, amount_minor=100, request_id=settled.request_id)])
+    at = T0_MS + 10_000
+    cluster.apply([decide(6, approved, "approve", at_ms=at)])
+    cluster.apply([decide(7, overridden, "reject", "no documents", at_ms=at + 1)])
+    cluster.apply([decide(8, overridden, "override", "documents arrived", at_ms=at + 2)])
+    for n, kind, payout in ((9, SendPayout, settled), (10, SendPayout, failed)):
+        cluster.apply([rail(kind, n, payout, at_ms=at + 3)])
+    cluster.apply([rail(SettlePayout, 11, settled, at_ms=at + 4)])
+    cluster.apply([fail_payout(12, failed, at_ms=at + 5)])
+    ids = {
+        "settled": settled.command_id, "failed": failed.command_id,
+        "approved": approved.command_id, "overridden": overridden.command_id,
+    }  # fmt: skip
+    return cluster.entries(), cluster.events(), ids
+
+
+def test_payouts_fold_into_their_rows_and_reviews_with_a_chained_history(dsn: str) -> None:
+    journal, answers, ids = payout_facts()
+    conn = sink_connection(dsn)
+    counts = write(
+        conn, batch(journal, answers), None, store.chain_heads(conn, ["ledger:0", "events:0"])
+    )
+    assert any(e.type == "Duplicate" and e.payout is not None for e in answers)
+    assert counts["payouts"] == 5  # four reserved, one refused for funds; no duplicate's row
+    rows = {
+        row[0]: row[1:]
+        for row in conn.execute(
+            "SELECT payout_id, status, code, batch_id, beneficiary_name, queued_at_ms,"
+            " settled_at_ms FROM payouts"
+        )
+    }
+    assert rows[ids["settled"]][:4] == ("Settled", None, "batch-1", "Ada Lovelace")
+    assert rows[ids["settled"]][5] == T0_MS + 10_004
+    assert rows[ids["failed"]][:2] == ("Failed", "bank_rejected")
+    assert rows[ids["approved"]][0] == "Queued" and rows[ids["approved"]][4] == T0_MS + 10_000
+    assert rows[ids["overridden"]][0] == "Queued"
+    assert sorted(r[:2] for r in rows.values() if r[1] == "insufficient_funds") == [
+        ("Failed", "insufficient_funds")
+    ]
+    reviews = conn.execute(
+        "SELECT payout_id, decision, officer, reason, rule_codes, status_before, status_after,"
+        " decided_at_ms - %s FROM payout_reviews ORDER BY decided_at_ms",
+        (T0_MS,),
+    ).fetchall()
+    assert reviews == [
+        (ids["approved"], "approve", "officer-1", None, ["amount_over_threshold"], "Held",
+         "Queued", 10_000),
+        (ids["overridden"], "reject", "officer-1", "no documents", ["amount_over_threshold"],
+         "Held", "Failed", 10_001),
+        (ids["overridden"], "override", "officer-1", "documents arrived",
+         ["amount_over_threshold"], "Failed", "Queued", 10_002),
+    ]  # fmt: skip
+    stored = conn.execute(
+        f"SELECT {', '.join(records.EVENT_COLUMNS)}, a.body FROM payment_events"
+        " JOIN audit_log a ON a.kind = 'event' AND a.ref = event_id"
+        " WHERE payment_id = %s ORDER BY events_offset",
+        (ids["overridden"],),
+    ).fetchall()
+    for *columns, body in stored:
+        assert records.event_audit(columns).body == body  # what audit verify rebuilds
+    last = json.loads(stored[-1][-1])
+    assert (last["actor"], last["previous_type"], last["payout"]["batch_id"]) == (
+        "officer-1", "Failed", "batch-1",
+    )  # fmt: skip
+
+
+def test_a_payout_read_in_one_batch_equals_one_event_per_batch(audit_dsn: str) -> None:
+    journal, answers, _ = payout_facts()
+    migrate(audit_dsn)
+    payouts = f"SELECT {', '.join(records.PAYOUT_COLUMNS)} FROM payouts ORDER BY payout_id"
+    conn = sink_connection(audit_dsn)
+    write(conn, batch(journal, answers), None, store.chain_heads(conn, ["ledger:0", "events:0"]))
+    in_one = conn.execute(payouts).fetchall()
+    conn.execute("RESET ROLE")
+    conn.execute("TRUNCATE payouts")
+    conn.execute(f"SET ROLE {store.SINK_ROLE}")
+    for event in answers:
+        if is_own_event(event) and records.is_payout_state(event):
+            with conn.transaction():
+                store._create_stages(conn.cursor())
+                store._fold(conn.cursor(), records.PAYOUTS, [records.payout_row(event)])
+    assert conn.execute(payouts).fetchall() == in_one
 
 
 def test_a_fenced_first_batch_leaves_the_connection_usable(dsn: str) -> None:

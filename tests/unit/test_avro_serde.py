@@ -36,6 +36,7 @@ from paystream.ledger.models import (
     JournalEntry,
     JournalLine,
     OpenAccount,
+    PayoutDetails,
     RequestPayout,
     SendPayout,
     SettlePayout,
@@ -172,6 +173,17 @@ events = st.builds(
     reason=st.none() | st.text(max_size=50),
     actor=st.none() | ids,
     previous_type=st.none() | st.sampled_from(EVENT_TYPES),
+    payout=st.none()
+    | st.builds(
+        PayoutDetails,
+        batch_id=ids,
+        beneficiary_name=st.text(min_size=1, max_size=20),
+        beneficiary_country=st.sampled_from(["DE", "US", "FR"]),
+        beneficiary_iban=st.none() | ids,
+        beneficiary_bic=st.none() | ids,
+        beneficiary_account_number=st.none() | ids,
+        beneficiary_routing_number=st.none() | ids,
+    ),
 )
 
 
@@ -333,6 +345,15 @@ def test_newer_writer_with_an_extra_field_resolves_to_the_reader(tmp_path: Path)
     record = {**records.event_to_record(_event()), "fee_minor": 7}
     data = _frame(schema_id, newer, record)
     assert AvroSerde(registry).decode_event(data) == _event()
+
+
+def test_an_event_from_before_payout_details_reads_without_them(tmp_path: Path) -> None:
+    registry = FileSchemaRegistry(tmp_path / "registry.json")
+    v3 = json.loads((SCHEMA_DIR / "history" / "event.v3.avsc").read_text())
+    schema_id = registry.register("events-value", json.dumps(v3))
+    old = records.event_to_record(_event())
+    del old["payout"]
+    assert AvroSerde(registry).decode_event(_frame(schema_id, v3, old)) == _event()
 
 
 def test_a_journal_entry_from_before_two_phase_reads_as_posted(tmp_path: Path) -> None:
