@@ -26,6 +26,11 @@ RETENTION_MAX_S = 366 * 24 * 3600
 SETTINGS_FILE_ENV = "PAYSTREAM_SETTINGS_FILE"
 
 
+PAYOUTS_PER_BATCH_LIMIT = 1_000
+"""The highest ``payouts_per_batch_max`` may be set (a batch is one request body)."""
+PAYOUT_CURRENCIES_DEFAULT = ("EUR", "USD", "GBP", "CHF", "SEK", "NOK", "DKK", "PLN", "CZK", "JPY")
+
+
 class Settings(BaseSettings):
     """Everything paystream needs to find its infrastructure."""
 
@@ -60,6 +65,13 @@ class Settings(BaseSettings):
     """Kafka's ``transaction.timeout.ms`` for the workers: a batch's transaction lasts
     milliseconds; a worker killed mid-batch and not restarted delays its partitions' new
     owner by up to this (plus the broker's abort-check interval). Kafka's default is 60 s."""
+
+    payouts_per_batch_max: int = Field(default=100, ge=1, le=PAYOUTS_PER_BATCH_LIMIT)
+    """The most payouts one ``POST /v1/payout-batches`` may carry (the seed's batches are 50);
+    above it the batch is refused whole (``batch_too_large``), nothing sent."""
+    payout_currencies: tuple[str, ...] = PAYOUT_CURRENCIES_DEFAULT
+    """Currencies the bank rail pays out; a payout in another is refused
+    (``currency_not_supported``) before anything is sent."""
 
     @field_validator("data_dir")
     @classmethod

@@ -463,6 +463,9 @@ PROCESSES: Final = (
     Process("API", "paystream.api.metrics", "paystream_api_"),
     Process("Analytics (ClickHouse sink and page)", "paystream.analytics.metrics",
             "paystream_analytics_"),
+    Process("Bank-rail connector (payouts)", "paystream.payouts.metrics", "paystream_rail_"),
+    Process("Bank-rail simulator (demo and tests; its own registry per server)",
+            "paystream.rail.simulator", "paystream_rail_sim_"),
 )  # fmt: skip
 METRIC_MODULES: Final = tuple(dict.fromkeys(p.module for p in PROCESSES))
 """Every module that defines prometheus_client metrics (a test scans the package for others)."""

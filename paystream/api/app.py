@@ -31,7 +31,7 @@ from paystream.api.auth import Principal, TokenVerifier
 from paystream.api.commands import CommandSender, EventFollower
 from paystream.api.deps import Context, RateLimiter, caller, known_query_parameters
 from paystream.api.read_models import Connection
-from paystream.api.routes import accounts, payments
+from paystream.api.routes import accounts, payments, payouts, reviews
 from paystream.api.schemas import Health
 from paystream.settings import Settings
 from paystream.topology.avro import AvroSerde
@@ -90,6 +90,8 @@ def create_app(
         pool=make_pool(dsn),
         partitions=settings.partitions,
         limiter=RateLimiter(rate_limit_per_s * rate_window_s, window_s=rate_window_s),
+        payouts_per_batch_max=settings.payouts_per_batch_max,
+        payout_currencies=frozenset(settings.payout_currencies),
     )
 
     @asynccontextmanager
@@ -116,6 +118,8 @@ def create_app(
     app.middleware("http")(_observe)
     app.include_router(accounts.router)
     app.include_router(payments.router)
+    app.include_router(payouts.router)
+    app.include_router(reviews.router)
     _operations(app, settings, context)
     return app
 

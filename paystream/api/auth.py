@@ -35,8 +35,9 @@ PARTNER_CLAIM = "partner_id"
 PARTNER_ID_LENGTH_MAX = 64
 
 Scope = Literal[
-    "accounts:read", "accounts:write", "payments:read", "payments:write", "ledger:read", "ops:read"
-]
+    "accounts:read", "accounts:write", "payments:read", "payments:write", "ledger:read",
+    "ops:read", "payouts:read", "payouts:write", "ops:review",
+]  # fmt: skip
 
 
 class Unauthorized(Exception):
@@ -59,6 +60,8 @@ class Principal:
     subject: str
     partner_id: str | None
     scopes: frozenset[str]
+    username: str | None = None
+    """``preferred_username``: the person (or service account) a decision is recorded under."""
 
     def has(self, scope: Scope) -> bool:
         return scope in self.scopes
@@ -87,11 +90,13 @@ def principal_from(claims: dict[str, Any]) -> Principal:
     if not isinstance(scope, str):
         raise Unauthorized("the token's scope claim is not a string")
     subject = claims.get("sub")
+    username = claims.get("preferred_username")
     return Principal(
         client_id=client_id,
         subject=subject if isinstance(subject, str) else client_id,
         partner_id=partner,
         scopes=frozenset(scope.split()),
+        username=username if isinstance(username, str) and username else None,
     )
 
 

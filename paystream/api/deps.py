@@ -60,6 +60,8 @@ class Context:
     pool: ConnectionPool[Connection]
     partitions: int
     limiter: RateLimiter
+    payouts_per_batch_max: int
+    payout_currencies: frozenset[str]
     sender: CommandSender | None = None
     follower: EventFollower | None = None
 

@@ -36,6 +36,9 @@ ApiCode: TypeAlias = Literal[
     "rate_limited",
     "unavailable",
     "internal_error",
+    "batch_too_large",
+    "duplicate_payout",
+    "currency_not_supported",
 ]
 Code: TypeAlias = RejectionCode | ApiCode
 CODES: tuple[str, ...] = (*REJECTION_CODES, *get_args(ApiCode))
@@ -49,6 +52,9 @@ TITLES: Mapping[str, str] = {
     "rate_limited": "Too many requests",
     "unavailable": "A service the API needs is unavailable",
     "internal_error": "Internal error",
+    "batch_too_large": "The batch carries more payouts than allowed",
+    "duplicate_payout": "A payout appears twice in the batch",
+    "currency_not_supported": "The bank rail does not pay out in this currency",
 }
 
 logger = logging.getLogger("paystream.api")

@@ -173,6 +173,68 @@ def entry_count(conn: Connection, payment_id: str) -> int:
     return 0 if row is None else int(row["n"])
 
 
+# --- payouts ----------------------------------------------------------------------------------
+
+_PAYOUT_COLUMNS = ", ".join(records.PAYOUTS.columns)
+BATCH_ROWS_MAX = 1_000
+"""Payouts read for one batch (``Settings.payouts_per_batch_max`` is at most this)."""
+PAYOUT_HISTORY_MAX = 100
+"""Events listed with one payout (a payout has a handful; overrides add two each)."""
+
+
+def payout(conn: Connection, payout_id: str) -> Row | None:
+    return conn.execute(
+        f"SELECT {_PAYOUT_COLUMNS} FROM payouts WHERE payout_id = %s", (payout_id,)
+    ).fetchone()
+
+
+def payout_history(conn: Connection, payout_id: str) -> list[Row]:
+    """The payout's events in order: states, who changed them and why."""
+    return conn.execute(
+        "SELECT event_id, type, code, reason, actor, rule_codes, previous_type, issued_at_ms"
+        " FROM payment_events WHERE payment_id = %s"
+        " ORDER BY events_partition, events_offset LIMIT %s",
+        (payout_id, PAYOUT_HISTORY_MAX),
+    ).fetchall()
+
+
+def batch_payouts(conn: Connection, partner_id: str | None, batch_id: str) -> list[Row]:
+    """A batch's payouts by id; one partner's (``partner_id`` None: any, for ops)."""
+    return conn.execute(
+        f"SELECT {_PAYOUT_COLUMNS} FROM payouts"
+        " WHERE batch_id = %s AND (%s::text IS NULL OR partner_id = %s)"
+        " ORDER BY partner_id, batch_id, payout_id LIMIT %s",
+        (batch_id, partner_id, partner_id, BATCH_ROWS_MAX),
+    ).fetchall()
+
+
+def held_payouts(conn: Connection, *, cursor: str | None, limit: int) -> Page:
+    """The review queue: held payouts, longest waiting first."""
+    after = decode_cursor("held", cursor, 2) if cursor else [-1, ""]
+    rows = conn.execute(
+        f"SELECT {_PAYOUT_COLUMNS} FROM payouts WHERE status = 'Held'"
+        " AND (created_at_ms, payout_id) > (%s, %s)"
+        " ORDER BY created_at_ms, payout_id LIMIT %s",
+        (after[0], after[1], limit + 1),
+    ).fetchall()
+    return _page(rows, limit, "held", ("created_at_ms", "payout_id"))
+
+
+_REVIEW_COLUMNS = ", ".join(records.REVIEW_COLUMNS)
+
+
+def reviews(conn: Connection, *, cursor: str | None, limit: int) -> Page:
+    """Review decisions in the order they were made."""
+    after = decode_cursor("reviews", cursor, 2) if cursor else [-1, ""]
+    rows = conn.execute(
+        f"SELECT {_REVIEW_COLUMNS} FROM payout_reviews"
+        " WHERE (decided_at_ms, event_id) > (%s, %s)"
+        " ORDER BY decided_at_ms, event_id LIMIT %s",
+        (after[0], after[1], limit + 1),
+    ).fetchall()
+    return _page(rows, limit, "reviews", ("decided_at_ms", "event_id"))
+
+
 # --- ledger -----------------------------------------------------------------------------------
 
 

@@ -202,3 +202,147 @@ class EntryList(BaseModel):
 class Health(BaseModel):
     status: Literal["ok", "unavailable"]
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+# --- payouts ----------------------------------------------------------------------------------
+
+PayoutStatus = Literal["pending", "held", "queued", "sending", "settled", "failed", "rejected"]
+PAYOUT_STATUS_OF_EVENT: dict[str, PayoutStatus] = {
+    "Held": "held",
+    "Queued": "queued",
+    "Sending": "sending",
+    "Settled": "settled",
+    "Failed": "failed",
+    "Rejected": "rejected",
+}
+"""A payout's status from its latest own event (``pending``: accepted, not screened yet)."""
+_PAYOUT_TIMES = (
+    "created_at_ms", "held_at_ms", "queued_at_ms", "sending_at_ms", "settled_at_ms",
+    "failed_at_ms", "updated_at_ms",
+)  # fmt: skip
+
+
+class BeneficiaryOut(BaseModel):
+    name: str
+    country: str
+    iban: str | None
+    bic: str | None
+    account_number: str | None
+    routing_number: str | None
+
+
+class PayoutHistoryItem(BaseModel):
+    event_id: str
+    type: EventType
+    code: str | None
+    reason: str | None
+    actor: str | None = Field(description="The officer of a review decision")
+    rule_codes: list[str]
+    previous_type: EventType | None
+    issued_at_ms: int
+
+
+class PayoutOut(BaseModel):
+    payout_id: str
+    batch_id: str
+    status: PayoutStatus
+    code: str | None = Field(
+        description="Why it failed: insufficient_funds, review_rejected, bank_rejected, ..."
+    )
+    reason: str | None = Field(description="An officer's reason, or the bank's reason code")
+    rule_codes: list[str] = Field(description="The screening rules it hit")
+    source_account: str
+    amount_minor: int
+    currency: str
+    reference: str | None
+    beneficiary: BeneficiaryOut
+    created_at_ms: int
+    held_at_ms: int | None
+    queued_at_ms: int | None
+    sending_at_ms: int | None
+    settled_at_ms: int | None
+    failed_at_ms: int | None
+    updated_at_ms: int
+    history: list[PayoutHistoryItem] | None = None
+
+    @classmethod
+    def of(cls, row: dict[str, Any], history: list[dict[str, Any]] | None = None) -> PayoutOut:
+        """From a ``payouts`` row (``records.PAYOUTS`` columns; status None: pending)."""
+        return cls(
+            payout_id=row["payout_id"], batch_id=row["batch_id"],
+            status=PAYOUT_STATUS_OF_EVENT.get(row["status"] or "", "pending"),
+            code=row["code"], reason=row["reason"], rule_codes=list(row["rule_codes"] or ()),
+            source_account=row["account_id"], amount_minor=row["amount_minor"],
+            currency=row["currency"], reference=row["reference"],
+            beneficiary=BeneficiaryOut(
+                name=row["beneficiary_name"], country=row["beneficiary_country"],
+                iban=row["beneficiary_iban"], bic=row["beneficiary_bic"],
+                account_number=row["beneficiary_account_number"],
+                routing_number=row["beneficiary_routing_number"],
+            ),
+            **{k: row[k] for k in _PAYOUT_TIMES},
+            history=None if history is None else [_history_item(h) for h in history],
+        )  # fmt: skip
+
+
+def _history_item(row: dict[str, Any]) -> PayoutHistoryItem:
+    return PayoutHistoryItem(**{**row, "rule_codes": list(row.get("rule_codes") or ())})
+
+
+class BatchTotal(BaseModel):
+    """The batch's payouts of one status and currency."""
+
+    status: PayoutStatus
+    currency: str
+    count: int
+    amount_minor: int
+
+
+class PayoutBatchOut(BaseModel):
+    batch_id: str
+    count: int
+    payouts: list[PayoutOut]
+    totals: list[BatchTotal]
+
+    @classmethod
+    def of(cls, batch_id: str, payouts: list[PayoutOut]) -> PayoutBatchOut:
+        sums: dict[tuple[PayoutStatus, str], tuple[int, int]] = {}
+        for p in payouts:
+            count, amount = sums.get((p.status, p.currency), (0, 0))
+            sums[(p.status, p.currency)] = (count + 1, amount + p.amount_minor)
+        totals = [
+            BatchTotal(status=status, currency=currency, count=count, amount_minor=amount)
+            for (status, currency), (count, amount) in sorted(sums.items())
+        ]
+        return cls(batch_id=batch_id, count=len(payouts), payouts=payouts, totals=totals)
+
+
+class ReviewPage(BaseModel):
+    """Held payouts waiting for a decision, longest waiting first."""
+
+    items: list[PayoutOut]
+    next_cursor: str | None
+
+
+class DecisionOut(BaseModel):
+    event_id: str
+    payout_id: str
+    partner_id: str
+    decision: Literal["approve", "reject", "override"]
+    officer: str
+    reason: str | None
+    rule_codes: list[str]
+    status_before: EventType
+    status_after: EventType
+    decided_at_ms: int
+
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> DecisionOut:
+        return cls(**{**row, "rule_codes": list(row["rule_codes"] or ())})
+
+
+class DecisionPage(BaseModel):
+    """Review decisions in the order they were made."""
+
+    items: list[DecisionOut]
+    next_cursor: str | None

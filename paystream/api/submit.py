@@ -68,12 +68,36 @@ REJECTION_STATUS: dict[RejectionCode, int] = {
     "amount_over_limit": 422,
     "duplicate_conflict": 409,
     "invalid_field": 422,
+    "invalid_beneficiary": 422,
+    "payout_not_found": 404,
+    "payout_not_held": 409,
+    "payout_not_overridable": 409,
 }
 """HTTP status of a refused command; codes absent here cannot come from an API-minted
 command and answer 500 (a bug)."""
 TERMINAL = frozenset(("Completed", "Reversed", "Rejected"))
 STATUS_EVENTS = frozenset(("Debited", *TERMINAL))
 ANSWERS = frozenset(("Debited", "Completed", "Rejected", "Duplicate"))
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """Which of a command's events answer it (the worker has decided) and which end what the
+    API waits for; ``raise_refusal``: a ``Rejected`` answer becomes the request's problem."""
+
+    answers: frozenset[str]
+    ends: frozenset[str]
+    raise_refusal: bool = True
+
+
+PAYMENT_FLOW = Flow(answers=ANSWERS, ends=TERMINAL)
+PAYOUT_FLOW = Flow(
+    answers=frozenset(("Held", "Queued", "Failed", "Rejected", "Duplicate")),
+    ends=frozenset(("Held", "Queued", "Failed", "Rejected")),
+    raise_refusal=False,
+)
+"""A payout request is answered, and the batch waits, until it is screened (held or queued)
+or refused; a refusal is that payout's state, not the batch's problem."""
 ENTRIES_AT_END: dict[tuple[str, str], int] = {
     ("Transfer", "Completed"): 3,  # pending debit, credit, post
     ("Transfer", "Reversed"): 2,  # pending debit, void
@@ -138,6 +162,7 @@ async def submit(
     send: Callable[[Command], Any],
     follower: EventFollower,
     wait_s: float | None,
+    flow: Flow = PAYMENT_FLOW,
 ) -> Answer:
     kind = type(command).__name__
     try:
@@ -147,32 +172,32 @@ async def submit(
         raise unavailable(f"the command was not accepted: {error}") from error
     metrics.COMMANDS.labels(type=kind, outcome="accepted").inc()
     try:
-        own = await follower.wait(command.command_id, _answered, ANSWER_WAIT_S)
+        own = await follower.wait(command.command_id, flow_answered(flow), ANSWER_WAIT_S)
     except TooManyWaiters as error:
         raise unavailable(str(error)) from error
     metrics.WAITS.labels(stage="answer", outcome="answered" if own else "timed_out").inc()
     if not own:
         return Answer(command.command_id, [], terminal=False)
-    first = next(s.event for s in own if s.event.type in ANSWERS)
-    if first.type == "Rejected":
+    first = next(s.event for s in own if s.event.type in flow.answers)
+    if first.type == "Rejected" and flow.raise_refusal:
         raise rejection(first.code, command.command_id)
     payment_id = command.command_id
     if first.type == "Duplicate" and first.original_payment_id is not None:
         payment_id = first.original_payment_id
     events = follower.seen(payment_id)
-    if wait_s and not _ended(events):
-        events = await follower.wait(payment_id, _ended, wait_s)
-        outcome = "ended" if _ended(events) else "timed_out"
-        metrics.WAITS.labels(stage="end", outcome=outcome).inc()
-    return Answer(payment_id, events, terminal=_ended(events))
+    ended = flow_ended(flow)
+    if wait_s and not ended(events):
+        events = await follower.wait(payment_id, ended, wait_s)
+        metrics.WAITS.labels(stage="end", outcome="ended" if ended(events) else "timed_out").inc()
+    return Answer(payment_id, events, terminal=ended(events))
 
 
-def _answered(seen: list[Seen]) -> bool:
-    return any(s.event.type in ANSWERS for s in seen)
+def flow_answered(flow: Flow) -> Callable[[list[Seen]], bool]:
+    return lambda seen: any(s.event.type in flow.answers for s in seen)
 
 
-def _ended(seen: list[Seen]) -> bool:
-    return final_event(seen) is not None
+def flow_ended(flow: Flow) -> Callable[[list[Seen]], bool]:
+    return lambda seen: final_event(seen, flow.ends) is not None
 
 
 def rejection(code: str | None, payment_id: str) -> Problem:
@@ -244,5 +269,6 @@ def accepted_row(command: Command, payment_id: str) -> read_models.Row:
     }  # fmt: skip
 
 
-def final_event(seen: list[Seen]) -> Seen | None:
-    return next((s for s in seen if s.event.type in TERMINAL and is_own_event(s.event)), None)
+def final_event(seen: list[Seen], ends: frozenset[str] = TERMINAL) -> Seen | None:
+    """The first of the payment's own events that ends it (``ends``)."""
+    return next((s for s in seen if s.event.type in ends and is_own_event(s.event)), None)

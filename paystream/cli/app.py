@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import typer
 
 from paystream import services
-from paystream.cli import accounts, auth, ops, payments, replay, up
+from paystream.cli import accounts, auth, ops, payments, rail, replay, screening, up
 from paystream.cli.client import ApiProblem, ApiUnreachable
 
 EXIT_PROBLEM = 1
@@ -33,6 +33,7 @@ app.command("worker")(ops.worker)
 app.add_typer(ops.sink_app, name="sink")
 app.command("api")(ops.api)
 app.command("analytics")(ops.analytics)
+app.command("rail-sim")(rail.rail_sim)
 app.command("token")(auth.token)
 app.add_typer(ops.db_app, name="db")
 app.add_typer(ops.audit_app, name="audit")
@@ -43,6 +44,7 @@ app.command("pay")(payments.pay)
 for _name, _command in payments.money_commands.items():
     app.command(_name)(_command)
 app.add_typer(payments.payments_app, name="payments")
+app.add_typer(screening.screening_app, name="screening")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,2 @@
+"""Payouts' processes and tools around the pure core (``paystream.ledger.payouts``): the
+screening rules' publication and the bank-rail connector."""
