@@ -4,8 +4,10 @@ Starts what ``paystream up`` starts (the services, two workers, a Postgres sink 
 API), opens accounts, funds them, runs a few thousand transfers straight into Kafka (with
 exact duplicates, conflicting duplicates, overdrafts and transfers to accounts closed
 meanwhile), waits for every transfer's terminal event, then sends payments through the
-REST API with a partner's client-credentials token and times them, then checks the recorded
-ledger and the audit store and prints a summary.
+REST API with a partner's client-credentials token and times them, pays out batches to
+external bank accounts through the bank-rail simulator (a few held for review; one approved,
+the rest left for the reader), then checks the recorded ledger and the audit store and
+prints a summary.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections import Counter
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from paystream import demo_api, services, workload
+from paystream import demo_api, demo_payouts, services, workload
 from paystream.analytics import remote
 from paystream.audit.audit_verify import ledger_topic_of, verify_store
 from paystream.audit.verify import LedgerReport
@@ -37,6 +39,7 @@ from paystream.topology.topics import analytics_group
 DEMO_MIX = workload.Mix(accounts=200, transfers=5_000)
 DEMO_WORKERS = 2
 OPS_CLIENT = "ops-console"
+REVIEW_CLIENT = "compliance-officer"
 ANALYTICS_TIMEOUT_S = 300.0
 
 
@@ -87,6 +90,7 @@ def _workload(settings: Settings, parts: Parts, load: workload.Workload) -> bool
     codes = platform.rejection_codes(load)
     platform.wait_audit_store()  # the API's answers wait for the read models (201)
     through_api = _through_the_api(settings, parts.api_url)
+    payouts = _payouts(settings, parts.api_url)
     report = platform.verify()
     audit_rows = platform.wait_audit_store()
     audit = verify_store(
@@ -94,6 +98,7 @@ def _workload(settings: Settings, parts: Parts, load: workload.Workload) -> bool
     )
     _print_summary(len(load.transfer_ids), elapsed_s, counts, report)
     _print_api(through_api)
+    _print_payouts(payouts, parts.api_url)
     print("\nPostgres audit store (paystream sink postgres), rows per table:")
     for table, rows in audit_rows.items():
         print(f"  {table:<16} {rows:>8,}")
@@ -101,7 +106,7 @@ def _workload(settings: Settings, parts: Parts, load: workload.Workload) -> bool
     print("\nevery record's answer, by code (hostile and mistaken records included):")
     for code, n in codes.most_common():
         print(f"  {code:<30} {n:>6}")
-    return report.balanced and audit.ok and not left
+    return report.balanced and audit.ok and not left and payouts.ended
 
 
 def _analytics_port() -> int:
@@ -153,6 +158,28 @@ def _through_the_api(settings: Settings, api_url: str) -> demo_api.ApiFigures:
     print(f"\nsending {demo_api.PAYMENTS} payments through the API at {api_url} ({CLIENT_DEFAULT}"
           f"'s token, Prefer: {demo_api.WAIT}, {demo_api.CONCURRENCY} at once) ...")  # fmt: skip
     return demo_api.run(api_url, token, seed=int(time.time()))
+
+
+def _payouts(settings: Settings, api_url: str) -> demo_payouts.PayoutFigures:
+    partner = access_token(settings, CLIENT_DEFAULT)
+    officer = access_token(settings, REVIEW_CLIENT)
+    count = demo_payouts.BATCHES * demo_payouts.PER_BATCH
+    print(f"\npaying out {count} payouts in {demo_payouts.BATCHES} batches through the API "
+          f"(screening: above {demo_payouts.THRESHOLD_MINOR / 100:,.2f} EUR is held for review; "
+          "the bank-rail simulator refuses about 3 %) ...")  # fmt: skip
+    return demo_payouts.run(settings, api_url, partner, officer)
+
+
+def _print_payouts(figures: demo_payouts.PayoutFigures, api_url: str) -> None:
+    p50, p95 = figures.percentile_ms(50), figures.percentile_ms(95)
+    print(f"\npayouts by status: {dict(figures.statuses)}; failure codes {dict(figures.codes)}")
+    if p50 is not None and p95 is not None:
+        print(f"  queued -> settled or failed by the bank: P50 {p50:.0f} ms, P95 {p95:.0f} ms")
+    if figures.approved:
+        print(f"  approved by {REVIEW_CLIENT}: {figures.approved}")
+    if figures.held:
+        print(f"  left held for you to review ({len(figures.held)}): README, 'Review a held "
+              f"payout'; the queue: GET {api_url}/v1/reviews?status=open")  # fmt: skip
 
 
 def _print_api(figures: demo_api.ApiFigures) -> None:

@@ -11,7 +11,7 @@ from paystream.cli.common import LOCAL_HOST, PORT_MAX
 if TYPE_CHECKING:
     from paystream.rail.simulator import SimulatorConfig
 
-__all__ = ["RAIL_SIM_PORT_DEFAULT", "rail_sim"]
+__all__ = ["RAIL_SIM_PORT_DEFAULT", "rail", "rail_sim"]
 
 RAIL_SIM_PORT_DEFAULT = 8070
 FAILURE_OPTIONS_MAX = 32
@@ -89,4 +89,59 @@ def _serve(config: SimulatorConfig, *, host: str, port: int) -> int:
 
     print(f"rail-sim: http://{host}:{port}/v1/credit-transfers (seed {config.seed})", flush=True)
     uvicorn.run(create_app(config), host=host, port=port, log_level="warning", access_log=False)
+    return 0
+
+
+RAIL_METRICS_PORT_DEFAULT = 9470
+
+
+def rail(
+    url: Annotated[
+        str, typer.Option(help="the bank rail's base URL (paystream rail-sim, or a real rail)")
+    ] = f"http://{LOCAL_HOST}:{RAIL_SIM_PORT_DEFAULT}",
+    name: Annotated[
+        str, typer.Option(help="unique per copy: its Kafka transactional id")
+    ] = "rail-1",
+    in_flight_max: Annotated[int, typer.Option(min=1, max=100_000)] = 512,
+    rate_per_s: Annotated[
+        float, typer.Option(min=1.0, help="starting send rate (AIMD adapts it)")
+    ] = 100.0,
+    rate_max_per_s: Annotated[float, typer.Option(min=1.0)] = 5_000.0,
+    metrics_port: Annotated[
+        int, typer.Option(min=0, max=PORT_MAX, help="0: no metrics server")
+    ] = RAIL_METRICS_PORT_DEFAULT,
+    metrics_host: Annotated[str, typer.Option()] = LOCAL_HOST,
+) -> int:
+    """send queued payouts to the bank rail and settle or fail them exactly once"""
+    import logging
+    import signal
+
+    from paystream.agents.supervisor import export_metrics_to
+    from paystream.settings import Settings
+
+    settings = Settings()
+    # Before anything imports prometheus_client: it picks multiprocess mode at import.
+    export_metrics_to(settings.data_dir / "metrics" / name)
+    from paystream.agents import metrics
+    from paystream.payouts.connector import RailOptions, RailService
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    for chatty in ("stamina", "httpx"):  # a line per retry, a line per request
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    options = RailOptions(
+        url=url, in_flight_max=in_flight_max, rate_per_s=min(rate_per_s, rate_max_per_s),
+        rate_max_per_s=rate_max_per_s,
+    )  # fmt: skip
+    service = RailService(settings, options, name=name)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda _signum, _frame: service.stop())
+    server = metrics.serve(metrics_port, host=metrics_host) if metrics_port else None
+    print(f"rail {name}: paying out through {url}", flush=True)
+    if server is not None:
+        print(f"rail {name}: metrics on http://{metrics_host}:{server.port}/metrics", flush=True)
+    try:
+        service.run()
+    finally:
+        if server is not None:
+            server.stop()
     return 0

@@ -35,7 +35,7 @@ from paystream.cli.common import (
     err,
     out,
 )
-from paystream.services.process import tail, wait_until
+from paystream.services.process import free_port, tail, wait_until
 from paystream.settings import Settings
 
 if TYPE_CHECKING:
@@ -93,18 +93,21 @@ class Parts:
 
     def __init__(
         self, platform: Platform, api: WorkerGroup, api_url: str, analytics: WorkerGroup,
-        analytics_url: str,
+        analytics_url: str, rail: WorkerGroup, rail_url: str,
     ) -> None:  # fmt: skip
         self.platform = platform
         self.api = api
         self.api_url = api_url
         self.analytics = analytics
         self.analytics_url = analytics_url
+        self.rail = rail
+        """The bank-rail simulator and the rail connector that pays out through it."""
+        self.rail_url = rail_url
         self.metrics_urls: dict[str, str] = {}
 
     @property
     def groups(self) -> tuple[WorkerGroup, ...]:
-        return (self.platform.workers, self.platform.sinks, self.api, self.analytics)
+        return (self.platform.workers, self.platform.sinks, self.api, self.analytics, self.rail)
 
 
 @contextlib.contextmanager
@@ -132,6 +135,12 @@ def started(
         count=1, env=env, log_dir=log_dir, prefix="analytics",
         command=lambda _name: analytics_command(analytics_port),
     )  # fmt: skip
+    rail_port = free_port()
+    rail_url = f"http://{LOCAL_HOST}:{rail_port}"
+    rail = WorkerGroup(
+        count=2, env=env, log_dir=log_dir, prefix="rail",
+        command=lambda name: rail_commands(name, rail_port),
+    )  # fmt: skip
     with contextlib.ExitStack() as stack:
         with err.status(f"starting {workers} workers, the sinks, the API and the dashboard ..."):
             platform = stack.enter_context(
@@ -140,6 +149,7 @@ def started(
             parts = Parts(
                 platform, stack.enter_context(api), f"http://{LOCAL_HOST}:{api_port}",
                 stack.enter_context(analytics), f"http://{LOCAL_HOST}:{analytics_port}",
+                stack.enter_context(rail), rail_url,
             )  # fmt: skip
         parts.metrics_urls = stack.enter_context(metrics_servers(settings, platform, metrics_ports))
         yield parts
@@ -149,6 +159,19 @@ def started(
 def api_command(port: int) -> tuple[str, ...]:
     """``paystream api --port <port>`` as a child process."""
     return (sys.executable, "-m", "paystream.cli", "api", "--host", LOCAL_HOST, "--port", str(port))
+
+
+RAIL_SIM_FAILURES = ("--fail", "AC04=0.02", "--fail", "AM04=0.01")
+"""The demo bank refuses about 3 % of payouts (closed account, insufficient funds)."""
+
+
+def rail_commands(name: str, port: int) -> tuple[str, ...]:
+    """``rail-1``: the bank-rail simulator on ``port``; ``rail-2``: the connector to it."""
+    cli = (sys.executable, "-m", "paystream.cli")
+    if name.endswith("-1"):
+        return (*cli, "rail-sim", "--host", LOCAL_HOST, "--port", str(port), *RAIL_SIM_FAILURES)
+    url = f"http://{LOCAL_HOST}:{port}"
+    return (*cli, "rail", "--url", url, "--name", "rail-connector", "--metrics-port", "0")
 
 
 def analytics_command(port: int) -> tuple[str, ...]:
@@ -296,8 +319,13 @@ def where_rows(parts: Parts, settings: Settings, issuer: str) -> list[tuple[str,
         ("dashboard login", "; ".join(dashboard_login(settings))),
         ("analytics JSON", f"{parts.analytics_url}/v1/analytics/funnel (scope ops:read)"),
         ("analytics metrics", f"{parts.analytics_url}/metrics"),
+        ("bank rail (simulator)", f"{parts.rail_url}/v1/report ({pids(parts.rail)})"),
         ("OIDC issuer", issuer),
-        ("clients", f"{CLIENT_DEFAULT}, partner-demo-2 (partners), ops-console (ops)"),
+        (
+            "clients",
+            f"{CLIENT_DEFAULT}, partner-demo-2 (partners), ops-console (ops),"
+            " compliance-officer (payout reviews)",
+        ),
         ("Kafka", settings.bootstrap),
         ("workers", pids(parts.platform.workers)),
         ("workers metrics", metrics.get("workers", "not served (--metrics-port 0)")),

@@ -70,6 +70,7 @@ COMMIT_INTERVAL_S: Final = 0.1
 CALL_TIMEOUT_S: Final = 30.0
 RESTARTS_MAX: Final = 1_000
 RESTART_PAUSE_S: Final = 2.0
+SESSION_TIMEOUT_S: Final = 10.0
 REASON_TEXT_LENGTH_MAX: Final = 500
 
 logger = logging.getLogger("paystream.rail")
@@ -309,6 +310,10 @@ def _consumer_config(settings: Settings) -> dict[str, Any]:
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
         "partition.assignment.strategy": "range",
+        # A killed connector's partitions move on after 10 s, not Kafka's default 45 s: its
+        # payouts wait at most that long (the workers' choice too).
+        "session.timeout.ms": int(SESSION_TIMEOUT_S * 1000),
+        "heartbeat.interval.ms": 1_000,
     }
 
 
