@@ -70,10 +70,15 @@ def line_rows(
 
 
 def is_final_entry(entry: JournalEntry) -> bool:
-    """Whether ``entry`` is its payment's last: a deposit's or a withdrawal's only entry, or
-    the entry that posts or voids a transfer's reservation (its money no longer in transit).
+    """Whether ``entry`` is its payment's last: a deposit's or a withdrawal's only entry, the
+    entry that posts or voids a transfer's reservation (its money no longer in transit), a
+    payout's settlement (after its reservation is posted) or the void of its reservation.
     Time to consistency is measured to it."""
-    return entry.kind in ("deposit", "withdrawal") or entry.phase in ("post", "void")
+    if entry.kind == "payout_debit":
+        return entry.phase == "void"
+    return entry.kind in ("deposit", "withdrawal", "payout_settlement") or entry.phase in (
+        "post", "void",
+    )  # fmt: skip
 
 
 def line_money(phase: Phase, line: JournalLine) -> Money:

@@ -72,8 +72,10 @@ BIN_SQL: Final = "least(if({ms} <= 1, 0, toUInt16(ceil(16 * log2({ms})))), 640)"
 """:func:`latency_bin` in ClickHouse's words (checked against it on the real engine)."""
 COMMAND_OF_KIND: Final = {
     "deposit": "Deposit", "withdrawal": "Withdrawal", "transfer_debit": "Transfer",
-    "transfer_credit": "Transfer",
+    "transfer_credit": "Transfer", "payout_debit": "RequestPayout",
+    "payout_settlement": "RequestPayout",
 }  # fmt: skip
+"""The command of each journal entry kind (``ledger.models.ENTRY_KINDS``, every one)."""
 
 
 def latency_bin(ms: int) -> int:

@@ -23,3 +23,29 @@ def test_a_millisecond_or_less_is_bin_0_and_the_last_bin_holds_the_rest() -> Non
     assert [latency_bin(ms) for ms in (-1, 0, 1)] == [0, 0, 0]
     assert bin_ms(0) == 0.0
     assert latency_bin(2**60) == BIN_MAX
+
+
+def test_every_entry_kind_has_its_command_and_a_payout_ends_once() -> None:
+    """Payouts' entries (issue 19) are counted like payments': each kind names its command,
+    and a payout's last entry is its settlement, or the void of its reservation."""
+    from collections import Counter
+
+    from paystream.analytics.rows import is_final_entry
+    from paystream.analytics.tallies import COMMAND_OF_KIND, Tally
+    from paystream.ledger import JournalEntry, SendPayout, SettlePayout
+    from paystream.ledger.models import ENTRY_KINDS
+    from tests.support.ledger import Cluster, fail_payout, make_account, rail, request_payout
+
+    assert set(COMMAND_OF_KIND) == set(ENTRY_KINDS)
+    cluster = Cluster.of([make_account("src", credits_minor=1_000)])
+    settled, failed = request_payout(1, amount_minor=100), request_payout(2, amount_minor=200)
+    cluster.apply([settled, failed])
+    cluster.apply([rail(SendPayout, 3, settled), rail(SendPayout, 4, failed)])
+    cluster.apply([rail(SettlePayout, 5, settled), fail_payout(6, failed)])
+    entries = [e for e in cluster.entries() if isinstance(e, JournalEntry)]
+    finals = Counter(e.payment_id for e in entries if is_final_entry(e))
+    assert finals == {settled.command_id: 1, failed.command_id: 1}
+    tally = Tally(first_offset=0, next_offset=len(entries))
+    for entry in entries:
+        tally.count_entry(entry, entry.issued_at_ms + 5)
+    assert sum(tally.histograms.values()) == 2
