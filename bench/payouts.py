@@ -19,7 +19,7 @@ reaches, so nothing waits for a person.
    is not hidden). ``--measure-s`` s after ``--warmup-s`` s of warm-up.
 
     .venv/bin/python -m bench.payouts [--batches 40] [--per-batch 50] [--concurrency 8]
-        [--rate 20] [--warmup-s 5] [--measure-s 20]
+        [--rate 2 20] [--warmup-s 5] [--measure-s 20]
 """
 
 from __future__ import annotations
@@ -63,7 +63,8 @@ PARTNER_CLIENT = "partner-demo-1"
 BATCHES = 40
 PER_BATCH = 50
 CONCURRENCY = 8
-RATE = 20
+RATES = (2.0, 20.0)
+"""Batches/s offered: what one API process sustains, then the seed's 20/s (overload here)."""
 WARMUP_S = 5.0
 MEASURE_S = 20.0
 REQUEST_TIMEOUT_S = 60.0
@@ -136,24 +137,29 @@ def wait_settled(dsn: str, batch_ids: list[str], count: int) -> tuple[float, Cou
 
 
 async def open_loop(
-    url: str, bearer: str, accounts: Sequence[str], args: argparse.Namespace
+    url: str, bearer: str, accounts: Sequence[str], args: argparse.Namespace, rate: float
 ) -> dict[str, Any]:
     """Batches at ``rate``/s; latency from each one's scheduled time to its response."""
-    count = int((args.warmup_s + args.measure_s) * args.rate)
-    latencies: list[tuple[float, float, int]] = []
+    count = int((args.warmup_s + args.measure_s) * rate)
+    latencies: list[tuple[float, float, str]] = []
     async with client(bearer) as http:
         start = time.monotonic() + 0.5
 
         async def shot(i: int) -> None:
-            at = start + i / args.rate
+            at = start + i / rate
             await asyncio.sleep(max(0.0, at - time.monotonic()))
-            answer = await post_batch(http, url, batch(accounts, 10_000 + i, args.per_batch))
-            latencies.append((at - start, (time.monotonic() - at) * 1000, answer.status_code))
+            try:
+                body = batch(accounts, int(rate * 100_000) + i, args.per_batch)
+                answer = await post_batch(http, url, body)
+                outcome = str(answer.status_code)
+            except httpx.HTTPError as error:  # counted, with its latency: nothing is hidden
+                outcome = type(error).__name__
+            latencies.append((at - start, (time.monotonic() - at) * 1000, outcome))
 
         await asyncio.gather(*(shot(i) for i in range(count)))
     measured = [ms for t, ms, _ in latencies if t >= args.warmup_s]
     return {
-        "rate_batches_per_s": args.rate,
+        "rate_batches_per_s": rate,
         "payouts_per_batch": args.per_batch,
         "measured": len(measured),
         "statuses": dict(Counter(status for _, _, status in latencies)),
@@ -215,8 +221,11 @@ def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
                     "bank": httpx.get(f"http://127.0.0.1:{port}/v1/report").json(),
                 }  # fmt: skip
                 print(json.dumps(found["throughput"], indent=2), flush=True)
-                found["latency"] = asyncio.run(open_loop(api.url, bearer, accounts, args))
-                print(json.dumps(found["latency"], indent=2), flush=True)
+                found["latency"] = []
+                for rate in sorted(args.rate):
+                    phase = asyncio.run(open_loop(api.url, bearer, accounts, args, rate))
+                    found["latency"].append(phase)
+                    print(json.dumps(phase, indent=2), flush=True)
     return found
 
 
@@ -232,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, default=BATCHES)
     parser.add_argument("--per-batch", type=int, default=PER_BATCH)
     parser.add_argument("--concurrency", type=int, default=CONCURRENCY)
-    parser.add_argument("--rate", type=float, default=RATE)
+    parser.add_argument("--rate", type=float, nargs="+", default=list(RATES))
     parser.add_argument("--warmup-s", type=float, default=WARMUP_S)
     parser.add_argument("--measure-s", type=float, default=MEASURE_S)
     args = parser.parse_args(argv)

@@ -194,7 +194,7 @@ class RailConnector:
             rate_max_per_s=self._options.rate_max_per_s,
             increase_per_s=self._options.rate_increase_per_s,
         )  # fmt: skip
-        bank = Bank(self._options.url, pacing=pacing, in_flight_max=self._options.in_flight_max)
+        bank = Bank(self._options.url, pacing=pacing)
         last_commit_s = time.monotonic()
         try:
             while not self._stopping.is_set():
@@ -208,7 +208,9 @@ class RailConnector:
                 for message in messages:
                     self._dispatch(message, bank)
                 if time.monotonic() - last_commit_s >= COMMIT_INTERVAL_S:
-                    await asyncio.to_thread(self._commit)
+                    ready, offsets = self._take_ready()
+                    if ready or offsets:
+                        await asyncio.to_thread(self._transact, ready, offsets)
                     last_commit_s = time.monotonic()
         finally:
             for task in self._tasks.values():
@@ -260,8 +262,10 @@ class RailConnector:
             event, report, partitions=self._topics.partitions, now_ms=int(time.time() * 1000)
         )
 
-    def _commit(self) -> None:
-        """Produce the ready commands and commit the offsets they complete, in one transaction."""
+    def _take_ready(self) -> tuple[list[RailCommand], list[TopicPartition]]:
+        """The commands ready since the last transaction and the offsets they complete. On
+        the event loop's thread, the only one that touches ``_ready`` and ``_progress``: a
+        task finishing during the transaction lands in the next one."""
         ready, self._ready = self._ready, []
         for partition, offset, _ in ready:
             self._progress[partition].done(offset)
@@ -270,10 +274,12 @@ class RailConnector:
             for partition, progress in sorted(self._progress.items())
             if (committable := progress.committable()) is not None
         ]
-        if not ready and not offsets:
-            return
+        return [command for _, _, command in ready], offsets
+
+    def _transact(self, commands: list[RailCommand], offsets: list[TopicPartition]) -> None:
+        """Produce ``commands`` and commit ``offsets``, in one transaction (a thread's work)."""
         self._producer.begin_transaction()
-        for _, _, command in ready:
+        for command in commands:
             self._producer.produce(
                 self._topics.commands, key=command.account_id.encode(),
                 value=self._serde.encode_command(command),

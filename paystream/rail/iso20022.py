@@ -52,6 +52,7 @@ import xmlschema
 from pyiso20022.pacs import pacs_002_001_10 as pacs002
 from pyiso20022.pain import pain_001_001_09 as pain001
 from xsdata.exceptions import ParserError
+from xsdata.formats.dataclass.context import XmlContext
 from xsdata.formats.dataclass.parsers import XmlParser
 from xsdata.formats.dataclass.parsers.config import ParserConfig
 from xsdata.formats.dataclass.serializers import XmlSerializer
@@ -267,10 +268,18 @@ def _validate_pain001(tree: Element) -> None:
         raise InvalidMessage(text[:ERROR_TEXT_LENGTH_MAX])
 
 
+_CONTEXT: Final = XmlContext()
+"""One binding context for every message: it caches each class's metadata (a fresh context
+per message rebuilt it every time. Measured on the 2-core machine, per message: building a
+pain.001 9.9 -> 2.7 ms, reading one 8.4 -> 2.0 ms, building a pacs.002 4.5 -> 0.7 ms, reading
+one 2.1 -> 0.4 ms. Parsers and serializers are made per call: cheap, never shared between
+threads)."""
+_SERIALIZER_CONFIG: Final = SerializerConfig(encoding="UTF-8", xml_declaration=True, indent=None)
+
+
 def _serialize(document: object, *, namespace: str) -> bytes:
-    config = SerializerConfig(encoding="UTF-8", xml_declaration=True, indent=None)
-    text = XmlSerializer(config=config).render(document, ns_map={None: namespace})
-    return text.encode("utf-8")
+    serializer = XmlSerializer(context=_CONTEXT, config=_SERIALIZER_CONFIG)
+    return serializer.render(document, ns_map={None: namespace}).encode("utf-8")
 
 
 _STRICT = ParserConfig(
@@ -283,7 +292,7 @@ _STRICT = ParserConfig(
 def _bind(data: bytes, document_type: type[Any]) -> Any:
     """The bindings' strict reading of bytes already read by :func:`_read_tree`."""
     try:
-        return XmlParser(config=_STRICT).from_bytes(data, document_type)
+        return XmlParser(context=_CONTEXT, config=_STRICT).from_bytes(data, document_type)
     except (ParserError, TypeError, ValueError) as error:
         raise InvalidMessage(f"not a valid message: {error}"[:ERROR_TEXT_LENGTH_MAX]) from None
 
