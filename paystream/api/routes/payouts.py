@@ -60,9 +60,12 @@ from paystream.api.submit import (
 from paystream.audit import records
 from paystream.ledger import RequestPayout, is_own_event
 from paystream.ledger.models import AMOUNT_MAX_MINOR, BENEFICIARY_NAME_LENGTH_MAX
+from paystream.rail.iso20022 import PAIN001_AMOUNT_MAX_MINOR
 from paystream.settings import PAYOUTS_PER_BATCH_LIMIT
 
 PAYOUT_ID_LENGTH_MAX = 64
+PAYOUT_AMOUNT_MAX_MINOR = min(AMOUNT_MAX_MINOR, PAIN001_AMOUNT_MAX_MINOR)
+"""A payout the bank rail's message could not carry is refused here, not failed later."""
 BATCH_ID_PREFIX = "pb_"
 BATCH_ID_DIGEST_CHARS = 32
 BATCH_ID_LENGTH_MAX = len(BATCH_ID_PREFIX) + BATCH_ID_DIGEST_CHARS
@@ -104,7 +107,14 @@ class BeneficiaryIn(BaseModel):
 class PayoutIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     source_account: ClientAccountId
-    amount_minor: Annotated[StrictInt, Field(gt=0, le=AMOUNT_MAX_MINOR)]
+    amount_minor: Annotated[
+        StrictInt,
+        Field(
+            gt=0,
+            le=PAYOUT_AMOUNT_MAX_MINOR,
+            description="At most what a pain.001 carries: 18 digits (the ledger takes 2**63-1)",
+        ),
+    ]
     currency: Currency
     beneficiary: BeneficiaryIn
     reference: Reference | None = None

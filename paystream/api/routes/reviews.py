@@ -79,7 +79,13 @@ def list_reviews(
     )
 
 
-@router.post("/{payout_id}/decision", response_model=PayoutOut)
+@router.post(
+    "/{payout_id}/decision",
+    response_model=PayoutOut,
+    responses={
+        202: {"model": PayoutOut, "description": "Applied; the read models do not show it yet"}
+    },
+)
 async def decide(
     payout_id: PayoutId, body: DecisionIn, who: Reviewer, ctx: Ctx, key: IdempotencyKey
 ) -> JSONResponse:
