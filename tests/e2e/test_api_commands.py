@@ -541,7 +541,8 @@ def test_paystream_up_serves_the_api_and_stops_what_it_started(
         children = [int(pid) for pid in subprocess.run(
             ["pgrep", "-P", str(up.pid)], capture_output=True, text=True
         ).stdout.split()]  # fmt: skip
-        assert len(children) == 4, children  # one worker, one sink, the API, the analytics
+        # one worker, one sink, the API, the analytics, the bank-rail simulator, the connector
+        assert len(children) == 6, children
     finally:
         up.send_signal(signal.SIGINT)
         code = up.wait(UP_TIMEOUT_S)
