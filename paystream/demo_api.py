@@ -38,9 +38,14 @@ class ApiFigures:
 
     def percentile_ms(self, q: float) -> float:
         """Nearest-rank percentile ``q`` (0..100) of the latencies."""
-        ordered = sorted(self.latencies_ms)
-        rank = max(1, -(-len(ordered) * q // 100))  # ceil
-        return ordered[int(rank) - 1]
+        return nearest_rank(self.latencies_ms, q)
+
+
+def nearest_rank(values: list[float] | list[int], q: float) -> float:
+    """The nearest-rank percentile ``q`` (0..100) of ``values`` (not empty)."""
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * q // 100))  # ceil
+    return float(ordered[int(rank) - 1])
 
 
 def run(api_url: str, token: str, *, seed: int, payments: int = PAYMENTS) -> ApiFigures:

@@ -17,6 +17,7 @@ from typing import Any, Final
 import httpx
 from rich.progress import Progress
 
+from paystream.demo_api import nearest_rank
 from paystream.ledger.screening import CurrencyLimits, ScreeningRules
 from paystream.payouts.screening import publish_rules
 from paystream.settings import Settings
@@ -51,10 +52,7 @@ class PayoutFigures:
     ended: bool = False
 
     def percentile_ms(self, q: float) -> float | None:
-        ordered = sorted(self.queued_to_end_ms)
-        if not ordered:
-            return None
-        return float(ordered[max(0, -(-len(ordered) * int(q) // 100) - 1)])
+        return nearest_rank(self.queued_to_end_ms, q) if self.queued_to_end_ms else None
 
 
 def run(settings: Settings, api_url: str, partner: str, officer: str) -> PayoutFigures:

@@ -110,7 +110,7 @@ def account_lines(conn: Connection, account_id: str, *, cursor: str | None, limi
 
 # --- payments ---------------------------------------------------------------------------------
 
-_PAYMENT_COLUMNS = ", ".join(records.PAYMENT_COLUMNS)
+_PAYMENT_COLUMNS = ", ".join(records.PAYMENTS.columns)
 
 
 def payment(conn: Connection, payment_id: str) -> Row | None:

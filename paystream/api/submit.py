@@ -251,7 +251,7 @@ def row_from_events(seen: list[Seen]) -> read_models.Row | None:
             continue
         later = records.payment_row(item.event)
         row = later if row is None else records.PAYMENTS.then(row, later)
-    return None if row is None else dict(zip(records.PAYMENT_COLUMNS, row, strict=True))
+    return None if row is None else dict(zip(records.PAYMENTS.columns, row, strict=True))
 
 
 def accepted_row(command: Command, payment_id: str) -> read_models.Row:

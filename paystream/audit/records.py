@@ -213,7 +213,6 @@ PAYMENTS = Fold(
         *STEP_COLUMN.values(),
     ),
 )  # fmt: skip
-PAYMENT_COLUMNS = PAYMENTS.columns
 
 
 def payment_row(event: Event) -> tuple[Any, ...]:
@@ -252,7 +251,6 @@ PAYOUTS = Fold(
     latest=("status", "code", "reason", "rule_codes", "updated_at_ms", "last_event_id"),
     latest_known=tuple(PAYOUT_STEP_COLUMN.values()),
 )  # fmt: skip
-PAYOUT_COLUMNS = PAYOUTS.columns
 
 
 def is_payout_state(event: Event) -> bool:

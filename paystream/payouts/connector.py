@@ -53,7 +53,7 @@ from paystream.settings import Settings
 from paystream.topology.avro import AvroSerde
 from paystream.topology.partitioner import partition_for
 from paystream.topology.registry import registry_from_url
-from paystream.topology.topics import Topics, ensure_topics
+from paystream.topology.topics import Topics, ensure_topics, rail_group
 
 __all__ = [
     "Debtor",
@@ -254,7 +254,7 @@ class RailConnector:
             metrics.RAIL_IN_FLIGHT.set(len(self._tasks))
         outcome = "settled" if report.status == "ACSC" else "failed"
         metrics.RAIL_OUTCOMES.labels(outcome=outcome, reason_code=report.reason_code or "").inc()
-        metrics.RAIL_QUEUED_TO_SETTLED_SECONDS.observe(time.monotonic() - started_s)
+        metrics.RAIL_BANK_SECONDS.observe(time.monotonic() - started_s)
         self._ready.append((partition, offset, self._command(event, report)))
 
     def _command(self, event: Event, report: StatusReport | None) -> RailCommand:
@@ -333,10 +333,6 @@ def _producer_config(settings: Settings, name: str) -> dict[str, Any]:
         "acks": "all",
         "linger.ms": 2,
     }
-
-
-def rail_group(settings: Settings) -> str:
-    return f"{settings.topic_prefix}-rail"
 
 
 class RailService:

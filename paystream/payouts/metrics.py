@@ -36,8 +36,9 @@ RAIL_GIVEN_UP = Counter(
     "Payouts left Sending after every retry round failed (the rail unreachable for hours):"
     " they are retried when the connector restarts, and never failed blindly.",
 )
-RAIL_QUEUED_TO_SETTLED_SECONDS = Histogram(
-    "paystream_rail_queued_to_settled_seconds",
-    "From a payout's Sending command to the bank's final answer.",
+RAIL_BANK_SECONDS = Histogram(
+    "paystream_rail_bank_seconds",
+    "From the connector taking up a Sending payout to the bank's final answer (retries,"
+    " throttling and status polls included).",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
 )

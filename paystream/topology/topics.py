@@ -111,6 +111,11 @@ def postgres_sink_group(settings: Settings) -> str:
     return f"{settings.topic_prefix}-sink-postgres"
 
 
+def rail_group(settings: Settings) -> str:
+    """The rail connectors' consumer group (and their transactional ids' prefix)."""
+    return f"{settings.topic_prefix}-rail"
+
+
 def analytics_group(settings: Settings) -> str:
     """The analytics sinks' consumer group: the name their stored positions go by."""
     return f"{settings.topic_prefix}-analytics"

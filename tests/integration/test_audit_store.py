@@ -150,7 +150,7 @@ def test_a_payment_read_in_one_batch_equals_one_event_per_batch(audit_dsn: str) 
     journal, answers = saga_facts()
     assert len(answers) > len({e.payment_id for e in answers})  # several events per payment
     migrate(audit_dsn)
-    payments = f"SELECT {', '.join(records.PAYMENT_COLUMNS)} FROM payments ORDER BY payment_id"
+    payments = f"SELECT {', '.join(records.PAYMENTS.columns)} FROM payments ORDER BY payment_id"
     conn = sink_connection(audit_dsn)
     heads = store.chain_heads(conn, ["ledger:0", "events:0"])
     write(conn, batch(journal, answers), None, heads)
@@ -269,7 +269,7 @@ def test_payouts_fold_into_their_rows_and_reviews_with_a_chained_history(dsn: st
 def test_a_payout_read_in_one_batch_equals_one_event_per_batch(audit_dsn: str) -> None:
     journal, answers, _ = payout_facts()
     migrate(audit_dsn)
-    payouts = f"SELECT {', '.join(records.PAYOUT_COLUMNS)} FROM payouts ORDER BY payout_id"
+    payouts = f"SELECT {', '.join(records.PAYOUTS.columns)} FROM payouts ORDER BY payout_id"
     conn = sink_connection(audit_dsn)
     write(conn, batch(journal, answers), None, store.chain_heads(conn, ["ledger:0", "events:0"]))
     in_one = conn.execute(payouts).fetchall()
