@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint venv bench browser services-down clean
+.PHONY: demo test lint venv bench browser kcat services-down clean
 
 $(BIN)/.installed: pyproject.toml
 	@echo "==> creating the virtualenv $(VENV) and installing paystream with its dev tools"
@@ -38,7 +38,15 @@ browser:
 	    $(BROWSER_PACKAGES); \
 	fi
 
-test: lint browser
+# The partner tests read a partner's topic with Debian's kcat, as a partner would.
+kcat:
+	@if command -v kcat >/dev/null; then :; else \
+	  echo "==> installing kcat from Debian (the partner topic tests)"; \
+	  $(SUDO) apt-get update -q && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends kcat; \
+	fi
+
+test: lint browser kcat
 	@echo "==> pytest: unit, property, integration and end-to-end tests on real Kafka, Postgres, ClickHouse"
 	$(BIN)/python -m pytest
 

@@ -61,7 +61,7 @@ def platform(home: Path) -> Iterator[Platform]:
     try:
         settings = Settings(
             environment="test", data_dir=home / "data", kafka_bootstrap=broker.bootstrap,
-            topic_prefix="bench-analytics",
+            kafka_security="plaintext", topic_prefix="bench-analytics",
         )  # fmt: skip
         with running(settings, workers=2, log_dir=home / "logs") as started:
             yield started
@@ -82,7 +82,7 @@ class Sink:
         self.loop = sink.build(platform.settings, "bench", client=self.client, database=DATABASE,
                                lock=self.lock)  # fmt: skip
         self.thread = threading.Thread(target=self.loop.run, name="sink", daemon=True)
-        self.admin = AdminClient({"bootstrap.servers": platform.bootstrap})
+        self.admin = AdminClient(platform.kafka.config())
         self.partitions = platform.settings.partitions
 
     def behind(self) -> int:

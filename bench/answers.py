@@ -79,7 +79,8 @@ def platform(bootstrap: str, home: Path, *, name: str, partitions: int) -> Itera
     """Topics of their own and ``WORKERS`` worker processes as shipped; stopped on exit."""
     tag = f"{name}-{uuid.uuid4().hex[:6]}"
     settings = Settings(
-        environment="test", data_dir=home / tag, kafka_bootstrap=bootstrap, topic_prefix=tag,
+        environment="test", data_dir=home / tag, kafka_bootstrap=bootstrap,
+        kafka_security="plaintext", topic_prefix=tag,
         partitions=partitions,
     )  # fmt: skip
     with running(settings, workers=WORKERS, log_dir=home / tag / "logs") as found:
@@ -115,7 +116,7 @@ class Answers:
         self._awaited: set[str] = set()
         self.found: dict[str, Answer] = {}
         self._consumer = Consumer({
-            "bootstrap.servers": p.bootstrap, "group.id": "bench-answers",
+            "bootstrap.servers": p.kafka.bootstrap, "group.id": "bench-answers",
             "enable.auto.commit": False, "isolation.level": "read_committed",
         })  # fmt: skip
         self._consumer.assign([TopicPartition(p.topics.events, q, o) for q, o in start.items()])
@@ -159,7 +160,7 @@ class Answers:
 @contextlib.contextmanager
 def answers_of(p: Platform) -> Iterator[Answers]:
     """An :class:`Answers` from the end of ``events`` now; closed on exit."""
-    answers = Answers(p, end_offsets(p.bootstrap, p.topics.events, p.settings.partitions))
+    answers = Answers(p, end_offsets(p.kafka.bootstrap, p.topics.events, p.settings.partitions))
     try:
         yield answers
     finally:
@@ -170,9 +171,9 @@ def command_times(p: Platform, start: Mapping[int, int], ids: Collection[str]) -
     """Command id -> its record timestamp on ``commands`` (LogAppendTime), for ``ids``, read
     from ``start`` up to the end offsets now."""
     topic = p.topics.commands
-    ends = end_offsets(p.bootstrap, topic, len(start))
+    ends = end_offsets(p.kafka.bootstrap, topic, len(start))
     consumer = Consumer({
-        "bootstrap.servers": p.bootstrap, "group.id": "bench-answers-commands",
+        "bootstrap.servers": p.kafka.bootstrap, "group.id": "bench-answers-commands",
         "enable.auto.commit": False, "isolation.level": "read_committed",
     })  # fmt: skip
     consumer.assign([TopicPartition(topic, q, o) for q, o in start.items()])

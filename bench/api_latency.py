@@ -1127,7 +1127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             identity_provider(work_dir) as keycloak,
         ):
             results["machine"] = machine_facts(postgres.dsn())
-            base = Settings(environment="test", kafka_bootstrap=bootstrap)
+            base = Settings(
+                environment="test", kafka_bootstrap=bootstrap, kafka_security="plaintext"
+            )
             for index in range(1, args.runs + 1):
                 results["runs"].append(
                     run_once(

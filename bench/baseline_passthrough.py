@@ -82,7 +82,7 @@ from paystream.ledger import ensure
 from paystream.runner import running
 from paystream.services.kafka import start_on_free_ports
 from paystream.services.process import read_pid
-from paystream.settings import Settings
+from paystream.settings import KafkaConnection, Settings
 from paystream.topology.reader import read_to_end
 from paystream.topology.shell import source
 from paystream.topology.topics import TOPIC_CREATE_TIMEOUT_S, Topics, ensure_topics
@@ -170,7 +170,8 @@ class Tally:
 def tally(bootstrap: str, topic: str) -> Tally:
     """Every committed record of ``topic``: how many, and their key and value bytes."""
     records = key_bytes = value_bytes = 0
-    for message in read_to_end(bootstrap, topic, isolation="read_committed"):
+    kafka = KafkaConnection.plaintext(bootstrap)
+    for message in read_to_end(kafka, topic, isolation="read_committed"):
         records += 1
         key_bytes += len(message.key() or b"")
         value_bytes += len(message.value() or b"")
@@ -239,7 +240,8 @@ def measure_wire(bootstrap: str, work_dir: Path, *, transfers: int) -> WireMeasu
     ensure(0 < transfers <= PROFILE_TRANSFERS_MAX, "profile transfers out of bounds")
     settings = Settings(
         environment="test", data_dir=work_dir / "data", kafka_bootstrap=bootstrap,
-        topic_prefix=f"bench-wire-{uuid.uuid4().hex[:8]}", partitions=PARTITIONS,
+        kafka_security="plaintext", topic_prefix=f"bench-wire-{uuid.uuid4().hex[:8]}",
+        partitions=PARTITIONS,
     )  # fmt: skip
     with running(settings, workers=1, log_dir=work_dir / "logs") as platform:
         load = workload.build(
@@ -273,6 +275,7 @@ def producer_options(bootstrap: str, transactional_id: str) -> dict[str, Any]:
     """The worker's producer (paystream.agents.worker.producer_config), every option said."""
     return {
         "bootstrap.servers": bootstrap,
+        "security.protocol": "plaintext",
         "transactional.id": transactional_id,
         "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
         "acks": "all",  # implied by transactional.id; the worker leaves it implied
@@ -291,6 +294,7 @@ def consumer_options(bootstrap: str, group_id: str, client_id: str) -> dict[str,
     """The worker's consumer (paystream.agents.worker.consumer_config), every option said."""
     return {
         "bootstrap.servers": bootstrap,
+        "security.protocol": "plaintext",
         "group.id": group_id,
         "client.id": client_id,
         "enable.auto.commit": False,
@@ -315,7 +319,9 @@ IDENTITY_OPTIONS = frozenset({"bootstrap.servers", "group.id", "client.id", "tra
 def option_differences() -> dict[str, dict[str, dict[str, Any]]]:
     """Option -> {worker, passthrough} where the two differ ("unset": librdkafka's
     default), beside the identities (bootstrap, group, client and transactional ids)."""
-    settings = Settings(environment="test", kafka_bootstrap="127.0.0.1:1")
+    settings = Settings(
+        environment="test", kafka_bootstrap="127.0.0.1:1", kafka_security="plaintext"
+    )
     pairs = {
         "producer": (producer_config(settings, "w"), producer_options("x", "x")),
         "consumer": (consumer_config(settings, "w"), consumer_options("x", "x", "x")),
@@ -425,7 +431,7 @@ class Payloads:
 
 def create_topics(bootstrap: str, topics: Topics) -> None:
     """paystream's topics with their configurations, and the legs sink as ``legs``."""
-    ensure_topics(bootstrap, topics)
+    ensure_topics(KafkaConnection.plaintext(bootstrap), topics)
     admin = AdminClient({"bootstrap.servers": bootstrap})
     sink = NewTopic(
         legs_sink(topics), num_partitions=PARTITIONS, replication_factor=1,

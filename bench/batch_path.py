@@ -41,7 +41,7 @@ from paystream.agents.processor import BALANCES, IDEMPOTENCY, INDEXES, BatchProc
 from paystream.agents.stores import Stores
 from paystream.ledger import Deposit, DirectoryEntry, OpenAccount, Rules, Transfer, mint_command_id
 from paystream.runtime import fewer_collections
-from paystream.settings import Settings
+from paystream.settings import KafkaConnection, Settings
 from paystream.topology.avro import AvroSerde
 from paystream.topology.partitioner import partition_for
 from paystream.topology.registry import FileSchemaRegistry
@@ -70,7 +70,7 @@ class _Path:
             FileSchemaRegistry(home / "registry.json"), topics=self.topics.payloads()
         )
         self.stores = Stores(
-            directory=home / "stores", bootstrap="127.0.0.1:9",
+            directory=home / "stores", kafka=KafkaConnection.plaintext("127.0.0.1:9"),
             changelogs={BALANCES: self.topics.balances_changelog,
                         IDEMPOTENCY: self.topics.idempotency_changelog},
             indexes=INDEXES, client_id="bench", topic_ids=lambda names: dict.fromkeys(names, "id"),

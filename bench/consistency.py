@@ -418,7 +418,7 @@ def observe(settings: Settings, dsn: str, control: Connection) -> None:
     serde = AvroSerde(registry, topics=topics.payloads())
     poller = VisibilityPoller(dsn, settings.partitions)
     clock = EventClock(
-        bootstrap=settings.bootstrap, topic=topics.events, serde=serde,
+        bootstrap=settings.kafka.bootstrap, topic=topics.events, serde=serde,
         partitions=settings.partitions,
     )  # fmt: skip
     poller.start()
@@ -755,7 +755,7 @@ def expected_facts(platform: Platform) -> dict[str, int]:
         "dlq": platform.topics.dlq,
     }
     return {
-        table: sum(1 for _ in read_to_end(platform.bootstrap, topics[kind]))
+        table: sum(1 for _ in read_to_end(platform.kafka, topics[kind]))
         for table, kind in FACT_TABLES.items()
     }
 
@@ -1311,7 +1311,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         with services(args.bootstrap, work_dir) as (bootstrap, postgres):
             server_dsn = postgres.dsn()
             results["machine"] = machine_facts(server_dsn)
-            base = Settings(environment="test", kafka_bootstrap=bootstrap)
+            base = Settings(
+                environment="test", kafka_bootstrap=bootstrap, kafka_security="plaintext"
+            )
             run_phases(args, results, base, server_dsn, work_dir, postgres)
     table = report(results)
     print(table)

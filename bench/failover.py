@@ -141,7 +141,7 @@ def held_partitions(platform: Platform, worker: str) -> set[int]:
     """The partitions group member ``worker`` holds now."""
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": platform.bootstrap})
+    admin = AdminClient(platform.kafka.config())
     group_id = app_id_for(platform.settings)
     group = admin.describe_consumer_groups([group_id])[group_id].result(timeout=10)
     member_id = member_id_for(platform.settings, worker)
@@ -207,7 +207,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-failover-") as tmp:
         work_dir = Path(tmp)
         with broker(args.bootstrap, work_dir) as bootstrap:
-            base = Settings(environment="test", kafka_bootstrap=bootstrap)
+            base = Settings(
+                environment="test", kafka_bootstrap=bootstrap, kafka_security="plaintext"
+            )
             outcomes = []
             for timeout_s in args.timeouts:
                 print(f"transaction timeout {timeout_s:g} s:", flush=True)

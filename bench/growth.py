@@ -153,7 +153,7 @@ def store_size(p: Platform) -> dict[str, Any]:
     """Live idempotency keys (from the changelog: last value not a tombstone, index and
     clock rows left out) and the bytes of the workers' RocksDB directories."""
     live: dict[bytes, bool] = {}
-    for message in read_to_end(p.bootstrap, p.topics.idempotency_changelog):
+    for message in read_to_end(p.kafka, p.topics.idempotency_changelog):
         key = message.key() or b""
         if key == codecs.CLOCK_KEY or key.startswith(codecs.EXPIRY_INDEX_PREFIX):
             continue

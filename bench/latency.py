@@ -126,7 +126,7 @@ def offered_load(
     commands after the first ``warmup_s``), rates and the CPU each role used (from the first
     publish to the last answer)."""
     ids = [t.command_id for t in traffic]
-    commands_start = end_offsets(p.bootstrap, p.topics.commands, PARTITIONS)
+    commands_start = end_offsets(p.kafka.bootstrap, p.topics.commands, PARTITIONS)
     usage = worker_usage(p, home)
     before = usage.snapshot()
     publisher = PacedPublisher(p, traffic, per_second)

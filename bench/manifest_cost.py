@@ -43,7 +43,8 @@ def one_run(transfers: int) -> dict[str, Any]:
         broker = start_on_free_ports(home / "kafka")
         try:
             settings = Settings(environment="test", data_dir=home / "data",
-                                kafka_bootstrap=broker.bootstrap, topic_prefix="bench")  # fmt: skip
+                                kafka_bootstrap=broker.bootstrap, kafka_security="plaintext",
+                                topic_prefix="bench")  # fmt: skip
             with running(settings, workers=1, log_dir=home / "logs") as platform:
                 mix = replace(workload.Mix(accounts=2_000, transfers=transfers),
                               partitions=settings.partitions)  # fmt: skip

@@ -184,7 +184,9 @@ def rail_processes(env: dict[str, str], log_dir: Path, port: int) -> WorkerGroup
 def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
     with services(None, work_dir) as (bootstrap, postgres), identity_provider(work_dir) as kc:
         tag = uuid.uuid4().hex[:8]
-        settings = Settings(environment="test", kafka_bootstrap=bootstrap).model_copy(
+        settings = Settings(
+            environment="test", kafka_bootstrap=bootstrap, kafka_security="plaintext"
+        ).model_copy(
             update={
                 "topic_prefix": f"bench-payouts-{tag}",
                 "data_dir": work_dir / tag,
@@ -199,7 +201,7 @@ def run(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
         with running(settings, workers=WORKERS, log_dir=logs, sinks=SINKS) as platform:
             dsn = dsn_of(platform)
             wait_migrated(dsn)
-            env = child_env(settings, bootstrap=bootstrap, log_level="warn")
+            env = child_env(settings, log_level="warn")
             port = free_port()
             with (
                 rail_processes(env, logs, port),

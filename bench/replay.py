@@ -133,12 +133,12 @@ def main() -> None:
         try:
             settings = Settings(
                 environment="test", data_dir=home / "data", kafka_bootstrap=broker.bootstrap,
-                topic_prefix="bench-replay",
+                kafka_security="plaintext", topic_prefix="bench-replay",
             )  # fmt: skip
             with running(settings, workers=1, log_dir=home / "logs") as platform:
                 record_log(platform, args.transfers)
                 started = time.monotonic()
-                log = read_log(platform.bootstrap, platform.topics, platform.serde)
+                log = read_log(platform.kafka, platform.topics, platform.serde)
                 read_s = time.monotonic() - started
                 shell = Shell(topics=platform.topics, serde=platform.serde)
             print(f"recorded {args.transfers:,} transfers, read the log in {read_s:.1f} s; "

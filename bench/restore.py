@@ -509,6 +509,7 @@ class Bench:
         """What a worker reads its settings from (``paystream.settings``)."""
         return {
             "PAYSTREAM_KAFKA_BOOTSTRAP": self.bootstrap,
+            "PAYSTREAM_KAFKA_SECURITY": self.settings.kafka_security,
             "PAYSTREAM_DATA_DIR": str(self.settings.data_dir),
             "PAYSTREAM_TOPIC_PREFIX": self.settings.topic_prefix,
             "PAYSTREAM_PARTITIONS": str(self.settings.partitions),
@@ -666,7 +667,7 @@ class Load:
         )
         self._funded = [c.account_id for c in self._workload.setup if isinstance(c, Deposit)]
         self._publisher = CommandPublisher(
-            bootstrap=bench.bootstrap, topic=bench.topics.commands, serde=bench.serde
+            kafka=bench.settings.kafka, topic=bench.topics.commands, serde=bench.serde
         )
         self._rng = random.Random(7)
         self._stop = threading.Event()
@@ -1073,13 +1074,14 @@ def make_bench(args: argparse.Namespace, bootstrap: str) -> Bench:
     settings = Settings(
         data_dir=args.data_dir,
         kafka_bootstrap=bootstrap,
+        kafka_security="plaintext",
         topic_prefix=args.prefix,
         partitions=args.partitions,
     )
     topics = Topics.from_settings(settings)
-    ensure_topics(bootstrap, topics)
+    ensure_topics(settings.kafka, topics)
     serde = AvroSerde(registry_from_url(None, settings.data_dir), topics=topics.payloads())
-    publisher = CommandPublisher(bootstrap=bootstrap, topic=topics.commands, serde=serde)
+    publisher = CommandPublisher(kafka=settings.kafka, topic=topics.commands, serde=serde)
     return Bench(settings=settings, topics=topics, serde=serde, publisher=publisher)
 
 

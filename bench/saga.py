@@ -73,7 +73,8 @@ def scenario(
     """One scenario on its own topics: payments/s and the terminal events over time."""
     settings = Settings(
         environment="test", data_dir=home / f"data-{uuid.uuid4().hex[:6]}",
-        kafka_bootstrap=bootstrap, topic_prefix=f"saga-{uuid.uuid4().hex[:6]}",
+        kafka_bootstrap=bootstrap, kafka_security="plaintext",
+        topic_prefix=f"saga-{uuid.uuid4().hex[:6]}",
         partitions=PARTITIONS,
     )  # fmt: skip
     mix = honest_mix(accounts=accounts, transfers=transfers, distribution=distribution)
@@ -101,7 +102,7 @@ class _Terminals:
         self._serde: AvroSerde = platform.serde
         self._payments = set(load.transfer_ids)
         self._consumer = Consumer({
-            "bootstrap.servers": platform.bootstrap, "group.id": "bench-saga",
+            "bootstrap.servers": platform.kafka.bootstrap, "group.id": "bench-saga",
             "enable.auto.commit": False, "isolation.level": "read_committed",
         })  # fmt: skip
         topic = platform.topics.events

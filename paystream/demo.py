@@ -8,16 +8,22 @@ REST API with a partner's client-credentials token and times them, pays out batc
 external bank accounts through the bank-rail simulator (a few held for review; one approved,
 the rest left for the reader), then checks the recorded ledger and the audit store and
 prints a summary.
+
+The partner behind the API's payments, ``demo-1``, is onboarded first (its Kafka topic and
+principal, its OAuth client, a webhook endpoint served by a receiver in this process), and
+a few of its account holders get an email address; after the payouts the demo waits until
+the partner's topic holds its events, the receiver has verified its webhooks and the local
+mailbox holds the holders' emails (:mod:`paystream.demo_partners`).
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
-from paystream import demo_api, demo_payouts, services, workload
+from paystream import demo_api, demo_partners, demo_payouts, services, workload
 from paystream.analytics import remote
 from paystream.audit.audit_verify import ledger_topic_of, verify_store
 from paystream.audit.verify import LedgerReport
@@ -43,70 +49,114 @@ REVIEW_CLIENT = "compliance-officer"
 ANALYTICS_TIMEOUT_S = 300.0
 
 
-def _services(settings: Settings) -> Settings:
+def _services(settings: Settings) -> None:
+    """Start the local services; the platform then finds them where ``up`` started them."""
     endpoints = services.up(settings)
     print(f"services up: kafka {endpoints.kafka_bootstrap}, postgres, clickhouse")
     print(f"oidc issuer: {endpoints.oidc_issuer}")
-    return settings.model_copy(update={"kafka_bootstrap": endpoints.kafka_bootstrap})
 
 
 def run(settings: Settings, *, serve: bool = True) -> int:
     """The workload and its checks; then, with ``serve``, the platform keeps running (the
     dashboard with it) until Ctrl-C."""
-    settings = _services(settings)
+    _services(settings)
     mix = replace(DEMO_MIX, partitions=settings.partitions)
     now_ms = int(time.time() * 1000)
     load = workload.build(seed=now_ms, mix=mix, run_id=f"demo{now_ms // 1000}", now_ms=now_ms)
-    print(f"starting {DEMO_WORKERS} workers, the sinks, the API and the dashboard (logs in "
-          f"{settings.data_dir / 'logs'}) ...")  # fmt: skip
-    with started(
-        settings, workers=DEMO_WORKERS, api_port=free_port(), analytics_port=_analytics_port(),
-        metrics_ports=(0, 0),
-    ) as parts:  # fmt: skip
-        ok = _workload(settings, parts, load)
-        ok = _dashboard(settings, parts) and ok
-        if serve and ok:
-            return _serve(parts, settings)
+    with demo_partners.onboarded(settings) as partner:
+        print(f"starting {DEMO_WORKERS} workers, the sinks, the API and the dashboard (logs in "
+              f"{settings.data_dir / 'logs'}) ...")  # fmt: skip
+        with started(
+            settings, workers=DEMO_WORKERS, api_port=free_port(),
+            analytics_port=_analytics_port(), metrics_ports=(0, 0),
+        ) as parts:  # fmt: skip
+            ok = _workload(settings, parts, load, partner)
+            ok = _dashboard(settings, parts) and ok
+            if serve and ok:
+                return _serve(parts, settings)
     print("services are still running: `.venv/bin/paystream services down` stops them")
     return 0 if ok else 1
 
 
-def _workload(settings: Settings, parts: Parts, load: workload.Workload) -> bool:
-    """The Kafka workload, payments through the API, the checks; True when all hold."""
+@dataclass(frozen=True, slots=True)
+class _KafkaRun:
+    """The transfers straight into Kafka: their outcomes and answers."""
+
+    elapsed_s: float
+    counts: Counter[str]
+    codes: Counter[str]
+    left: int
+    """Transfers without a terminal event when the wait ended."""
+
+
+def _workload(
+    settings: Settings, parts: Parts, load: workload.Workload, partner: demo_partners.Partner
+) -> bool:
+    """The Kafka workload, payments through the API, payouts, what the partner heard, the
+    checks; True when all hold."""
     platform = parts.platform
-    began = time.monotonic()
-    left = platform.run_setup(load)
-    if left:
-        print(f"{len(left)} setup commands got no answer{platform.logs()}")
+    kafka = _through_kafka(parts, load)
+    if kafka is None:
         return False
-    print(f"opened {DEMO_MIX.accounts} accounts and funded "
-          f"{DEMO_MIX.accounts - DEMO_MIX.closing_accounts} "
-          f"in {time.monotonic() - began:.1f}s")  # fmt: skip
-    began = time.monotonic()
-    platform.publish_paced(load, per_second=100_000).join()
-    left = platform.wait_traffic(load, timeout_s=TRAFFIC_TIMEOUT_S)
-    elapsed_s = time.monotonic() - began
-    counts = platform.outcomes(load)
-    codes = platform.rejection_codes(load)
-    platform.wait_audit_store()  # the API's answers wait for the read models (201)
     through_api = _through_the_api(settings, parts.api_url)
     payouts = _payouts(settings, parts.api_url)
+    heard = _partner_heard(settings, parts, partner, through_api.contacts)
     report = platform.verify()
     audit_rows = platform.wait_audit_store()
     audit = verify_store(
         services.postgres_dsn(settings), ledger_topic=ledger_topic_of(settings), progress=None
     )
-    _print_summary(len(load.transfer_ids), elapsed_s, counts, report)
+    _print_summary(len(load.transfer_ids), kafka.elapsed_s, kafka.counts, report)
     _print_api(through_api)
     _print_payouts(payouts, parts.api_url)
+    print()
+    for line in demo_partners.report(settings, partner, heard):
+        print(line)
     print("\nPostgres audit store (paystream sink postgres), rows per table:")
     for table, rows in audit_rows.items():
         print(f"  {table:<16} {rows:>8,}")
     print(f"audit verify: {'ok' if audit.ok else audit.summary()}")
     print("\nevery record's answer, by code (hostile and mistaken records included):")
-    for code, n in codes.most_common():
+    for code, n in kafka.codes.most_common():
         print(f"  {code:<30} {n:>6}")
-    return report.balanced and audit.ok and not left and payouts.ended
+    ok = report.balanced and audit.ok and not kafka.left
+    return ok and payouts.ended and heard.complete
+
+
+def _through_kafka(parts: Parts, load: workload.Workload) -> _KafkaRun | None:
+    """Accounts opened and funded, then the transfers; None when the setup got no answer."""
+    platform = parts.platform
+    began = time.monotonic()
+    left = platform.run_setup(load)
+    if left:
+        print(f"{len(left)} setup commands got no answer{platform.logs()}")
+        return None
+    print(f"opened {DEMO_MIX.accounts} accounts and funded "
+          f"{DEMO_MIX.accounts - DEMO_MIX.closing_accounts} "
+          f"in {time.monotonic() - began:.1f}s")  # fmt: skip
+    began = time.monotonic()
+    platform.publish_paced(load, per_second=100_000).join()
+    missing = platform.wait_traffic(load, timeout_s=TRAFFIC_TIMEOUT_S)
+    elapsed_s = time.monotonic() - began
+    counts, codes = platform.outcomes(load), platform.rejection_codes(load)
+    platform.wait_audit_store()  # the API's answers wait for the read models (201)
+    return _KafkaRun(elapsed_s, counts, codes, len(missing))
+
+
+def _partner_heard(
+    settings: Settings, parts: Parts, partner: demo_partners.Partner, contacts: dict[str, str]
+) -> demo_partners.Heard:
+    """Wait until the partner's topic, its webhooks and the holders' emails are complete."""
+    local_mailbox = parts.smtp_port is not None
+    print(f"\nwaiting until partner {demo_partners.PARTNER_ID}'s topic, its webhook receiver"
+          f"{' and the mailbox' if local_mailbox else ''} hold what this run's events ask for "
+          f"(at most {demo_partners.HEARD_TIMEOUT_S:.0f}s) ...")  # fmt: skip
+    heard = demo_partners.wait_heard(settings, partner, contacts, local_mailbox=local_mailbox)
+    if not heard.complete:
+        logs = settings.data_dir / "logs"
+        print(f"not all was heard in {demo_partners.HEARD_TIMEOUT_S:.0f}s; the fan-out's, "
+              f"webhooks' and notifier's logs: {logs}/partners-*.log")  # fmt: skip
+    return heard
 
 
 def _analytics_port() -> int:
@@ -155,9 +205,11 @@ def _through_the_api(settings: Settings, api_url: str) -> demo_api.ApiFigures:
     if not wait_until(lambda: is_ready(api_url), timeout_s=API_READY_TIMEOUT_S):
         raise services.ServiceError(f"the API at {api_url} did not get ready")
     token = access_token(settings, CLIENT_DEFAULT)
+    emails = demo_partners.HOLDER_EMAILS
     print(f"\nsending {demo_api.PAYMENTS} payments through the API at {api_url} ({CLIENT_DEFAULT}"
-          f"'s token, Prefer: {demo_api.WAIT}, {demo_api.CONCURRENCY} at once) ...")  # fmt: skip
-    return demo_api.run(api_url, token, seed=int(time.time()))
+          f"'s token, Prefer: {demo_api.WAIT}, {demo_api.CONCURRENCY} at once; {len(emails)} of "
+          f"its {demo_api.ACCOUNTS} accounts get a holder's email address first) ...")  # fmt: skip
+    return demo_api.run(api_url, token, seed=int(time.time()), contact_emails=emails)
 
 
 def _payouts(settings: Settings, api_url: str) -> demo_payouts.PayoutFigures:

@@ -1,5 +1,7 @@
-"""The demo's traffic through the REST API: accounts opened and funded, then payments, each
-with ``Prefer: wait`` and a client-credentials token, timed from request to answer.
+"""The demo's traffic through the REST API: accounts opened (a few given their holder's
+email address, before any money moves, so the notifier emails them about every payment)
+and funded, then payments, each with ``Prefer: wait`` and a client-credentials token, timed
+from request to answer.
 
 Closed loop (``CONCURRENCY`` requests in flight), so the figures are what one client with
 that many connections sees, not an offered-load benchmark (``bench/api_latency.py`` is).
@@ -12,6 +14,7 @@ import random
 import time
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +38,8 @@ class ApiFigures:
     latencies_ms: list[float] = field(default_factory=list)
     answers: Counter[str] = field(default_factory=Counter)
     elapsed_s: float = 0.0
+    contacts: dict[str, str] = field(default_factory=dict)
+    """account id -> its holder's email address (``PUT /v1/accounts/{id}/contact``)."""
 
     def percentile_ms(self, q: float) -> float:
         """Nearest-rank percentile ``q`` (0..100) of the latencies."""
@@ -48,31 +53,59 @@ def nearest_rank(values: list[float] | list[int], q: float) -> float:
     return float(ordered[int(rank) - 1])
 
 
-def run(api_url: str, token: str, *, seed: int, payments: int = PAYMENTS) -> ApiFigures:
-    return asyncio.run(_run(api_url, token, seed=seed, payments=payments))
+def run(
+    api_url: str, token: str, *, seed: int, payments: int = PAYMENTS,
+    contact_emails: Sequence[str] = (),
+) -> ApiFigures:  # fmt: skip
+    """The payments; the first ``len(contact_emails)`` accounts get those addresses first."""
+    if len(contact_emails) > ACCOUNTS:
+        raise ValueError(f"{len(contact_emails)} addresses for {ACCOUNTS} accounts")
+    return asyncio.run(_run(api_url, token, seed=seed, payments=payments, emails=contact_emails))
 
 
-async def _run(api_url: str, token: str, *, seed: int, payments: int) -> ApiFigures:
+async def _run(
+    api_url: str, token: str, *, seed: int, payments: int, emails: Sequence[str]
+) -> ApiFigures:
     headers = {"Authorization": f"Bearer {token}", "Prefer": WAIT}
     limits = httpx.Limits(max_connections=CONCURRENCY)
     async with httpx.AsyncClient(
         base_url=api_url, headers=headers, timeout=HTTP_TIMEOUT_S, limits=limits
     ) as client:
-        accounts = await _open_funded(client)
+        accounts = await _open(client)
+        contacts = await _give_contacts(client, dict(zip(accounts, emails, strict=False)))
+        await _fund(client, accounts)
         rng = random.Random(seed)
         bodies = [_payment(rng, accounts) for _ in range(payments)]
-        return await _pay(client, bodies)
+        figures = await _pay(client, bodies)
+        figures.contacts = contacts
+        return figures
 
 
 async def _post(client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> httpx.Response:
     return await client.post(path, json=body, headers={"Idempotency-Key": uuid.uuid4().hex})
 
 
-async def _open_funded(client: httpx.AsyncClient) -> list[str]:
+async def _open(client: httpx.AsyncClient) -> list[str]:
     opened = await asyncio.gather(
         *(_post(client, "/v1/accounts", {"currency": CURRENCY}) for _ in range(ACCOUNTS))
     )
-    accounts = [_ok(answer)["account_id"] for answer in opened]
+    return [_ok(answer)["account_id"] for answer in opened]
+
+
+async def _give_contacts(client: httpx.AsyncClient, emails: dict[str, str]) -> dict[str, str]:
+    """Each account's holder address, set by its partner (this client's token)."""
+    answers = await asyncio.gather(
+        *(
+            client.put(f"/v1/accounts/{account}/contact", json={"email": email})
+            for account, email in emails.items()
+        )
+    )
+    for answer in answers:
+        _ok(answer, status=200)
+    return emails
+
+
+async def _fund(client: httpx.AsyncClient, accounts: list[str]) -> None:
     funded = await asyncio.gather(
         *(
             _post(client, "/v1/deposits", {"account_id": account, "currency": CURRENCY,
@@ -82,11 +115,10 @@ async def _open_funded(client: httpx.AsyncClient) -> list[str]:
     )  # fmt: skip
     for answer in funded:
         _ok(answer)
-    return accounts
 
 
-def _ok(answer: httpx.Response) -> dict[str, Any]:
-    if answer.status_code != 201:
+def _ok(answer: httpx.Response, *, status: int = 201) -> dict[str, Any]:
+    if answer.status_code != status:
         raise RuntimeError(f"the API answered {answer.status_code}: {answer.text}")
     body: dict[str, Any] = answer.json()
     return body

@@ -24,7 +24,7 @@ from paystream.agents.supervisor import (
 from paystream.audit.store import row_counts
 from paystream.audit.verify import LedgerReport, verify
 from paystream.services.process import tail
-from paystream.settings import Settings
+from paystream.settings import KafkaConnection, Settings
 from paystream.topology.avro import AvroSerde
 from paystream.topology.publisher import CommandPublisher
 from paystream.topology.reader import read_to_end
@@ -50,7 +50,7 @@ SINK_POLL_S = 0.5
 @dataclass
 class Platform:
     settings: Settings
-    bootstrap: str
+    kafka: KafkaConnection
     topics: Topics
     serde: AvroSerde
     publisher: CommandPublisher
@@ -100,7 +100,7 @@ class Platform:
         if self.postgres_dsn is None:
             raise ValueError("no Postgres sink runs here")
         expected = {
-            table: sum(1 for _ in read_to_end(self.bootstrap, topic))
+            table: sum(1 for _ in read_to_end(self.kafka, topic))
             for table, topic in (
                 ("journal_entries", self.topics.ledger),
                 ("payment_events", self.topics.events),
@@ -133,7 +133,7 @@ class Platform:
         return counts
 
     def verify(self) -> LedgerReport:
-        return verify(self.bootstrap, self.topics, self.serde)
+        return verify(self.kafka, self.topics, self.serde)
 
     def logs(self) -> str:
         """The end of every worker's log, for error messages."""
@@ -143,10 +143,13 @@ class Platform:
         )
 
 
-def child_env(settings: Settings, *, bootstrap: str, log_level: str) -> dict[str, str]:
-    """The settings a child process of the platform (worker, sink, API) must share."""
+def child_env(settings: Settings, *, log_level: str) -> dict[str, str]:
+    """The settings a child process of the platform (worker, sink, API) must share.
+
+    The local broker's platform password is not among them: a child reads it where the
+    parent does (``<data_dir>/services/kafka``); a configured one is passed on."""
     env = {
-        "PAYSTREAM_KAFKA_BOOTSTRAP": bootstrap,
+        **kafka_env(settings),
         "PAYSTREAM_TOPIC_PREFIX": settings.topic_prefix,
         "PAYSTREAM_DATA_DIR": str(settings.data_dir),
         "PAYSTREAM_PARTITIONS": str(settings.partitions),
@@ -157,6 +160,21 @@ def child_env(settings: Settings, *, bootstrap: str, log_level: str) -> dict[str
     }
     if settings.schema_registry_url:
         env["PAYSTREAM_SCHEMA_REGISTRY_URL"] = settings.schema_registry_url
+    return env
+
+
+def kafka_env(settings: Settings) -> dict[str, str]:
+    """The environment under which a child's ``Settings().kafka`` is ``settings.kafka``."""
+    env = {
+        "PAYSTREAM_KAFKA_SECURITY": settings.kafka_security,
+        "PAYSTREAM_KAFKA_USERNAME": settings.kafka_username,
+    }
+    if settings.kafka_bootstrap is None:
+        env["PAYSTREAM_KAFKA_PORT"] = str(settings.kafka_port)
+    else:
+        env["PAYSTREAM_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap
+    if settings.kafka_password is not None:
+        env["PAYSTREAM_KAFKA_PASSWORD"] = settings.kafka_password.get_secret_value()
     return env
 
 
@@ -176,19 +194,17 @@ def running(
     ``sinks``: copies of ``paystream sink postgres`` (settings' Postgres, or the
     embedded one ``services up`` started).
     """
-    if settings.kafka_bootstrap is None:
-        raise ValueError("running() needs settings.kafka_bootstrap")
-    bootstrap = settings.kafka_bootstrap
+    kafka = settings.kafka
     topics = Topics.from_settings(settings)
-    ensure_topics(bootstrap, topics)
+    ensure_topics(kafka, topics)
     serde = AvroSerde(
         registry_from_url(settings.schema_registry_url, settings.data_dir),
         topics=topics.payloads(),
     )
-    env = child_env(settings, bootstrap=bootstrap, log_level=log_level)
-    publisher = CommandPublisher(bootstrap=bootstrap, topic=topics.commands, serde=serde)
+    env = child_env(settings, log_level=log_level)
+    publisher = CommandPublisher(kafka=kafka, topic=topics.commands, serde=serde)
     watcher = EventWatcher(
-        bootstrap=bootstrap, topic=topics.events, serde=serde, partitions=settings.partitions
+        kafka=kafka, topic=topics.events, serde=serde, partitions=settings.partitions
     )
     group = WorkerGroup(
         count=workers,
@@ -209,11 +225,11 @@ def running(
     try:
         with group, sink_group:
             group_id = app_id_for(settings)
-            if not wait_group_stable(bootstrap, group_id=group_id, members=workers):
+            if not wait_group_stable(kafka, group_id=group_id, members=workers):
                 raise RuntimeError(f"workers did not form a stable group {group_id}")
             yield Platform(
-                settings, bootstrap, topics, serde, publisher, watcher, group, sink_group,
-                postgres_dsn,
+                settings=settings, kafka=kafka, topics=topics, serde=serde, publisher=publisher,
+                watcher=watcher, workers=group, sinks=sink_group, postgres_dsn=postgres_dsn,
             )  # fmt: skip
     finally:
         watcher.close()

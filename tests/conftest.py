@@ -11,6 +11,16 @@ other's data.
 The local broker lives where ``paystream services up`` looks for it
 (``<data_dir>/services/kafka`` on the session's port), so a test can SIGKILL
 it and bring it back with the real CLI (:class:`SessionBroker`).
+
+One broker serves the whole session, secured as ``make demo`` runs it: SASL/SCRAM
+on its port, the StandardAuthorizer, the platform principal a super user. It also
+has the launcher's tests-only PLAINTEXT listener (``KafkaBroker.open_port``: whoever
+connects there is ``ANONYMOUS``, a super user). Why: the ~1,200 tests and the
+platform processes they start keep connecting without credentials (``kafka_bootstrap``,
+``kafka`` and the ``plaintext`` session ``settings`` all name that listener), while the
+security tests use the SASL port (``kafka_scram``) of the very broker the rest runs
+on, with no second broker to start per session. An external or Docker Kafka is
+plaintext: ``kafka_scram`` skips there.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from paystream import services
 from paystream.services import keycloak as keycloak_service
 from paystream.services.kafka import KafkaBroker, start_on_free_ports
 from paystream.services.postgres import EmbeddedPostgres
@@ -38,7 +49,7 @@ from paystream.services.process import (
     read_pid,
     wait_until,
 )
-from paystream.settings import Settings
+from paystream.settings import KafkaConnection, Settings
 
 SESSION_TAG = f"t{uuid.uuid4().hex[:10]}"
 
@@ -55,33 +66,45 @@ def docker_engine_answers() -> bool:
 
 
 @contextlib.contextmanager
-def _kafka(data_dir: Path, docker: bool) -> Iterator[tuple[str, KafkaBroker | None]]:
-    """The bootstrap address, and the broker when it is the session's own local one."""
+def _kafka(data_dir: Path, docker: bool) -> Iterator[tuple[KafkaConnection, KafkaBroker | None]]:
+    """The plaintext connection, and the broker when it is the session's own local one."""
     if url := os.environ.get("PAYSTREAM_KAFKA_BOOTSTRAP"):
-        yield url, None
+        yield KafkaConnection.plaintext(url), None
     elif docker:
         from testcontainers.kafka import KafkaContainer
 
         with KafkaContainer("apache/kafka:4.1.1").with_kraft() as container:
-            yield str(container.get_bootstrap_server()), None
+            yield KafkaConnection.plaintext(str(container.get_bootstrap_server())), None
     else:
         broker = _start_local_broker(data_dir)
         try:
-            yield broker.bootstrap, broker
+            yield broker.open_connection, broker
         finally:
             broker.stop()
 
 
-def _managed_broker(data_dir: Path, port: int) -> KafkaBroker:
-    """The broker ``paystream services up`` runs for this data directory and port."""
-    local = Settings(data_dir=data_dir, kafka_port=port, kafka_bootstrap=None)
-    return KafkaBroker(home=local.services_dir / "kafka", port=local.kafka_port)
+def _managed_settings(data_dir: Path, broker: KafkaBroker) -> Settings:
+    """What ``paystream services up`` reads from :meth:`SessionBroker.env`."""
+    named = {} if broker.username is None else {"kafka_username": broker.username}
+    return Settings(
+        environment="test",
+        data_dir=data_dir,
+        kafka_bootstrap=None,
+        kafka_port=broker.port,
+        kafka_security=broker.security,
+        kafka_open_port=broker.open_port,
+        **named,
+    )
 
 
 def _start_local_broker(data_dir: Path) -> KafkaBroker:
-    """A broker where ``paystream services up`` keeps it for ``data_dir``, on free ports."""
-    home = Settings(data_dir=data_dir, kafka_bootstrap=None).services_dir / "kafka"
-    return start_on_free_ports(home)
+    """A scram broker with the tests-only open port, where ``paystream services up`` keeps it
+    for ``data_dir``, on free ports."""
+    local = Settings(data_dir=data_dir, kafka_bootstrap=None)
+    return start_on_free_ports(
+        local.services_dir / "kafka", security="scram", username=local.kafka_username,
+        open_port=True,
+    )  # fmt: skip
 
 
 CLI_TIMEOUT_S = 300.0
@@ -140,16 +163,25 @@ class SessionBroker:
         )
 
     def env(self) -> dict[str, str]:
-        """No PAYSTREAM_* of the caller (no KAFKA_BOOTSTRAP, no settings file): only these."""
+        """No PAYSTREAM_* of the caller (no KAFKA_BOOTSTRAP, no settings file): only these.
+
+        The broker's security too, and its tests-only open port: ``services up`` rewrites the
+        broker's configuration from these, so it comes back as it was."""
         base = {k: v for k, v in os.environ.items() if not k.startswith("PAYSTREAM_")}
-        return base | {
+        env = base | {
             "PAYSTREAM_ENVIRONMENT": "test",
             "PAYSTREAM_DATA_DIR": str(self.data_dir),
             "PAYSTREAM_KAFKA_PORT": str(self.broker.port),
+            "PAYSTREAM_KAFKA_SECURITY": self.broker.security,
             "PAYSTREAM_POSTGRES_DSN": self.postgres_dsn,
             "PAYSTREAM_CLICKHOUSE_URL": self.clickhouse_url,
             "PAYSTREAM_OIDC_ISSUER": self.oidc_issuer,
         }
+        if self.broker.username is not None:
+            env["PAYSTREAM_KAFKA_USERNAME"] = self.broker.username
+        if self.broker.open_port is not None:
+            env["PAYSTREAM_KAFKA_OPEN_PORT"] = str(self.broker.open_port)
+        return env
 
 
 @contextlib.contextmanager
@@ -201,19 +233,37 @@ def _data_dir(services_home: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def _kafka_service(services_home: Path) -> Iterator[tuple[str, KafkaBroker | None]]:
+def _kafka_service(services_home: Path) -> Iterator[tuple[KafkaConnection, KafkaBroker | None]]:
     with _kafka(_data_dir(services_home), docker_engine_answers()) as service:
         yield service
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(_kafka_service: tuple[str, KafkaBroker | None]) -> str:
+def kafka(_kafka_service: tuple[KafkaConnection, KafkaBroker | None]) -> KafkaConnection:
+    """The session's Kafka without credentials: the local broker's tests-only open port (a
+    super user's), or an external / Docker plaintext Kafka."""
     return _kafka_service[0]
 
 
 @pytest.fixture(scope="session")
+def kafka_bootstrap(kafka: KafkaConnection) -> str:
+    """Where :func:`kafka` connects (for clients built from a bare address)."""
+    return kafka.bootstrap
+
+
+@pytest.fixture(scope="session")
+def kafka_scram(_kafka_service: tuple[KafkaConnection, KafkaBroker | None]) -> KafkaConnection:
+    """The session's own broker's SASL/SCRAM port, as the platform principal (a super user);
+    skips on an external or Docker Kafka (plaintext)."""
+    broker = _kafka_service[1]
+    if broker is None or broker.security != "scram":
+        pytest.skip("the session's Kafka is external or in Docker: no SASL/SCRAM listener")
+    return broker.connection
+
+
+@pytest.fixture(scope="session")
 def session_broker(
-    _kafka_service: tuple[str, KafkaBroker | None],
+    _kafka_service: tuple[KafkaConnection, KafkaBroker | None],
     settings: Settings,
     keycloak: keycloak_service.KeycloakServer,
 ) -> SessionBroker:
@@ -223,8 +273,8 @@ def session_broker(
         pytest.skip("the session's Kafka is external or in Docker, not paystream's own broker")
     if settings.postgres_dsn is None or settings.clickhouse_url is None:
         raise AssertionError("the session's settings name their Postgres and ClickHouse")
-    if _managed_broker(settings.data_dir, broker.port) != broker:
-        raise AssertionError(f"{broker.home} is not where services up looks in {settings.data_dir}")
+    if services.local_broker(_managed_settings(settings.data_dir, broker)) != broker:
+        raise AssertionError(f"{broker} is not what services up runs for {settings.data_dir}")
     return SessionBroker(
         broker=broker,
         data_dir=settings.data_dir,
@@ -281,11 +331,13 @@ def settings(
     clickhouse_dsn: str,
     topic_prefix: str,
 ) -> Settings:
-    """Settings pointing at this session's services, as a worker would get them."""
+    """Settings pointing at this session's services, as a worker would get them (Kafka without
+    credentials: the broker's tests-only open port, see the module's docstring)."""
     return Settings(
         environment="test",
         data_dir=_data_dir(services_home),
         kafka_bootstrap=kafka_bootstrap,
+        kafka_security="plaintext",
         postgres_dsn=postgres_dsn,
         clickhouse_url=clickhouse_dsn,
         topic_prefix=topic_prefix,

@@ -48,6 +48,7 @@ from confluent_kafka import (
 
 from paystream.agents import failfast, metrics
 from paystream.ledger import DirectoryEntry
+from paystream.settings import KafkaConnection
 from paystream.tables import directory as directory_records
 from paystream.tables.directory import SKIP_REASONS, SkipReason, classify
 from paystream.topology.reader import drain
@@ -129,10 +130,10 @@ class DirectoryFollower(Mapping[str, DirectoryEntry]):
     """
 
     def __init__(
-        self, *, bootstrap: str, topic: str, restore_timeout_s: float = RESTORE_TIMEOUT_S
+        self, *, kafka: KafkaConnection, topic: str, restore_timeout_s: float = RESTORE_TIMEOUT_S
     ) -> None:
         self._topic = topic
-        self._bootstrap = bootstrap
+        self._kafka = kafka
         self._restore_timeout_s = restore_timeout_s
         self._entries: dict[str, DirectoryEntry] = {}
         self._positions: dict[int, int] = {}
@@ -140,8 +141,8 @@ class DirectoryFollower(Mapping[str, DirectoryEntry]):
         """Held while a record is applied and while a batch reads (``frozen``)."""
         self._stop = threading.Event()
         self._consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
+            kafka.config()
+            | {
                 "group.id": f"{topic}.follower",
                 "enable.auto.commit": False,
                 "isolation.level": "read_committed",
@@ -211,8 +212,8 @@ class DirectoryFollower(Mapping[str, DirectoryEntry]):
     def _high_watermarks(self, partitions: list[int]) -> dict[tuple[str, int], int]:
         """Each partition's end including open transactions (read_uncommitted)."""
         watermarks = Consumer(
-            {
-                "bootstrap.servers": self._bootstrap,
+            self._kafka.config()
+            | {
                 "group.id": f"{self._topic}.follower",
                 "isolation.level": "read_uncommitted",
             }

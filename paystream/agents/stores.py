@@ -44,6 +44,7 @@ from rocksdict import Options, Rdict, WriteBatch
 from paystream.agents import checkpoint, metrics
 from paystream.agents.checkpoint import ChangelogPosition, ChangelogState, Checkpoint
 from paystream.ledger.errors import ensure
+from paystream.settings import KafkaConnection
 from paystream.tables import codecs
 
 K = TypeVar("K")
@@ -107,7 +108,7 @@ def offsets_stable(
     return True
 
 
-def kafka_topic_ids(bootstrap: str) -> TopicIds:
+def kafka_topic_ids(kafka: KafkaConnection) -> TopicIds:
     """Look topic ids up with an admin client (created on first use)."""
     from confluent_kafka import TopicCollection
     from confluent_kafka.admin import AdminClient
@@ -116,7 +117,7 @@ def kafka_topic_ids(bootstrap: str) -> TopicIds:
 
     def lookup(names: Sequence[str]) -> dict[str, str]:
         if not admins:
-            admins.append(AdminClient({"bootstrap.servers": bootstrap}))
+            admins.append(AdminClient(kafka.config()))
         futures = admins[0].describe_topics(
             TopicCollection(list(names)), request_timeout=TOPIC_IDS_TIMEOUT_S
         )
@@ -217,7 +218,7 @@ class Stores:
         self,
         *,
         directory: Path,
-        bootstrap: str,
+        kafka: KafkaConnection,
         changelogs: Mapping[str, str],
         client_id: str,
         indexes: Mapping[str, Index] | None = None,
@@ -230,11 +231,11 @@ class Stores:
         self._changelogs = dict(changelogs)
         self._indexes = dict(indexes or {})
         self._tables = {topic: table for table, topic in self._changelogs.items()}
-        self._topic_ids = kafka_topic_ids(bootstrap) if topic_ids is None else topic_ids
+        self._topic_ids = kafka_topic_ids(kafka) if topic_ids is None else topic_ids
         self._clock_ms = clock_ms
         self._held: dict[int, _Held] = {}
         self._catch_up: _CatchUp | None = None
-        common = {"bootstrap.servers": bootstrap, "group.id": f"{client_id}.restore"}
+        common = kafka.config() | {"group.id": f"{client_id}.restore"}
         self._reader = Consumer(
             {
                 **common,

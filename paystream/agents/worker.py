@@ -111,8 +111,7 @@ def worker_dir(settings: Settings, name: str) -> Path:
 
 
 def consumer_config(settings: Settings, name: str) -> dict[str, Any]:
-    return {
-        "bootstrap.servers": settings.bootstrap,
+    return settings.kafka.config() | {
         "group.id": app_id_for(settings),
         "client.id": member_id_for(settings, name),  # names the member in group descriptions
         "enable.auto.commit": False,
@@ -129,8 +128,7 @@ def consumer_config(settings: Settings, name: str) -> dict[str, Any]:
 
 
 def producer_config(settings: Settings, name: str) -> dict[str, Any]:
-    return {
-        "bootstrap.servers": settings.bootstrap,
+    return settings.kafka.config() | {
         # One id per worker name: a restarted worker fences its previous life
         # and aborts the transaction it left open.
         "transactional.id": member_id_for(settings, name),
@@ -335,17 +333,16 @@ class LedgerWorker:
     def __init__(self, settings: Settings, *, name: str) -> None:
         self._topics = Topics.from_settings(settings)
         self._timeouts = Timeouts.from_settings(settings)
-        ensure_topics(settings.bootstrap, self._topics)
+        kafka = settings.kafka
+        ensure_topics(kafka, self._topics)
         serde = AvroSerde(
             registry_from_url(settings.schema_registry_url, settings.data_dir),
             topics=self._topics.payloads(),
         )
-        self._directory = DirectoryFollower(
-            bootstrap=settings.bootstrap, topic=self._topics.directory
-        )
+        self._directory = DirectoryFollower(kafka=kafka, topic=self._topics.directory)
         self._stores = Stores(
             directory=worker_dir(settings, name),
-            bootstrap=settings.bootstrap,
+            kafka=kafka,
             changelogs=changelogs(self._topics),
             indexes=INDEXES,
             client_id=f"{app_id_for(settings)}-{name}",

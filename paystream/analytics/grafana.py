@@ -466,6 +466,11 @@ PROCESSES: Final = (
     Process("Bank-rail connector (payouts)", "paystream.payouts.metrics", "paystream_rail_"),
     Process("Bank-rail simulator (demo and tests; its own registry per server)",
             "paystream.rail.simulator", "paystream_rail_sim_"),
+    Process("Partner fan-out", "paystream.partners.metrics", "paystream_fanout_"),
+    Process("Email notifier (outbox, SMTP, DLQ)", "paystream.notify.metrics",
+            "paystream_notify_"),
+    Process("Webhook delivery (signed, retried, DLQ)", "paystream.webhooks.metrics",
+            "paystream_webhooks_"),
 )  # fmt: skip
 METRIC_MODULES: Final = tuple(dict.fromkeys(p.module for p in PROCESSES))
 """Every module that defines prometheus_client metrics (a test scans the package for others)."""

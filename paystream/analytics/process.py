@@ -62,7 +62,7 @@ def run(settings: Settings, options: Options) -> int:
         verifier=TokenVerifier(issuer=options.issuer, audience=AUDIENCE_DEFAULT),
         limiter=RateLimiter(RATE_LIMIT_PER_S), client=client,
         database=settings.clickhouse_database, lock=threading.Lock(), settings=settings,
-        admin=AdminClient({"bootstrap.servers": settings.bootstrap}),
+        admin=AdminClient(settings.kafka.config()),
         stale_after_s=options.stale_after_s, refresh_s=options.refresh_s,
     )  # fmt: skip
     server = uvicorn.Server(

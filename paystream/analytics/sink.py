@@ -128,7 +128,8 @@ def build(
     """The analytics sink of ``settings``' topics into ``database``: a member ``name`` of the
     analytics group, every ClickHouse call under ``lock``."""
     topics = Topics.from_settings(settings)
-    ensure_topics(settings.bootstrap, topics)
+    kafka = settings.kafka
+    ensure_topics(kafka, topics)
     serde = AvroSerde(
         registry_from_url(settings.schema_registry_url, settings.data_dir),
         topics=topics.payloads(),
@@ -140,6 +141,6 @@ def build(
         topics.balances_changelog: "balances",
     }  # fmt: skip
     return BatchingSink(
-        bootstrap=settings.bootstrap, group=group, name=name, topics=list(kinds), target=target,
-        limits=LIMITS, observer=observer(kinds),
+        kafka=kafka, group=group, name=name, topics=list(kinds), target=target, limits=LIMITS,
+        observer=observer(kinds),
     )  # fmt: skip

@@ -31,7 +31,15 @@ from paystream.api.auth import Principal, TokenVerifier
 from paystream.api.commands import CommandSender, EventFollower
 from paystream.api.deps import Context, RateLimiter, caller, known_query_parameters
 from paystream.api.read_models import Connection
-from paystream.api.routes import accounts, payments, payouts, reviews
+from paystream.api.routes import (
+    accounts,
+    contacts,
+    payments,
+    payouts,
+    reviews,
+    schemas,
+    webhooks,
+)
 from paystream.api.schemas import Health
 from paystream.settings import Settings
 from paystream.topology.avro import AvroSerde
@@ -117,9 +125,15 @@ def create_app(
     _document(app)
     app.middleware("http")(_observe)
     app.include_router(accounts.router)
+    app.include_router(contacts.router)
     app.include_router(payments.router)
     app.include_router(payouts.router)
     app.include_router(reviews.router)
+    app.include_router(webhooks.router)
+    app.state.schemas = schemas.SchemaService(
+        settings, registry_from_url(settings.schema_registry_url, settings.data_dir)
+    )
+    app.include_router(schemas.router)
     _operations(app, settings, context)
     return app
 
@@ -169,14 +183,15 @@ class KafkaConnector:
 def _kafka(settings: Settings) -> tuple[CommandSender, EventFollower]:
     """Commands out, answers in; the topics made if this is the platform's first start."""
     topics = Topics.from_settings(settings)
-    ensure_topics(settings.bootstrap, topics)
+    kafka = settings.kafka
+    ensure_topics(kafka, topics)
     serde = AvroSerde(
         registry_from_url(settings.schema_registry_url, settings.data_dir),
         topics=topics.payloads(),
     )
-    sender = CommandSender(bootstrap=settings.bootstrap, topic=topics.commands, serde=serde)
+    sender = CommandSender(kafka=kafka, topic=topics.commands, serde=serde)
     follower = EventFollower(
-        bootstrap=settings.bootstrap,
+        kafka=kafka,
         topic=topics.events,
         serde=serde,
         group=f"{settings.topic_prefix}-api-{uuid.uuid4().hex[:12]}",

@@ -36,7 +36,8 @@ PARTNER_ID_LENGTH_MAX = 64
 
 Scope = Literal[
     "accounts:read", "accounts:write", "payments:read", "payments:write", "ledger:read",
-    "ops:read", "payouts:read", "payouts:write", "ops:review",
+    "ops:read", "payouts:read", "payouts:write", "ops:review", "webhooks:read",
+    "webhooks:write",
 ]  # fmt: skip
 
 

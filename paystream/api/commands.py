@@ -34,6 +34,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 
 from paystream.ledger import Command, Event
+from paystream.settings import KafkaConnection
 from paystream.topology import offsets
 from paystream.topology.avro import AvroSerde
 
@@ -76,14 +77,14 @@ class CommandSender:
     def __init__(
         self,
         *,
-        bootstrap: str,
+        kafka: KafkaConnection,
         topic: str,
         serde: AvroSerde,
         delivery_timeout_ms: int = DELIVERY_TIMEOUT_MS,
     ) -> None:
         self._producer = Producer(
-            {
-                "bootstrap.servers": bootstrap,
+            kafka.config()
+            | {
                 "partitioner": "murmur2_random",  # the workers' partitioning (co-partitioning)
                 "enable.idempotence": True,
                 "acks": "all",
@@ -140,16 +141,16 @@ def _settle(future: asyncio.Future[None], error: object) -> None:
 
 
 class EventFollower:
-    def __init__(self, *, bootstrap: str, topic: str, serde: AvroSerde, group: str) -> None:
+    def __init__(self, *, kafka: KafkaConnection, topic: str, serde: AvroSerde, group: str) -> None:
         self._consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
+            kafka.config()
+            | {
                 "group.id": group,  # never joined: partitions are assigned by hand
                 "enable.auto.commit": False,
                 "isolation.level": "read_committed",
             }
         )
-        self._admin = AdminClient({"bootstrap.servers": bootstrap})
+        self._admin = AdminClient(kafka.config())
         self._topic = topic
         self._serde = serde
         self._lock = threading.Lock()

@@ -39,6 +39,8 @@ ApiCode: TypeAlias = Literal[
     "batch_too_large",
     "duplicate_payout",
     "currency_not_supported",
+    "retry_limit_reached",
+    "endpoint_disabled",
 ]
 Code: TypeAlias = RejectionCode | ApiCode
 CODES: tuple[str, ...] = (*REJECTION_CODES, *get_args(ApiCode))
@@ -55,6 +57,8 @@ TITLES: Mapping[str, str] = {
     "batch_too_large": "The batch carries more payouts than allowed",
     "duplicate_payout": "A payout appears twice in the batch",
     "currency_not_supported": "The bank rail does not pay out in this currency",
+    "retry_limit_reached": "The delivery was retried as often as allowed",
+    "endpoint_disabled": "The webhook endpoint is disabled",
 }
 
 logger = logging.getLogger("paystream.api")

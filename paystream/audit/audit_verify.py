@@ -48,7 +48,7 @@ from paystream.audit.records import AuditRow
 from paystream.ledger import JournalEntry
 from paystream.ledger.errors import ensure
 from paystream.ledger.models import Phase, Side
-from paystream.settings import Settings
+from paystream.settings import KafkaConnection, Settings
 from paystream.topology.avro import AvroSerde
 from paystream.topology.dlq import PoisonMessage
 from paystream.topology.reader import drain
@@ -102,7 +102,7 @@ Connection = psycopg.Connection[Row]
 class LedgerTopic:
     """Where to read the ledger for check 5, and whose stored positions bound the read."""
 
-    bootstrap: str
+    kafka: KafkaConnection
     topic: str
     serde: AvroSerde
     consumer: str
@@ -116,7 +116,10 @@ def ledger_topic_of(settings: Settings) -> LedgerTopic:
         registry_from_url(settings.schema_registry_url, settings.data_dir),
         topics=topics.payloads(),
     )
-    return LedgerTopic(settings.bootstrap, topics.ledger, serde, postgres_sink_group(settings))
+    return LedgerTopic(
+        kafka=settings.kafka, topic=topics.ledger, serde=serde,
+        consumer=postgres_sink_group(settings),
+    )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -650,8 +653,8 @@ def _read_topic(
     if not ends:
         return
     consumer = Consumer(
-        {
-            "bootstrap.servers": source.bootstrap,
+        source.kafka.config()
+        | {
             "group.id": VERIFY_GROUP_ID,
             "isolation.level": "read_committed",
             "enable.auto.commit": False,  # assigned, never committed: it keeps no place

@@ -80,6 +80,7 @@ from paystream.ledger import (
     Transfer,
     process_batch,
 )
+from paystream.settings import KafkaConnection
 from paystream.topology.avro import HEADER_SIZE, AvroSerde
 from paystream.topology.manifest import BatchManifest
 from paystream.topology.partitioner import partition_for
@@ -143,7 +144,7 @@ class ReplayOptions:
 
 
 def replay(
-    bootstrap: str,
+    kafka: KafkaConnection,
     topics: Topics,
     serde: AvroSerde,
     *,
@@ -152,7 +153,7 @@ def replay(
     progress: Progress | None = None,
 ) -> ReplayReport:
     """Read the log (:func:`read_log`) and replay it (:func:`replay_log`)."""
-    log = read_log(bootstrap, topics, serde)
+    log = read_log(kafka, topics, serde)
     return replay_log(log, Shell(topics=topics, serde=serde), options=options, stored=stored,
                       progress=progress)  # fmt: skip
 

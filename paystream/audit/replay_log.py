@@ -21,6 +21,7 @@ from confluent_kafka import Message
 
 from paystream.audit.verify import latest_accounts
 from paystream.ledger import Account, DirectoryEntry, Event, JournalEntry
+from paystream.settings import KafkaConnection
 from paystream.tables import directory as directory_records
 from paystream.topology.avro import HEADER_SIZE, AvroSerde
 from paystream.topology.dlq import PoisonMessage
@@ -145,7 +146,7 @@ class RecordedLog:
 
 
 def read_records(
-    bootstrap: str, topics: Topics, *, reading: Reading | None = None
+    kafka: KafkaConnection, topics: Topics, *, reading: Reading | None = None
 ) -> dict[Role, list[Message]]:
     """Every committed record (read_committed) of the topics replay reads, manifests first."""
     tell = reading or (lambda _topic: None)
@@ -153,15 +154,15 @@ def read_records(
     for role in ROLES:
         topic = topic_of(topics, role)
         tell(topic)
-        found[role] = list(read_to_end(bootstrap, topic))
+        found[role] = list(read_to_end(kafka, topic))
     return found
 
 
 def read_log(
-    bootstrap: str, topics: Topics, serde: AvroSerde, *, reading: Reading | None = None
+    kafka: KafkaConnection, topics: Topics, serde: AvroSerde, *, reading: Reading | None = None
 ) -> RecordedLog:
     """The log as committed now (read_committed), manifests first."""
-    return build_log(read_records(bootstrap, topics, reading=reading), serde)
+    return build_log(read_records(kafka, topics, reading=reading), serde)
 
 
 def build_log(records: Mapping[Role, Sequence[Message]], serde: AvroSerde) -> RecordedLog:

@@ -137,7 +137,8 @@ class PostgresSink:
     def __init__(self, settings: Settings, *, dsn: str, name: str) -> None:
         self._dsn = dsn
         topics = Topics.from_settings(settings)
-        ensure_topics(settings.bootstrap, topics)
+        kafka = settings.kafka
+        ensure_topics(kafka, topics)
         serde = AvroSerde(
             registry_from_url(settings.schema_registry_url, settings.data_dir),
             topics=topics.payloads(),
@@ -149,8 +150,8 @@ class PostgresSink:
         group = postgres_sink_group(settings)
         self._target = PostgresTarget(dsn, consumer=group, kinds=kinds, serde=serde)
         self._loop = BatchingSink(
-            bootstrap=settings.bootstrap, group=group, name=name, topics=list(kinds),
-            target=self._target, limits=LIMITS, observer=_observer(kinds),
+            kafka=kafka, group=group, name=name, topics=list(kinds), target=self._target,
+            limits=LIMITS, observer=_observer(kinds),
         )  # fmt: skip
 
     def stop(self) -> None:

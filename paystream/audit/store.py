@@ -134,7 +134,7 @@ def write(
         _directory(conn, batch.directory, counts)
         new_heads = _append_audit(conn, audit, heads)
         counts["audit_log"] = len(audit)
-        _move_positions(conn, consumer, started_at, next_offsets)
+        move_positions(conn, consumer, started_at, next_offsets)
     heads.update(new_heads)
     return counts
 
@@ -355,7 +355,7 @@ def _append_audit(
 AUDIT_COLUMNS = ("chain", "seq", "kind", "ref", "body", "prev_hash", "hash")
 
 
-def _move_positions(
+def move_positions(
     conn: Connection,
     consumer: str,
     started_at: Mapping[Position, int | None],

@@ -17,6 +17,7 @@ from confluent_kafka import Message
 
 from paystream.audit.projection import ZERO, Totals, add, entry_deltas
 from paystream.ledger import Account, JournalEntry, is_system_account_id
+from paystream.settings import KafkaConnection
 from paystream.tables import codecs
 from paystream.topology.avro import AvroSerde
 from paystream.topology.reader import read_to_end
@@ -51,16 +52,16 @@ class LedgerReport:
         )
 
 
-def read_journal(bootstrap: str, topics: Topics, serde: AvroSerde) -> list[JournalEntry]:
+def read_journal(kafka: KafkaConnection, topics: Topics, serde: AvroSerde) -> list[JournalEntry]:
     return [
         serde.decode_journal_entry(message.value() or b"")
-        for message in read_to_end(bootstrap, topics.ledger)
+        for message in read_to_end(kafka, topics.ledger)
     ]
 
 
-def read_accounts(bootstrap: str, topics: Topics) -> dict[str, Account]:
+def read_accounts(kafka: KafkaConnection, topics: Topics) -> dict[str, Account]:
     """Latest committed state of every account from the ``balances`` changelog."""
-    return latest_accounts(read_to_end(bootstrap, topics.balances_changelog))
+    return latest_accounts(read_to_end(kafka, topics.balances_changelog))
 
 
 def latest_accounts(messages: Iterable[Message]) -> dict[str, Account]:
@@ -103,8 +104,8 @@ class _Projection:
             self.pending_open.discard(entry.pending_entry_id or "")
 
 
-def verify(bootstrap: str, topics: Topics, serde: AvroSerde) -> LedgerReport:
-    return report(read_journal(bootstrap, topics, serde), read_accounts(bootstrap, topics))
+def verify(kafka: KafkaConnection, topics: Topics, serde: AvroSerde) -> LedgerReport:
+    return report(read_journal(kafka, topics, serde), read_accounts(kafka, topics))
 
 
 def report(entries: list[JournalEntry], accounts: dict[str, Account]) -> LedgerReport:

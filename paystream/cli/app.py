@@ -14,7 +14,19 @@ from collections.abc import Sequence
 import typer
 
 from paystream import services
-from paystream.cli import accounts, auth, ops, payments, rail, replay, screening, up
+from paystream.cli import (
+    accounts,
+    auth,
+    notify,
+    ops,
+    partners,
+    payments,
+    rail,
+    replay,
+    screening,
+    up,
+    webhooks,
+)
 from paystream.cli.client import ApiProblem, ApiUnreachable
 
 EXIT_PROBLEM = 1
@@ -35,6 +47,9 @@ app.command("api")(ops.api)
 app.command("analytics")(ops.analytics)
 app.command("rail-sim")(rail.rail_sim)
 app.command("rail")(rail.rail)
+app.command("notify")(notify.notify)
+app.command("mailbox")(notify.mailbox)
+app.command("webhooks")(webhooks.webhooks)
 app.command("token")(auth.token)
 app.add_typer(ops.db_app, name="db")
 app.add_typer(ops.audit_app, name="audit")
@@ -46,6 +61,7 @@ for _name, _command in payments.money_commands.items():
     app.command(_name)(_command)
 app.add_typer(payments.payments_app, name="payments")
 app.add_typer(screening.screening_app, name="screening")
+app.add_typer(partners.partners_app, name="partners")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -147,7 +147,7 @@ def _run(
     from paystream.audit.log_file import read_log_file, write_log_file
     from paystream.audit.replay import build_log, read_records, replay_log
     from paystream.topology.avro import AvroSerde
-    from paystream.topology.registry import registry_from_url
+    from paystream.topology.registry import SchemaRegistry, registry_from_url
     from paystream.topology.shell import Shell
     from paystream.topology.topics import Topics
 
@@ -155,8 +155,10 @@ def _run(
     with _progress(quiet) as (reading, progress):
         if log_file is None:
             topics = Topics.from_settings(settings)
-            registry = registry_from_url(settings.schema_registry_url, settings.data_dir)
-            records = read_records(settings.bootstrap, topics, reading=reading)
+            registry: SchemaRegistry = registry_from_url(
+                settings.schema_registry_url, settings.data_dir
+            )
+            records = read_records(settings.kafka, topics, reading=reading)
         else:
             loaded = read_log_file(log_file)
             topics, registry, records = loaded.topics, loaded.registry, loaded.records

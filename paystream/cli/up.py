@@ -76,7 +76,6 @@ def up(
     settings = Settings()
     with err.status("starting the services (Kafka, Postgres, ClickHouse, Keycloak) ..."):
         endpoints = services.up(settings)
-    settings = settings.model_copy(update={"kafka_bootstrap": endpoints.kafka_bootstrap})
     ports = (metrics_port, sink_metrics_port)
     try:
         with started(
@@ -93,7 +92,8 @@ class Parts:
 
     def __init__(
         self, platform: Platform, api: WorkerGroup, api_url: str, analytics: WorkerGroup,
-        analytics_url: str, rail: WorkerGroup, rail_url: str,
+        analytics_url: str, rail: WorkerGroup, rail_url: str, partners: WorkerGroup,
+        smtp_port: int | None,
     ) -> None:  # fmt: skip
         self.platform = platform
         self.api = api
@@ -103,11 +103,18 @@ class Parts:
         self.rail = rail
         """The bank-rail simulator and the rail connector that pays out through it."""
         self.rail_url = rail_url
+        self.partners = partners
+        """The partner fan-out, the webhook delivery service, the notifier and the mailbox."""
+        self.smtp_port = smtp_port
+        """The local mailbox's SMTP port (None: a configured SMTP server is used)."""
         self.metrics_urls: dict[str, str] = {}
 
     @property
     def groups(self) -> tuple[WorkerGroup, ...]:
-        return (self.platform.workers, self.platform.sinks, self.api, self.analytics, self.rail)
+        return (
+            self.platform.workers, self.platform.sinks, self.api, self.analytics, self.rail,
+            self.partners,
+        )  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -125,7 +132,7 @@ def started(
     from paystream.runner import child_env, running
 
     log_dir = settings.data_dir / "logs"
-    env = child_env(settings, bootstrap=settings.bootstrap, log_level="warn") | {
+    env = child_env(settings, log_level="warn") | {
         "PAYSTREAM_POSTGRES_DSN": services.postgres_dsn(settings),
     }
     api = WorkerGroup(
@@ -141,6 +148,13 @@ def started(
         count=2, env=env, log_dir=log_dir, prefix="rail",
         command=lambda name: rail_commands(name, rail_port),
     )  # fmt: skip
+    roles = partner_roles(settings)
+    smtp_port = free_port() if "mailbox" in roles else None
+    partners = WorkerGroup(
+        count=len(roles), log_dir=log_dir, prefix="partners",
+        env=env | ({} if smtp_port is None else {"PAYSTREAM_SMTP_PORT": str(smtp_port)}),
+        command=lambda name: partner_command(roles[int(name.rsplit("-", 1)[1]) - 1]),
+    )  # fmt: skip
     with contextlib.ExitStack() as stack:
         with err.status(f"starting {workers} workers, the sinks, the API and the dashboard ..."):
             platform = stack.enter_context(
@@ -149,7 +163,7 @@ def started(
             parts = Parts(
                 platform, stack.enter_context(api), f"http://{LOCAL_HOST}:{api_port}",
                 stack.enter_context(analytics), f"http://{LOCAL_HOST}:{analytics_port}",
-                stack.enter_context(rail), rail_url,
+                stack.enter_context(rail), rail_url, stack.enter_context(partners), smtp_port,
             )  # fmt: skip
         parts.metrics_urls = stack.enter_context(metrics_servers(settings, platform, metrics_ports))
         yield parts
@@ -172,6 +186,22 @@ def rail_commands(name: str, port: int) -> tuple[str, ...]:
         return (*cli, "rail-sim", "--host", LOCAL_HOST, "--port", str(port), *RAIL_SIM_FAILURES)
     url = f"http://{LOCAL_HOST}:{port}"
     return (*cli, "rail", "--url", url, "--name", "rail-connector", "--metrics-port", "0")
+
+
+def partner_roles(settings: Settings) -> tuple[str, ...]:
+    """What tells partners and holders what happened; the local mailbox without an SMTP URL."""
+    roles = ("fanout", "webhooks", "notify")
+    return roles if settings.smtp_url is not None else (*roles, "mailbox")
+
+
+def partner_command(role: str) -> tuple[str, ...]:
+    """One of :func:`partner_roles` as a child process (its metrics not served, as the rail's)."""
+    cli = (sys.executable, "-m", "paystream.cli")
+    if role == "fanout":
+        return (*cli, "partners", "fanout", "--metrics-port", "0")
+    if role == "mailbox":
+        return (*cli, "mailbox")
+    return (*cli, role, "--metrics-port", "0")
 
 
 def analytics_command(port: int) -> tuple[str, ...]:
@@ -320,6 +350,8 @@ def where_rows(parts: Parts, settings: Settings, issuer: str) -> list[tuple[str,
         ("analytics JSON", f"{parts.analytics_url}/v1/analytics/funnel (scope ops:read)"),
         ("analytics metrics", f"{parts.analytics_url}/metrics"),
         ("bank rail (simulator)", f"{parts.rail_url}/v1/report ({pids(parts.rail)})"),
+        ("partners", f"fan-out, webhooks, notifier ({pids(parts.partners)})"),
+        ("mailbox", _mailbox(parts, settings)),
         ("OIDC issuer", issuer),
         (
             "clients",
@@ -333,3 +365,9 @@ def where_rows(parts: Parts, settings: Settings, issuer: str) -> list[tuple[str,
         ("sink metrics", metrics.get("sink", "not served (--sink-metrics-port 0)")),
         ("logs", str(settings.data_dir / "logs")),
     ]
+
+
+def _mailbox(parts: Parts, settings: Settings) -> str:
+    if parts.smtp_port is None:
+        return "a configured SMTP server (PAYSTREAM_SMTP_URL)"
+    return f"smtp://{LOCAL_HOST}:{parts.smtp_port} -> {settings.data_dir / 'mailbox'} (Maildir)"

@@ -158,7 +158,7 @@ class RailConnector:
 
     def __init__(self, settings: Settings, options: RailOptions, *, name: str) -> None:
         self._topics = Topics.from_settings(settings)
-        ensure_topics(settings.bootstrap, self._topics)
+        ensure_topics(settings.kafka, self._topics)
         self._serde = AvroSerde(
             registry_from_url(settings.schema_registry_url, settings.data_dir),
             topics=self._topics.payloads(),
@@ -309,8 +309,7 @@ class RailConnector:
 
 
 def _consumer_config(settings: Settings) -> dict[str, Any]:
-    return {
-        "bootstrap.servers": settings.bootstrap,
+    return settings.kafka.config() | {
         "group.id": rail_group(settings),
         "isolation.level": "read_committed",
         "enable.auto.commit": False,
@@ -324,8 +323,7 @@ def _consumer_config(settings: Settings) -> dict[str, Any]:
 
 
 def _producer_config(settings: Settings, name: str) -> dict[str, Any]:
-    return {
-        "bootstrap.servers": settings.bootstrap,
+    return settings.kafka.config() | {
         "transactional.id": f"{rail_group(settings)}-{name}",  # a restart fences its old life
         "transaction.timeout.ms": int(settings.transaction_timeout_s * 1000),
         "partitioner": "murmur2_random",  # the workers' partitioning

@@ -83,13 +83,13 @@ def publish_rules(settings: Settings, rules: ScreeningRules) -> Applied:
     commands = screening_commands(
         rules, partitions=topics.partitions, now_ms=int(time.time() * 1000)
     )
-    publisher = CommandPublisher(bootstrap=settings.bootstrap, topic=topics.commands, serde=serde)
+    kafka = settings.kafka
+    publisher = CommandPublisher(kafka=kafka, topic=topics.commands, serde=serde)
     publisher.publish_all(commands)
     publisher.flush()
     watcher = EventWatcher(
-        bootstrap=settings.bootstrap, topic=topics.events, serde=serde,
-        partitions=topics.partitions,
-    )  # fmt: skip
+        kafka=kafka, topic=topics.events, serde=serde, partitions=topics.partitions
+    )
     try:
         watcher.wait([c.command_id for c in commands], timeout_s=ANSWER_TIMEOUT_S)
         answers = {}

@@ -37,8 +37,15 @@ class Endpoints:
     oidc_issuer: str
 
 
-def _broker(settings: Settings) -> KafkaBroker:
-    return KafkaBroker(home=settings.services_dir / "kafka", port=settings.kafka_port)
+def local_broker(settings: Settings) -> KafkaBroker:
+    """The local broker ``up`` runs (when no bootstrap is configured)."""
+    return KafkaBroker(
+        home=settings.services_dir / "kafka",
+        port=settings.kafka_port,
+        security=settings.kafka_security,
+        username=settings.kafka_username,
+        open_port=settings.kafka_open_port,
+    )
 
 
 def _postgres(settings: Settings) -> EmbeddedPostgres:
@@ -58,11 +65,11 @@ def oidc_issuer(settings: Settings) -> str:
 def up(settings: Settings) -> Endpoints:
     """Start what is not configured externally; idempotent; waits for health."""
     if settings.kafka_bootstrap is None:
-        _broker(settings).start()
-        bootstrap = _broker(settings).bootstrap
+        local_broker(settings).start()
+        bootstrap = local_broker(settings).bootstrap
     else:
         bootstrap = settings.kafka_bootstrap
-        if not metadata_ok(bootstrap):
+        if not metadata_ok(settings.kafka):
             raise ServiceError(f"Kafka at {bootstrap} does not answer a metadata request")
     postgres_dsn = settings.postgres_dsn or _postgres(settings).start()
     clickhouse.ensure(settings.clickhouse_dsn)
@@ -79,7 +86,7 @@ def postgres_dsn(settings: Settings) -> str:
 def down(settings: Settings) -> None:
     """Stop exactly what ``up`` started (external services are left alone)."""
     if settings.kafka_bootstrap is None:
-        _broker(settings).stop()
+        local_broker(settings).stop()
     if settings.postgres_dsn is None:
         _postgres(settings).stop()
     if settings.oidc_issuer is None:
@@ -88,14 +95,14 @@ def down(settings: Settings) -> None:
 
 def status(settings: Settings) -> list[ServiceStatus]:
     kafka_status = (
-        _broker(settings).status()
+        local_broker(settings).status()
         if settings.kafka_bootstrap is None
         else ServiceStatus(
             name="kafka",
             address=settings.kafka_bootstrap,
             pid=None,
             version=None,
-            healthy=metadata_ok(settings.kafka_bootstrap),
+            healthy=metadata_ok(settings.kafka),
             detail="external",
         )
     )
@@ -116,7 +123,7 @@ def status(settings: Settings) -> list[ServiceStatus]:
 
 def log_file(settings: Settings, name: ServiceName) -> Path:
     if name == "kafka":
-        return _broker(settings).log_file
+        return local_broker(settings).log_file
     if name == "postgres":
         return _postgres(settings).log_file
     if name == "keycloak":

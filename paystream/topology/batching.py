@@ -33,6 +33,7 @@ from typing import Protocol, TypeVar
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
 from paystream.ledger.errors import InvariantViolation
+from paystream.settings import KafkaConnection
 
 CONSUME_TIMEOUT_S = 0.05
 RETRY_INITIAL_S = 0.2
@@ -108,7 +109,7 @@ class BatchingSink:
     def __init__(
         self,
         *,
-        bootstrap: str,
+        kafka: KafkaConnection,
         group: str,
         name: str,
         topics: Sequence[str],
@@ -121,8 +122,8 @@ class BatchingSink:
         self._limits = limits
         self._observer = observer
         self._consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
+            kafka.config()
+            | {
                 "group.id": group,
                 "client.id": f"{group}-{name}",
                 "isolation.level": "read_committed",

@@ -9,10 +9,12 @@ co-partitioning).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from confluent_kafka import Producer
 
 from paystream.ledger import Command
+from paystream.settings import KafkaConnection
 from paystream.topology.avro import AvroSerde
 from paystream.workload import Garbage, Misrouted, Sent
 
@@ -20,9 +22,8 @@ FLUSH_TIMEOUT_S = 60.0
 QUEUE_MESSAGES_MAX = 100_000
 
 
-def producer_config(bootstrap: str) -> dict[str, str | int | bool]:
-    return {
-        "bootstrap.servers": bootstrap,
+def producer_config(kafka: KafkaConnection) -> dict[str, Any]:
+    return kafka.config() | {
         "partitioner": "murmur2_random",
         "enable.idempotence": True,
         "acks": "all",
@@ -32,8 +33,8 @@ def producer_config(bootstrap: str) -> dict[str, str | int | bool]:
 
 
 class CommandPublisher:
-    def __init__(self, *, bootstrap: str, topic: str, serde: AvroSerde) -> None:
-        self._producer = Producer(producer_config(bootstrap))
+    def __init__(self, *, kafka: KafkaConnection, topic: str, serde: AvroSerde) -> None:
+        self._producer = Producer(producer_config(kafka))
         self._topic = topic
         self._serde = serde
         self._errors: list[str] = []

@@ -14,6 +14,8 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from paystream.settings import KafkaConnection
+
 CONSUME_BATCH = 10_000
 CONSUME_TIMEOUT_S = 0.2
 STALL_TIMEOUT_S = 30.0
@@ -24,7 +26,7 @@ Partition = tuple[str, int]
 
 
 def read_to_end(
-    bootstrap: str, topic: str, *, isolation: str = "read_committed"
+    kafka: KafkaConnection, topic: str, *, isolation: str = "read_committed"
 ) -> Iterator[Message]:
     """Every message of ``topic`` up to the end offsets seen when called.
 
@@ -32,8 +34,8 @@ def read_to_end(
     what is committed now, without waiting for open transactions.
     """
     consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
+        kafka.config()
+        | {
             "group.id": "paystream-reader",
             "enable.auto.commit": False,
             "isolation.level": isolation,

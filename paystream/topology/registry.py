@@ -28,6 +28,7 @@ __all__ = [
     "FileSchemaRegistry",
     "SchemaNotFound",
     "SchemaRegistry",
+    "SubjectCatalog",
     "canonical_form",
     "registry_from_url",
 ]
@@ -44,6 +45,14 @@ _HTTP_NOT_FOUND: Final = 404
 
 class SchemaNotFound(LookupError):
     """No schema has this id (an operating error for the message that carries it)."""
+
+
+class SubjectCatalog(Protocol):
+    """A registry that also lists a subject's versions (served to partners read-only)."""
+
+    def subject_versions(self, subject: str) -> list[tuple[int, int]]: ...
+
+    def schema_for_id(self, schema_id: int) -> str: ...
 
 
 class SchemaRegistry(Protocol):
@@ -63,7 +72,9 @@ def canonical_form(schema_str: str) -> str:
     return str(to_parsing_canonical_form(parse_schema(json.loads(schema_str))))
 
 
-def registry_from_url(url: str | None, data_dir: Path | str) -> SchemaRegistry:
+def registry_from_url(
+    url: str | None, data_dir: Path | str
+) -> FileSchemaRegistry | ConfluentSchemaRegistry:
     """A Confluent registry at ``http(s)://…``, else the file registry in ``data_dir``."""
     if not url:
         return FileSchemaRegistry(Path(data_dir) / FILE_REGISTRY_NAME)
@@ -137,6 +148,11 @@ class FileSchemaRegistry:
         if found is None:
             raise SchemaNotFound(f"no schema with id {schema_id} in {self._path}")
         return found
+
+    def subject_versions(self, subject: str) -> list[tuple[int, int]]:
+        """(version, schema id) of ``subject``, oldest first; versions count from 1."""
+        ids = self._read_state()["subjects"].get(subject, [])
+        return [(version, int(schema_id)) for version, schema_id in enumerate(ids, start=1)]
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -224,6 +240,19 @@ class ConfluentSchemaRegistry:
         if schema.schema_str is None:
             raise SchemaNotFound(f"schema {schema_id} has no text")
         return str(schema.schema_str)
+
+    def subject_versions(self, subject: str) -> list[tuple[int, int]]:
+        """(version, schema id) of ``subject``, oldest first (none for an unknown subject)."""
+        from confluent_kafka.schema_registry import SchemaRegistryError
+
+        try:
+            versions = self._client.get_versions(subject)
+        except SchemaRegistryError as error:
+            if error.http_status_code == _HTTP_NOT_FOUND:
+                return []
+            raise
+        found = (self._client.get_version(subject, version) for version in sorted(versions))
+        return [(int(v.version), int(v.schema_id)) for v in found if v.version and v.schema_id]
 
     def close(self) -> None:
         self._client.close()

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from paystream.settings import Settings
+from paystream.settings import KafkaConnection, Settings
 from paystream.topology.avro import PayloadKind
 
 TOPIC_CREATE_TIMEOUT_S = 30.0
@@ -121,11 +121,36 @@ def analytics_group(settings: Settings) -> str:
     return f"{settings.topic_prefix}-analytics"
 
 
+def fanout_group(settings: Settings) -> str:
+    """The partner fan-out's consumer group (and its transactional ids' prefix)."""
+    return f"{settings.topic_prefix}-fanout"
+
+
+def webhooks_group(settings: Settings) -> str:
+    """The webhook delivery service's consumer group: the name its stored positions go by."""
+    return f"{settings.topic_prefix}-webhooks"
+
+
+def notify_group(settings: Settings) -> str:
+    """The email notifier's consumer group: the name its stored positions go by."""
+    return f"{settings.topic_prefix}-notify"
+
+
+def partner_prefix(settings: Settings, partner_id: str) -> str:
+    """What a partner's principal may read: topics and consumer groups starting with this."""
+    return f"{settings.topic_prefix}.partner.{partner_id}."
+
+
+def partner_topic(settings: Settings, partner_id: str) -> str:
+    """A partner's own topic of its events (``<prefix>.partner.<id>.events``)."""
+    return f"{partner_prefix(settings, partner_id)}events"
+
+
 class TopicLayoutError(RuntimeError):
     """An existing topic has another partition count than the settings say."""
 
 
-def ensure_topics(bootstrap: str, topics: Topics) -> list[str]:
+def ensure_topics(kafka: KafkaConnection, topics: Topics) -> list[str]:
     """Create the topics that do not exist yet; return the ones created.
 
     Every topic must have ``topics.partitions`` partitions: an account's
@@ -135,7 +160,7 @@ def ensure_topics(bootstrap: str, topics: Topics) -> list[str]:
     """
     from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(kafka.config())
     existing = set(admin.list_topics(timeout=TOPIC_CREATE_TIMEOUT_S).topics)
     wanted = [
         NewTopic(name, num_partitions=topics.partitions, replication_factor=1, config=config)
@@ -173,12 +198,12 @@ def _partition_counts(admin: Any, names: list[str]) -> dict[str, int]:
 GROUP_STABLE_TIMEOUT_S = 120.0
 
 
-def wait_group_stable(bootstrap: str, *, group_id: str, members: int) -> bool:
+def wait_group_stable(kafka: KafkaConnection, *, group_id: str, members: int) -> bool:
     """Wait until the consumer group is Stable with ``members`` members."""
     from confluent_kafka import ConsumerGroupState
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(kafka.config())
     deadline = time.monotonic() + GROUP_STABLE_TIMEOUT_S
     while time.monotonic() < deadline:
         future = admin.describe_consumer_groups([group_id])[group_id]

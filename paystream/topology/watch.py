@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from paystream.ledger import TERMINAL_EVENT_TYPES, Event, is_own_event
+from paystream.settings import KafkaConnection
 from paystream.topology.avro import AvroSerde
 
 POLL_TIMEOUT_S = 0.5
@@ -17,11 +18,13 @@ POLL_BATCH_MAX = 1_000
 class EventWatcher:
     """Reads ``events`` read_committed from the beginning, outside any group."""
 
-    def __init__(self, *, bootstrap: str, topic: str, serde: AvroSerde, partitions: int) -> None:
+    def __init__(
+        self, *, kafka: KafkaConnection, topic: str, serde: AvroSerde, partitions: int
+    ) -> None:
         self._serde = serde
         self._consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
+            kafka.config()
+            | {
                 "group.id": "paystream-watch",
                 "enable.auto.commit": False,
                 "isolation.level": "read_committed",

@@ -87,12 +87,12 @@ def assert_ledger_exactly_once(platform: Platform) -> LedgerReport:
 def assert_replay_matches(platform: Platform, report: LedgerReport, *, twice: bool = False) -> None:
     """Replay re-runs every committed batch and finds exactly the recorded ledger, events and
     accounts; ``twice``: a second replay gives the same journal digest."""
-    first = replay(platform.bootstrap, platform.topics, platform.serde)
+    first = replay(platform.kafka, platform.topics, platform.serde)
     assert first.ok, first.summary()
     assert first.journal.matched == report.entries > 0, first.summary()
     assert first.events.matched == len(platform.watcher.copies), first.summary()
     if twice:
-        again = replay(platform.bootstrap, platform.topics, platform.serde)
+        again = replay(platform.kafka, platform.topics, platform.serde)
         assert again.journal_sha256 == first.journal_sha256
     print(f"\n{first.summary()}")
 
@@ -100,14 +100,14 @@ def assert_replay_matches(platform: Platform, report: LedgerReport, *, twice: bo
 def assert_manifests_cover_the_inputs(platform: Platform) -> None:
     """The committed batch manifests name every committed input record exactly once, in log
     order per partition, and count every output record (what replay relies on)."""
-    topics, bootstrap = platform.topics, platform.bootstrap
+    topics, kafka = platform.topics, platform.kafka
     offsets: dict[tuple[str, int], list[int]] = defaultdict(list)
     for kind, topic in (("commands", topics.commands), ("legs", topics.legs)):
-        for message in read_to_end(bootstrap, topic):
+        for message in read_to_end(kafka, topic):
             offsets[(kind, message.partition() or 0)].append(message.offset() or 0)
     named: dict[tuple[str, int], list[int]] = defaultdict(list)
     outputs: Counter[str] = Counter()
-    for message in read_to_end(bootstrap, topics.batches):
+    for message in read_to_end(kafka, topics.batches):
         manifest = decode_manifest(platform.serde, message.value() or b"")
         assert manifest.partition == message.partition()
         assert [p for p, _ in manifest.directory] == list(range(topics.partitions))
@@ -121,7 +121,7 @@ def assert_manifests_cover_the_inputs(platform: Platform) -> None:
         outputs.update(asdict(manifest.outputs))
     assert dict(named) == dict(offsets)  # each once, in order: a batch's runs, batch after batch
     logged = {
-        name: sum(1 for _ in read_to_end(bootstrap, topic))
+        name: sum(1 for _ in read_to_end(kafka, topic))
         for name, topic in (("journal_entries", topics.ledger), ("events", topics.events),
                             ("legs", topics.legs), ("dead_letters", topics.dlq),
                             ("directory_entries", topics.directory))
@@ -134,7 +134,7 @@ def assert_audit_store_matches(platform: Platform, report: LedgerReport, load: W
     dsn = platform.postgres_dsn
     assert dsn is not None, "no sink ran"
     counts = platform.wait_audit_store()
-    journal = read_journal(platform.bootstrap, platform.topics, platform.serde)
+    journal = read_journal(platform.kafka, platform.topics, platform.serde)
     lines: Counter[tuple[str, str]] = Counter()
     for entry in journal:
         for line in entry.lines:

@@ -26,6 +26,7 @@ from fastavro import parse_schema, schemaless_writer
 from paystream.ledger import Command, Deposit, DirectoryEntry, Event, OpenAccount, Transfer
 from paystream.ledger.ids import mint_command_id
 from paystream.runner import Platform
+from paystream.settings import KafkaConnection
 from paystream.tables import codecs
 from paystream.topology import records
 from paystream.topology.avro import SCHEMA_DIR
@@ -221,10 +222,12 @@ def settle(running: Platform, client: Client, partitions: Iterable[int]) -> None
 # --- records put where a misbehaving producer would put them ------------------------
 
 
-def produce_to(bootstrap: str, topic: str, *, key: bytes, value: bytes, partition: int) -> None:
+def produce_to(
+    kafka: KafkaConnection, topic: str, *, key: bytes, value: bytes, partition: int
+) -> None:
     """One record on an explicit partition (whatever its key hashes to), acknowledged."""
     errors: list[str] = []
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all"})
+    producer = Producer(kafka.config() | {"enable.idempotence": True, "acks": "all"})
     producer.produce(
         topic,
         key=key,
@@ -241,8 +244,8 @@ def fill_directory(running: Platform, *, partition: int, accounts: int, tag: str
     a directory of production size without opening each account through a worker."""
     topic = running.topics.directory
     producer = Producer(
-        {
-            "bootstrap.servers": running.bootstrap,
+        running.kafka.config()
+        | {
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 20,
@@ -302,7 +305,7 @@ class DeadLetter:
 def dead_letters(running: Platform) -> list[DeadLetter]:
     """Every committed record on ``dlq``."""
     letters = []
-    for message in read_to_end(running.bootstrap, running.topics.dlq):
+    for message in read_to_end(running.kafka, running.topics.dlq):
         key, value = message.key(), message.value()
         raw = message.headers() or []
         pairs = raw.items() if isinstance(raw, dict) else raw

@@ -73,14 +73,14 @@ def _check_dashboard(running: Platform, analytics: AnalyticsProcess, token: str)
     }
     funnel = analytics.get("/v1/analytics/funnel", token, **span)["total"]
     events = [running.serde.decode_event(m.value() or b"")
-              for m in read_to_end(running.bootstrap, running.topics.events)]  # fmt: skip
+              for m in read_to_end(running.kafka, running.topics.events)]  # fmt: skip
     own = [e for e in events if is_own_event(e) and e.command_type in PAYMENT_COMMANDS]
     for kind in ("Debited", "Completed", "Reversed", "Rejected"):
         assert funnel[kind.lower()] == len({e.payment_id for e in own if e.type == kind}), kind
     assert funnel["duplicates"] == sum(1 for e in own if e.type == "Duplicate") > 0
     assert funnel["reversed"] > 0 and funnel["rejected"] > 0  # compensations, refusals
     journal = [running.serde.decode_journal_entry(m.value() or b"")
-               for m in read_to_end(running.bootstrap, running.topics.ledger)]  # fmt: skip
+               for m in read_to_end(running.kafka, running.topics.ledger)]  # fmt: skip
     debits: Counter[str] = Counter()
     for entry in journal:
         for line in entry.lines:
@@ -99,17 +99,17 @@ def _check_rows(running: Platform, dsn: str) -> None:
     counts = stored_counts(dsn, DATABASE)
     assert counts["tallies_tile"] is True
     journal = [running.serde.decode_journal_entry(m.value() or b"")
-               for m in read_to_end(running.bootstrap, running.topics.ledger)]  # fmt: skip
+               for m in read_to_end(running.kafka, running.topics.ledger)]  # fmt: skip
     lines = sum(len(entry.lines) for entry in journal)
     expected = {
         "events": _count(running, running.topics.events),
         "ledger_lines": lines,
         "dead_letters": _count(running, running.topics.dlq),
-        "balances": len(read_accounts(running.bootstrap, running.topics)),
+        "balances": len(read_accounts(running.kafka, running.topics)),
     }
     for table, records in expected.items():
         assert counts[table] == {"final": records, "distinct": records}, (table, counts)
 
 
 def _count(running: Platform, topic: str) -> int:
-    return sum(1 for _ in read_to_end(running.bootstrap, topic))
+    return sum(1 for _ in read_to_end(running.kafka, topic))

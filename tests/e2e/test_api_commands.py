@@ -328,6 +328,7 @@ def api_processes(settings: Settings, issuer: str, dsn: str, log_dir: Path) -> I
     env = {k: v for k, v in os.environ.items() if not k.startswith("PAYSTREAM_")} | {
         "PAYSTREAM_ENVIRONMENT": "test",
         "PAYSTREAM_KAFKA_BOOTSTRAP": settings.bootstrap,
+        "PAYSTREAM_KAFKA_SECURITY": settings.kafka_security,
         "PAYSTREAM_TOPIC_PREFIX": settings.topic_prefix,
         "PAYSTREAM_PARTITIONS": str(settings.partitions),
         "PAYSTREAM_DATA_DIR": str(settings.data_dir),
@@ -513,6 +514,7 @@ def test_paystream_up_serves_the_api_and_stops_what_it_started(
         "PAYSTREAM_ENVIRONMENT": "test",
         "PAYSTREAM_DATA_DIR": str(tmp_path / "data"),
         "PAYSTREAM_KAFKA_BOOTSTRAP": settings.bootstrap,
+        "PAYSTREAM_KAFKA_SECURITY": settings.kafka_security,
         "PAYSTREAM_TOPIC_PREFIX": f"{settings.topic_prefix}-up",
         "PAYSTREAM_PARTITIONS": str(settings.partitions),
         "PAYSTREAM_POSTGRES_DSN": psycopg.conninfo.make_conninfo(postgres_server_dsn, dbname=name),
@@ -541,8 +543,10 @@ def test_paystream_up_serves_the_api_and_stops_what_it_started(
         children = [int(pid) for pid in subprocess.run(
             ["pgrep", "-P", str(up.pid)], capture_output=True, text=True
         ).stdout.split()]  # fmt: skip
-        # one worker, one sink, the API, the analytics, the bank-rail simulator, the connector
-        assert len(children) == 6, children
+        # one worker, one sink, the API, the analytics, the bank-rail simulator, the connector,
+        # the partner fan-out, the webhook delivery service, the notifier and the mailbox
+        assert len(children) == 10, children
+        assert "smtp://127.0.0.1:" in printed.read_text()
     finally:
         up.send_signal(signal.SIGINT)
         code = up.wait(UP_TIMEOUT_S)

@@ -67,7 +67,7 @@ def _assert_replay_matches_the_store_and_finds_a_tampered_amount(
     an amount is changed in Postgres (as the tables' owner can), replay pinpoints the entry,
     the line and both amounts."""
     env = {
-        **os.environ, **child_env(running.settings, bootstrap=running.bootstrap, log_level="info"),
+        **os.environ, **child_env(running.settings, log_level="info"),
         "PAYSTREAM_POSTGRES_DSN": running.postgres_dsn or "",
     }  # fmt: skip
     done = subprocess.run([sys.executable, "-m", "paystream.cli", "replay", "--json", "--quiet",
@@ -87,7 +87,7 @@ def _assert_replay_matches_the_store_and_finds_a_tampered_amount(
     store = AuditStore.of(read_stored_journal(running.postgres_dsn or ""),
                           group=postgres_sink_group(running.settings),
                           ledger_topic=running.topics.ledger)  # fmt: skip
-    tampered = replay(running.bootstrap, running.topics, running.serde, stored=store)
+    tampered = replay(running.kafka, running.topics, running.serde, stored=store)
     assert not tampered.ok and tampered.postgres is not None
     assert tampered.postgres.differing == [entry_id] and tampered.journal.ok
     first = tampered.first_divergence
@@ -100,7 +100,7 @@ def _assert_group_caught_up_in_kafka(running: Platform) -> None:
     """The sinks commit their stored positions to Kafka too (for the tools that watch
     groups' lag, the ops page among them): once caught up, the group stands at the logs'
     ends there as well."""
-    admin = AdminClient({"bootstrap.servers": running.bootstrap})
+    admin = AdminClient(running.kafka.config())
     topics = [running.topics.ledger, running.topics.events, running.topics.dlq]
     group = postgres_sink_group(running.settings)
 

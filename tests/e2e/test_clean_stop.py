@@ -56,7 +56,7 @@ def _sample(text: str, name: str, **labels: str) -> float:
 
 
 def _group_state(running: Platform) -> tuple[ConsumerGroupState, int]:
-    admin = AdminClient({"bootstrap.servers": running.bootstrap})
+    admin = AdminClient(running.kafka.config())
     group_id = app_id_for(running.settings)
     group = admin.describe_consumer_groups([group_id])[group_id].result(timeout=ADMIN_TIMEOUT_S)
     return group.state, len(group.members)

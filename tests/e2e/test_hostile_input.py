@@ -267,7 +267,7 @@ def test_command_on_wrong_partition_is_dead_lettered_and_rejected(
         running.publisher.flush()
     else:  # the right key, on a partition its key does not hash to
         produce_to(
-            running.bootstrap,
+            running.kafka,
             running.topics.commands,
             key=account.encode(),
             value=value,
@@ -506,7 +506,7 @@ def test_leg_that_cannot_be_applied_stops_the_worker_loudly(
         else:
             value = LOST_SCHEMA_ID_LEG
         produce_to(
-            running.bootstrap,
+            running.kafka,
             running.topics.legs,
             key=destination.encode(),
             value=value,

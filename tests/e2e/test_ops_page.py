@@ -97,6 +97,7 @@ def test_the_json_endpoints_refuse_no_token_and_tokens_without_ops_read(
 ) -> None:
     env = {
         **os.environ, "PAYSTREAM_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "PAYSTREAM_KAFKA_SECURITY": "plaintext",
         "PAYSTREAM_DATA_DIR": str(tmp_path / "data"), "PAYSTREAM_OIDC_ISSUER": keycloak.issuer,
         "PAYSTREAM_CLICKHOUSE_URL": f"chdb://{tmp_path / 'clickhouse'}",
         "PAYSTREAM_TOPIC_PREFIX": f"ops-auth-{uuid.uuid4().hex[:8]}",

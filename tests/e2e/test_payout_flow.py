@@ -92,7 +92,7 @@ def rail_sim() -> Iterator[tuple[str, SimulatorConfig]]:
 
 def rail_group(p: Platform, url: str, log_dir: Path) -> WorkerGroup:
     """One ``paystream rail`` process (SIGKILL-able, restarted by ``restart_dead``)."""
-    env = child_env(p.settings, bootstrap=p.bootstrap, log_level="info")
+    env = child_env(p.settings, log_level="info")
     cli = (sys.executable, "-m", "paystream.cli")
     return WorkerGroup(
         count=1, env=env, log_dir=log_dir, prefix="rail",

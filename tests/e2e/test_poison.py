@@ -79,7 +79,7 @@ def test_each_kind_of_poison_goes_to_dlq_and_processing_continues(
         running.publisher.flush()
         left = running.watcher.wait([open_.command_id, deposit.command_id], timeout_s=DLQ_WAIT_S)
         assert not left, f"processing stopped behind poison{running.logs()}"
-        dead = list(read_to_end(running.bootstrap, running.topics.dlq))
+        dead = list(read_to_end(running.kafka, running.topics.dlq))
     reasons = {}
     for message in dead:
         headers = dict(message.headers() or [])

@@ -46,7 +46,7 @@ def test_twenty_thousand_transfers_with_two_workers(settings: Settings, tmp_path
     # A refused credit emits a Compensation on `legs`; the Reversed event must follow soon.
     refused_at_ms = {
         leg.transfer_id: message.timestamp()[1]
-        for message in read_to_end(running.bootstrap, running.topics.legs)
+        for message in read_to_end(running.kafka, running.topics.legs)
         if isinstance(leg := running.serde.decode_leg(message.value() or b""), Compensation)
     }
     assert len(refused_at_ms) == counts["Reversed"]

@@ -38,7 +38,7 @@ def served(
     analytics = Analytics(
         verifier=TokenVerifier(issuer=keycloak.issuer, audience=AUDIENCE_DEFAULT),
         limiter=RateLimiter(1_000), client=client, database=database, lock=threading.Lock(),
-        settings=settings, admin=AdminClient({"bootstrap.servers": settings.bootstrap}),
+        settings=settings, admin=AdminClient(settings.kafka.config()),
     )  # fmt: skip
     with serving(create_app(analytics), ready=False) as url:
         yield url, bearer(client_token(keycloak, "ops-console"))

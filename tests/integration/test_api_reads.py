@@ -24,7 +24,7 @@ from paystream.audit.migrate import migrate
 from paystream.ledger import Event
 from paystream.services.keycloak import KeycloakServer
 from paystream.services.process import free_port, wait_until
-from paystream.settings import Settings
+from paystream.settings import KafkaConnection, Settings
 from paystream.topology.avro import AvroSerde
 from paystream.topology.registry import registry_from_url
 from paystream.topology.topics import Topics, ensure_topics, postgres_sink_group
@@ -280,7 +280,7 @@ def test_readiness_needs_the_read_models_within_their_lag_bound(
         update={"topic_prefix": f"lag{uuid.uuid4().hex[:8]}", "read_model_lag_max": 4}
     )
     topics = Topics.from_settings(own)
-    ensure_topics(own.bootstrap, topics)
+    ensure_topics(own.kafka, topics)
     serde = AvroSerde(registry_from_url(None, own.data_dir), topics=topics.payloads())
     producer = Producer({"bootstrap.servers": own.bootstrap, "acks": "all"})
     for n in range(READ_MODEL_LAG_BOUND + 1):
@@ -337,7 +337,8 @@ def test_a_command_kafka_never_takes_is_reported_not_accepted(settings: Settings
     topics = Topics.from_settings(settings)
     serde = AvroSerde(registry_from_url(None, settings.data_dir), topics=topics.payloads())
     sender = CommandSender(
-        bootstrap=f"127.0.0.1:{free_port()}", topic=topics.commands, serde=serde,
+        kafka=KafkaConnection.plaintext(f"127.0.0.1:{free_port()}"), topic=topics.commands,
+        serde=serde,
         delivery_timeout_ms=1_000,
     )  # fmt: skip
     command = deposit(99, "a-src", 1, partner_id="demo-1")

@@ -36,6 +36,7 @@ from paystream.audit.migrate import migrate
 from paystream.audit.records import Origin
 from paystream.audit.store import Batch
 from paystream.ledger import DirectoryEntry, Event, Input, JournalEntry, Output
+from paystream.runner import kafka_env
 from paystream.settings import Settings
 from paystream.topology.topics import Topics, ensure_topics, postgres_sink_group
 from tests.support.ledger import Cluster, deposit, of_type, open_account, transfer
@@ -364,7 +365,7 @@ def produced(settings: Settings, facts: Facts) -> Produced:
     prefix = f"{settings.topic_prefix}-v{uuid.uuid4().hex[:6]}"
     ours = settings.model_copy(update={"topic_prefix": prefix, "partitions": PARTITIONS})
     topics = Topics.from_settings(ours)
-    ensure_topics(ours.bootstrap, topics)
+    ensure_topics(ours.kafka, topics)
     source = ledger_topic_of(ours)
     producer = Producer(
         {"bootstrap.servers": ours.bootstrap, "acks": "all", "enable.idempotence": True}
@@ -450,7 +451,7 @@ def test_the_cli_prints_json_and_exits_by_the_verdict(
     environment = {
         "PAYSTREAM_ENVIRONMENT": "test",
         "PAYSTREAM_DATA_DIR": str(produced.settings.data_dir),
-        "PAYSTREAM_KAFKA_BOOTSTRAP": produced.settings.bootstrap,
+        **kafka_env(produced.settings),
         "PAYSTREAM_TOPIC_PREFIX": produced.settings.topic_prefix,
         "PAYSTREAM_PARTITIONS": str(PARTITIONS),
         "PAYSTREAM_POSTGRES_DSN": good,

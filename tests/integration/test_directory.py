@@ -17,6 +17,7 @@ from paystream.agents.directory import (
     classify,
 )
 from paystream.ledger import AccountStatus, DirectoryEntry
+from paystream.settings import KafkaConnection
 from paystream.tables import codecs
 from tests.integration.kafka_util import create_topic
 
@@ -62,8 +63,8 @@ def producer(kafka_bootstrap: str, topic: str) -> Iterator[Producer]:
 
 
 @pytest.fixture
-def follower(kafka_bootstrap: str, topic: str) -> Iterator[DirectoryFollower]:
-    follower = DirectoryFollower(bootstrap=kafka_bootstrap, topic=topic)
+def follower(kafka: KafkaConnection, topic: str) -> Iterator[DirectoryFollower]:
+    follower = DirectoryFollower(kafka=kafka, topic=topic)
     yield follower
     follower.stop()
 
@@ -142,11 +143,11 @@ def test_start_waits_for_a_transaction_open_when_it_begins(
 
 
 def test_start_gives_up_on_a_transaction_that_stays_open(
-    kafka_bootstrap: str, producer: Producer, topic: str
+    kafka: KafkaConnection, producer: Producer, topic: str
 ) -> None:
     producer.begin_transaction()
     _send(producer, topic, [_record(_entry("stuck"))], partition=0)
-    follower = DirectoryFollower(bootstrap=kafka_bootstrap, topic=topic, restore_timeout_s=2.0)
+    follower = DirectoryFollower(kafka=kafka, topic=topic, restore_timeout_s=2.0)
     try:
         with pytest.raises(DirectoryRestoreError, match="not read to its end"):
             follower.start()

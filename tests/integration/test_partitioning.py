@@ -10,7 +10,7 @@ from aiokafka import AIOKafkaProducer
 from confluent_kafka import Producer
 
 from paystream.agents import worker
-from paystream.settings import Settings
+from paystream.settings import KafkaConnection, Settings
 from paystream.topology.partitioner import partition_for
 from paystream.topology.publisher import producer_config
 from tests.integration.kafka_util import create_topic
@@ -51,11 +51,14 @@ async def _aiokafka_partitions(bootstrap: str, topic: str) -> dict[bytes, int]:
 
 
 def test_api_workers_and_java_clients_put_one_account_on_one_partition(
-    kafka_bootstrap: str, unique_topic: str, topic_prefix: str
+    kafka: KafkaConnection, unique_topic: str, topic_prefix: str
 ) -> None:
+    kafka_bootstrap = kafka.bootstrap
     create_topic(kafka_bootstrap, unique_topic, partitions=8)
-    settings = Settings(kafka_bootstrap=kafka_bootstrap, topic_prefix=topic_prefix)
-    publisher = _confluent_partitions(producer_config(kafka_bootstrap), unique_topic)
+    settings = Settings(
+        kafka_bootstrap=kafka_bootstrap, kafka_security="plaintext", topic_prefix=topic_prefix
+    )
+    publisher = _confluent_partitions(producer_config(kafka), unique_topic)
     workers = _confluent_partitions(worker.producer_config(settings, "p-test"), unique_topic)
     java = asyncio.run(_aiokafka_partitions(kafka_bootstrap, unique_topic))
     assert publisher == workers == java

@@ -51,9 +51,9 @@ def recorded(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> It
         running.publish_paced(load, per_second=20_000).join()
         left = running.wait_traffic(load, timeout_s=TRAFFIC_TIMEOUT_S)
         assert not left, f"{len(left)} ids without answers{running.logs()}"
-        log = read_log(running.bootstrap, running.topics, running.serde)
+        log = read_log(running.kafka, running.topics, running.serde)
         shell = Shell(topics=running.topics, serde=running.serde)
-        env = child_env(running.settings, bootstrap=running.bootstrap, log_level="info")
+        env = child_env(running.settings, log_level="info")
     full = replay_log(log, shell)
     assert full.ok, full.summary()
     yield Recorded(log, shell, load, full, env)

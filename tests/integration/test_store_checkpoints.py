@@ -22,6 +22,7 @@ from rocksdict import Options, Rdict
 from paystream.agents import checkpoint
 from paystream.agents.checkpoint import ChangelogPosition
 from paystream.agents.stores import Stores
+from paystream.settings import KafkaConnection
 from tests.integration.kafka_util import create_topic
 
 pytestmark = pytest.mark.integration
@@ -41,7 +42,10 @@ def _write(bootstrap: str, topic: str, records: Mapping[bytes, bytes | None]) ->
 
 def _stores(bootstrap: str, topic: str, directory: Path) -> Stores:
     return Stores(
-        directory=directory, bootstrap=bootstrap, changelogs={TABLE: topic}, client_id=topic
+        directory=directory,
+        kafka=KafkaConnection.plaintext(bootstrap),
+        changelogs={TABLE: topic},
+        client_id=topic,
     )
 
 
@@ -257,7 +261,8 @@ def test_a_store_that_caught_up_is_left_alone_while_others_still_catch_up(
         producer.produce(unique_topic, key=f"k{i % 5_000}".encode(), value=b"x", partition=1)
     assert producer.flush(ADMIN_TIMEOUT_S) == 0
     stores = Stores(
-        directory=tmp_path, bootstrap=kafka_bootstrap, changelogs={TABLE: unique_topic},
+        directory=tmp_path, kafka=KafkaConnection.plaintext(kafka_bootstrap),
+        changelogs={TABLE: unique_topic},
         client_id=unique_topic,
     )  # fmt: skip
     try:

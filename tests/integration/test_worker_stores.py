@@ -10,6 +10,7 @@ from confluent_kafka import Producer
 
 from paystream.agents import stores as stores_module
 from paystream.agents.stores import RestoreError, Stores, TableWrite
+from paystream.settings import KafkaConnection
 from tests.integration.kafka_util import create_topic
 
 pytestmark = pytest.mark.integration
@@ -37,7 +38,7 @@ def _transaction(
 def _stores(bootstrap: str, topic: str, tmp_path: Path) -> Stores:
     return Stores(
         directory=tmp_path / "stores",
-        bootstrap=bootstrap,
+        kafka=KafkaConnection.plaintext(bootstrap),
         changelogs={"balances": topic},
         client_id=topic,
     )

@@ -53,6 +53,7 @@ def race_settings(kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> Se
         environment="test",
         data_dir=tmp_path,
         kafka_bootstrap=kafka_bootstrap,
+        kafka_security="plaintext",
         topic_prefix=f"{topic_prefix}-race-{uuid.uuid4().hex[:6]}",
         partitions=2,
     )

@@ -24,7 +24,7 @@ def analytics_env(running: Platform, issuer: str, chdb: Path) -> dict[str, str]:
     ClickHouse directory ``chdb``, taking tokens from ``issuer``."""
     return {
         **os.environ,
-        **child_env(running.settings, bootstrap=running.bootstrap, log_level="info"),
+        **child_env(running.settings, log_level="info"),
         "PAYSTREAM_CLICKHOUSE_URL": f"chdb://{chdb}", "PAYSTREAM_OIDC_ISSUER": issuer,
     }  # fmt: skip
 

@@ -45,7 +45,7 @@ from paystream.ledger import (
     Rules,
     Transfer,
 )
-from paystream.settings import Settings
+from paystream.settings import KafkaConnection, Settings
 from paystream.tables import codecs
 from paystream.topology import records
 from paystream.topology.avro import SCHEMA_DIR, AvroSerde
@@ -116,7 +116,7 @@ class Harness:
         """Stores holding ``P``, restored from the changelogs in the log."""
         stores = Stores(
             directory=directory,
-            bootstrap="127.0.0.1:9",
+            kafka=KafkaConnection.plaintext("127.0.0.1:9"),
             changelogs=changelogs(self.topics),
             indexes=INDEXES,
             client_id="test",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from paystream.api import openapi
+from paystream.api.routes.schemas import PUBLIC_PATH_PREFIXES
 
 
 def test_the_committed_openapi_document_matches_the_api() -> None:
@@ -11,9 +12,11 @@ def test_the_committed_openapi_document_matches_the_api() -> None:
     )
 
 
-def test_every_endpoint_but_health_needs_a_bearer_token() -> None:
+def test_every_endpoint_but_health_and_the_schema_registry_needs_a_bearer_token() -> None:
     paths = openapi.document()["paths"]
     for path, operations in paths.items():
+        public = path in ("/healthz", "/readyz") or path.startswith(PUBLIC_PATH_PREFIXES)
         for method, operation in operations.items():
             secured = bool(operation.get("security"))
-            assert secured == (path not in ("/healthz", "/readyz")), f"{method} {path}"
+            assert secured == (not public), f"{method} {path}"
+    assert any(path.startswith("/schemas/") for path in paths)

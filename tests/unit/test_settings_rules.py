@@ -29,5 +29,5 @@ def test_an_amount_limit_out_of_range_is_refused(limit: int) -> None:
 
 def test_child_processes_get_the_amount_limit() -> None:
     settings = Settings(amount_max_minor=7)
-    env = child_env(settings, bootstrap="127.0.0.1:9", log_level="warn")
+    env = child_env(settings, log_level="warn")
     assert env["PAYSTREAM_AMOUNT_MAX_MINOR"] == "7"
