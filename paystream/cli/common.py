@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
-from typing import Annotated
+from typing import Annotated, Protocol
 
 import typer
 from rich.console import Console
@@ -50,3 +51,32 @@ MetricsPort = Annotated[
         min=0, max=PORT_MAX, help="serve Prometheus /metrics on this port (0: do not serve)"
     ),
 ]
+
+
+class Service(Protocol):
+    """A long-running process part: ``run`` until ``stop`` (from a signal handler)."""
+
+    def run(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def run_service(
+    service: Service, *, label: str, doing: str, metrics_port: int, metrics_host: str
+) -> int:
+    """Run ``service`` until SIGTERM or SIGINT stops it, its Prometheus /metrics served from
+    the multiprocess directory on ``metrics_port`` (0: not served); exit code 0."""
+    from paystream.agents import metrics
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda _signum, _frame: service.stop())
+    server = metrics.serve(metrics_port, host=metrics_host) if metrics_port else None
+    print(f"{label}: {doing}", flush=True)
+    if server is not None:
+        print(f"{label}: metrics on http://{metrics_host}:{server.port}/metrics", flush=True)
+    try:
+        service.run()
+    finally:
+        if server is not None:
+            server.stop()
+    return 0

@@ -10,7 +10,14 @@ from typing import Annotated, Final
 import typer
 
 from paystream import services
-from paystream.cli.common import LOCAL_HOST, PORT_MAX, MetricsHost, MetricsPort, worker_name
+from paystream.cli.common import (
+    LOCAL_HOST,
+    PORT_MAX,
+    MetricsHost,
+    MetricsPort,
+    run_service,
+    worker_name,
+)
 from paystream.settings import Settings
 
 __all__ = ["MAILBOX_WAIT_S", "NOTIFY_METRICS_PORT_DEFAULT", "mailbox", "notify"]
@@ -33,24 +40,15 @@ def notify(
     settings = Settings()
     # Before anything imports prometheus_client: it picks multiprocess mode at import.
     export_metrics_to(settings.data_dir / "metrics" / name)
-    from paystream.agents import metrics
     from paystream.notify.service import NotifyService
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     service = NotifyService(settings, dsn=services.postgres_dsn(settings), name=name)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda _signum, _frame: service.stop())
-    server = metrics.serve(metrics_port, host=metrics_host) if metrics_port else None
     smtp = service.server
-    print(f"notify {name}: emails to {smtp.security} {smtp.host}:{smtp.port}", flush=True)
-    if server is not None:
-        print(f"notify {name}: metrics on http://{metrics_host}:{server.port}/metrics", flush=True)
-    try:
-        service.run()
-    finally:
-        if server is not None:
-            server.stop()
-    return 0
+    return run_service(
+        service, label=f"notify {name}", doing=f"emails to {smtp.security} {smtp.host}:{smtp.port}",
+        metrics_port=metrics_port, metrics_host=metrics_host,
+    )  # fmt: skip
 
 
 def mailbox(

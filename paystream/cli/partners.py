@@ -14,7 +14,7 @@ import typer
 from rich.table import Table
 
 from paystream.cli.client import API_URL_DEFAULT, API_URL_ENV
-from paystream.cli.common import LOCAL_HOST, PORT_MAX, err, out
+from paystream.cli.common import LOCAL_HOST, PORT_MAX, err, out, run_service
 from paystream.settings import Settings
 
 partners_app = typer.Typer(
@@ -133,27 +133,17 @@ def fanout(
 ) -> int:
     """copy each partner's events to its own topic, exactly once"""
     import logging
-    import signal
 
     from paystream.agents.supervisor import export_metrics_to
 
     settings = Settings()
     # Before anything imports prometheus_client: it picks multiprocess mode at import.
     export_metrics_to(settings.data_dir / "metrics" / name)
-    from paystream.agents import metrics
     from paystream.partners.fanout import FanoutService
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     service = FanoutService(settings, name=name)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda _signum, _frame: service.stop())
-    server = metrics.serve(metrics_port, host=metrics_host) if metrics_port else None
-    print(f"fanout {name}: partners' events to their own topics", flush=True)
-    if server is not None:
-        print(f"fanout {name}: metrics on http://{metrics_host}:{server.port}/metrics", flush=True)
-    try:
-        service.run()
-    finally:
-        if server is not None:
-            server.stop()
-    return 0
+    return run_service(
+        service, label=f"fanout {name}", doing="partners' events to their own topics",
+        metrics_port=metrics_port, metrics_host=metrics_host,
+    )  # fmt: skip

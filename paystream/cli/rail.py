@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from paystream.cli.common import LOCAL_HOST, PORT_MAX
+from paystream.cli.common import LOCAL_HOST, PORT_MAX, run_service
 
 if TYPE_CHECKING:
     from paystream.rail.simulator import SimulatorConfig
@@ -114,7 +114,6 @@ def rail(
 ) -> int:
     """send queued payouts to the bank rail and settle or fail them exactly once"""
     import logging
-    import signal
 
     from paystream.agents.supervisor import export_metrics_to
     from paystream.settings import Settings
@@ -122,7 +121,6 @@ def rail(
     settings = Settings()
     # Before anything imports prometheus_client: it picks multiprocess mode at import.
     export_metrics_to(settings.data_dir / "metrics" / name)
-    from paystream.agents import metrics
     from paystream.payouts.connector import RailOptions, RailService
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -133,15 +131,7 @@ def rail(
         rate_max_per_s=rate_max_per_s,
     )  # fmt: skip
     service = RailService(settings, options, name=name)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda _signum, _frame: service.stop())
-    server = metrics.serve(metrics_port, host=metrics_host) if metrics_port else None
-    print(f"rail {name}: paying out through {url}", flush=True)
-    if server is not None:
-        print(f"rail {name}: metrics on http://{metrics_host}:{server.port}/metrics", flush=True)
-    try:
-        service.run()
-    finally:
-        if server is not None:
-            server.stop()
-    return 0
+    return run_service(
+        service, label=f"rail {name}", doing=f"paying out through {url}",
+        metrics_port=metrics_port, metrics_host=metrics_host,
+    )  # fmt: skip

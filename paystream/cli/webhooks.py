@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import signal
 from typing import Annotated, Final
 
 import typer
 
 from paystream import services
-from paystream.cli.common import LOCAL_HOST, MetricsHost, MetricsPort, worker_name
+from paystream.cli.common import LOCAL_HOST, MetricsHost, MetricsPort, run_service, worker_name
 
 __all__ = ["CONCURRENCY_LIMIT", "WEBHOOKS_METRICS_PORT_DEFAULT", "webhooks"]
 
@@ -36,24 +35,13 @@ def webhooks(
     settings = Settings()
     # Before anything imports prometheus_client: it picks multiprocess mode at import.
     export_metrics_to(settings.data_dir / "metrics" / name)
-    from paystream.agents import metrics
     from paystream.webhooks.service import WebhookService
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
     dsn = services.postgres_dsn(settings)
     service = WebhookService(settings, dsn=dsn, name=name, concurrency_max=concurrency_max)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda _signum, _frame: service.stop())
-    server = metrics.serve(metrics_port, host=metrics_host) if metrics_port else None
-    print(f"webhooks {name}: delivering", flush=True)
-    if server is not None:
-        print(
-            f"webhooks {name}: metrics on http://{metrics_host}:{server.port}/metrics", flush=True
-        )
-    try:
-        service.run()
-    finally:
-        if server is not None:
-            server.stop()
-    return 0
+    return run_service(
+        service, label=f"webhooks {name}", doing="delivering", metrics_port=metrics_port,
+        metrics_host=metrics_host,
+    )  # fmt: skip

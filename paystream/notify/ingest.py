@@ -11,27 +11,23 @@ a batch whose partitions moved to another copy meanwhile is refused (``Fenced``)
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Final
 
-import psycopg
-from confluent_kafka import Message
 from psycopg.types.json import Jsonb
 
 from paystream.audit import db, store
-from paystream.ledger.errors import InvariantViolation
+from paystream.audit.event_target import EventTarget
+from paystream.ledger import Event
 from paystream.notify import metrics, rules, templates
 from paystream.notify.rules import Wanted
-from paystream.topology.avro import AvroSerde
-from paystream.topology.batching import Fenced, Limits, Observer, Position
+from paystream.topology.batching import Limits, Observer, Position
 
-__all__ = ["LIMITS", "RETRIABLE", "OutboxTarget", "observer", "outbox_rows"]
+__all__ = ["LIMITS", "OutboxTarget", "observer", "outbox_rows"]
 
 LIMITS: Final = Limits(records_max=2_000, window_s=0.2)
 """A batch is written when a fetch comes back short, or at ``records_max`` events, or
 ``window_s`` old. Most events ask for no email; each that does costs a row."""
-RETRIABLE: Final = (psycopg.OperationalError,)
-"""Postgres unreachable, restarting, a deadlock or a serialization conflict: retried."""
 logger = logging.getLogger("paystream.notify")
 OutboxRow = tuple[str, str, str, Jsonb]
 """(notification_id, template, recipient, context)."""
@@ -51,54 +47,24 @@ def outbox_rows(wanted: Iterable[Wanted], contacts: Mapping[str, str]) -> list[O
     return list(rows.values())
 
 
-class OutboxTarget:
+class OutboxTarget(EventTarget):
     """The outbox as a batching sink's target: events' emails and positions, one transaction."""
 
-    retriable: tuple[type[Exception], ...] = RETRIABLE
+    what = "the outbox batch"
 
-    def __init__(self, dsn: str, *, consumer: str, serde: AvroSerde) -> None:
-        self._dsn = dsn
-        self._consumer = consumer
-        self._serde = serde
-        self._conn: db.Connection | None = None
-
-    def positions(self, assigned: Sequence[Position]) -> Mapping[Position, int]:
-        return store.stored_positions(self._connection(), self._consumer, assigned)
-
-    def write(
+    def store(
         self,
-        messages: Sequence[Message],
-        *,
-        next_offsets: Mapping[Position, int],
-        started_at: Mapping[Position, int | None],
-    ) -> Mapping[str, int]:
-        wanted = [
-            w for m in messages for w in rules.wanted(self._serde.decode_event(m.value() or b""))
-        ]
-        try:
-            return self._write(wanted, next_offsets=next_offsets, started_at=started_at)
-        except store.Fenced as error:
-            raise Fenced(str(error)) from error
-        except RETRIABLE:
-            if self._conn is not None and (self._conn.closed or self._conn.broken):
-                self._conn = None
-            raise
-        except psycopg.Error as error:  # a constraint refused a row: a bug, never retried
-            raise InvariantViolation(f"Postgres refused the outbox batch: {error}") from error
-
-    def _write(
-        self,
-        wanted: list[Wanted],
+        conn: db.Connection,
+        events: list[Event],
         *,
         next_offsets: Mapping[Position, int],
         started_at: Mapping[Position, int | None],
     ) -> dict[str, int]:
-        conn = self._connection()
+        wanted = [w for event in events for w in rules.wanted(event)]
         counts: dict[str, int] = {}
         with conn.transaction():
             contacts = _contacts(conn, {w.account_id for w in wanted})
-            rows = outbox_rows(wanted, contacts)
-            for row in rows:
+            for row in outbox_rows(wanted, contacts):
                 cursor = conn.execute(
                     "INSERT INTO notifications (notification_id, template, recipient, context)"
                     " VALUES (%s, %s, %s, %s) ON CONFLICT (notification_id) DO NOTHING",
@@ -106,19 +72,8 @@ class OutboxTarget:
                 )
                 if cursor.rowcount == 1:
                     counts[row[1]] = counts.get(row[1], 0) + 1
-            store.move_positions(conn, self._consumer, started_at, next_offsets)
+            store.move_positions(conn, self.consumer, started_at, next_offsets)
         return counts
-
-    def _connection(self) -> db.Connection:
-        if self._conn is None or self._conn.closed:
-            conn = db.connect(self._dsn, autocommit=True)
-            conn.execute(f"SET ROLE {store.SINK_ROLE}")  # no UPDATE/DELETE of recorded facts
-            self._conn = conn
-        return self._conn
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
 
 
 def _contacts(conn: db.Connection, account_ids: set[str]) -> dict[str, str]:

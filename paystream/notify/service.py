@@ -13,6 +13,7 @@ import logging
 import threading
 from typing import Final
 
+from paystream.audit.event_target import RETRIABLE
 from paystream.audit.migrate import migrate
 from paystream.notify import ingest, smtp
 from paystream.notify.sender import DEFAULT_POLICY, Policy, Sender
@@ -63,7 +64,7 @@ class NotifyService:
 
     def run(self) -> None:
         retry_until(
-            lambda: migrate(self._dsn), retriable=ingest.RETRIABLE,
+            lambda: migrate(self._dsn), retriable=RETRIABLE,
             what="migrating the audit store", timeout_s=ASSIGN_RETRY_MAX_S,
         )  # fmt: skip
         thread = threading.Thread(target=self._send, name="notify-sender", daemon=True)

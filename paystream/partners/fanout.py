@@ -32,6 +32,7 @@ from paystream.settings import Settings
 from paystream.topology.avro import AvroSerde
 from paystream.topology.dlq import PoisonMessage
 from paystream.topology.registry import registry_from_url
+from paystream.topology.restarts import Restarting
 from paystream.topology.topics import Topics, ensure_topics, fanout_group, partner_topic
 
 __all__ = ["BATCH_SIZE_MAX", "Fanout", "FanoutService", "partner_of_topic"]
@@ -44,8 +45,6 @@ POLL_TIMEOUT_S: Final = 0.2
 TOPICS_REFRESH_S: Final = 5.0
 CALL_TIMEOUT_S: Final = 30.0
 SESSION_TIMEOUT_S: Final = 10.0
-RESTARTS_MAX: Final = 100
-RESTART_PAUSE_S: Final = 2.0
 
 
 def partner_of_topic(settings: Settings, topic: str) -> str | None:
@@ -193,34 +192,11 @@ def _producer_config(settings: Settings, name: str) -> dict[str, Any]:
     }
 
 
-class FanoutService:
+class FanoutService(Restarting):
     """Fan-out runs, each from the committed offsets, until stopped (bounded restarts)."""
 
     def __init__(self, settings: Settings, *, name: str) -> None:
-        self._settings = settings
-        self._name = name
-        self._stopping = threading.Event()
-        self._current: Fanout | None = None
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._current is not None:
-            self._current.stop()
-
-    def run(self) -> None:
-        for _ in range(RESTARTS_MAX):
-            if self._stopping.is_set():
-                return
-            self._current = Fanout(self._settings, name=self._name)
-            try:
-                self._current.run()
-                return
-            except KafkaException as error:
-                if _fatal(error):
-                    raise
-                logger.warning("fanout: Kafka error; again from the committed offsets: %s", error)
-                self._stopping.wait(RESTART_PAUSE_S)
-        raise RuntimeError(f"fanout: {RESTARTS_MAX} Kafka errors in a row")
+        super().__init__(lambda: Fanout(settings, name=name), what="fanout", fatal=_fatal)
 
 
 def _fatal(error: KafkaException) -> bool:

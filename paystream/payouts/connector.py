@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 from paystream.ledger import (
     RAIL_PARTNER_ID,
@@ -53,6 +53,7 @@ from paystream.settings import Settings
 from paystream.topology.avro import AvroSerde
 from paystream.topology.partitioner import partition_for
 from paystream.topology.registry import registry_from_url
+from paystream.topology.restarts import Restarting
 from paystream.topology.topics import Topics, ensure_topics, rail_group
 
 __all__ = [
@@ -68,8 +69,6 @@ CONSUME_BATCH_MAX: Final = 500
 POLL_TIMEOUT_S: Final = 0.1
 COMMIT_INTERVAL_S: Final = 0.1
 CALL_TIMEOUT_S: Final = 30.0
-RESTARTS_MAX: Final = 1_000
-RESTART_PAUSE_S: Final = 2.0
 SESSION_TIMEOUT_S: Final = 10.0
 REASON_TEXT_LENGTH_MAX: Final = 500
 
@@ -333,30 +332,8 @@ def _producer_config(settings: Settings, name: str) -> dict[str, Any]:
     }
 
 
-class RailService:
+class RailService(Restarting):
     """Connector runs, each from the committed offsets, until stopped (bounded restarts)."""
 
     def __init__(self, settings: Settings, options: RailOptions, *, name: str) -> None:
-        self._settings = settings
-        self._options = options
-        self._name = name
-        self._stopping = threading.Event()
-        self._current: RailConnector | None = None
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._current is not None:
-            self._current.stop()
-
-    def run(self) -> None:
-        for _ in range(RESTARTS_MAX):
-            if self._stopping.is_set():
-                return
-            self._current = RailConnector(self._settings, self._options, name=self._name)
-            try:
-                self._current.run()
-                return
-            except KafkaException as error:
-                logger.warning("rail: Kafka error; again from the committed offsets: %s", error)
-                self._stopping.wait(RESTART_PAUSE_S)
-        raise RuntimeError(f"rail: {RESTARTS_MAX} Kafka errors in a row")
+        super().__init__(lambda: RailConnector(settings, options, name=name), what="rail")

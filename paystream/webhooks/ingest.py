@@ -9,82 +9,44 @@ another meanwhile is refused by the stored positions (``Fenced``) and drops its 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Final
 
-import psycopg
-from confluent_kafka import Message
-
 from paystream.audit import db
-from paystream.audit import store as audit_store
+from paystream.audit.event_target import EventTarget
 from paystream.ledger import Event
-from paystream.ledger.errors import InvariantViolation
 from paystream.settings import Settings
 from paystream.topology.avro import AvroSerde
-from paystream.topology.batching import BatchingSink, Fenced, Limits, Observer, Position
+from paystream.topology.batching import BatchingSink, Limits, Observer, Position
 from paystream.topology.registry import registry_from_url
 from paystream.topology.topics import Topics, ensure_topics, webhooks_group
 from paystream.webhooks import metrics, store
 
-__all__ = ["LIMITS", "RETRIABLE", "WebhookTarget", "ingestion"]
+__all__ = ["LIMITS", "WebhookTarget", "ingestion"]
 
 LIMITS: Final = Limits(records_max=2_000, window_s=0.1)
 """A batch is written as soon as a fetch comes back short (so an event waits at most about
 the loop's 50 ms poll before its deliveries exist), or at 2,000 events, or 100 ms old."""
-RETRIABLE: Final = (psycopg.OperationalError,)
-"""Postgres away or restarting, a deadlock or a serialization failure: retried."""
 
 
-class WebhookTarget:
+class WebhookTarget(EventTarget):
     """The deliveries table as a batching sink's target."""
 
-    retriable: tuple[type[Exception], ...] = RETRIABLE
+    what = "a batch of deliveries"
 
-    def __init__(self, dsn: str, *, consumer: str, serde: AvroSerde) -> None:
-        self._dsn = dsn
-        self._consumer = consumer
-        self._serde = serde
-        self._conn: db.Connection | None = None
-
-    def positions(self, assigned: Sequence[Position]) -> Mapping[Position, int]:
-        return audit_store.stored_positions(self._connection(), self._consumer, assigned)
-
-    def write(
+    def store(
         self,
-        messages: Sequence[Message],
+        conn: db.Connection,
+        events: list[Event],
         *,
         next_offsets: Mapping[Position, int],
         started_at: Mapping[Position, int | None],
-    ) -> Mapping[str, int]:
-        events = [self._decode(message) for message in messages]
-        try:
-            created = store.ingest(
-                self._connection(), events, consumer=self._consumer, started_at=started_at,
-                next_offsets=next_offsets,
-            )  # fmt: skip
-        except audit_store.Fenced as error:
-            raise Fenced(str(error)) from error
-        except RETRIABLE:
-            if self._conn is not None and (self._conn.closed or self._conn.broken):
-                self._conn = None
-            raise
-        except psycopg.Error as error:  # a constraint refused a row: a bug, never retried
-            raise InvariantViolation(f"Postgres refused a batch of deliveries: {error}") from error
+    ) -> dict[str, int]:
+        created = store.ingest(
+            conn, events, consumer=self.consumer, started_at=started_at,
+            next_offsets=next_offsets,
+        )  # fmt: skip
         return {"webhook_deliveries": created}
-
-    def _decode(self, message: Message) -> Event:
-        return self._serde.decode_event(message.value() or b"")
-
-    def _connection(self) -> db.Connection:
-        if self._conn is None or self._conn.closed:
-            conn = db.connect(self._dsn, autocommit=True)
-            conn.execute(f"SET ROLE {audit_store.SINK_ROLE}")
-            self._conn = conn
-        return self._conn
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
 
 
 def ingestion(settings: Settings, *, dsn: str, name: str) -> tuple[BatchingSink, WebhookTarget]:

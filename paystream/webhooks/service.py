@@ -12,11 +12,12 @@ import logging
 import threading
 from typing import Final
 
+from paystream.audit.event_target import RETRIABLE
 from paystream.audit.migrate import migrate
 from paystream.settings import Settings
 from paystream.topology.batching import ASSIGN_RETRY_MAX_S, retry_until
 from paystream.webhooks.dispatcher import CONCURRENCY_MAX_DEFAULT, Dispatcher, DispatchOptions
-from paystream.webhooks.ingest import RETRIABLE, ingestion
+from paystream.webhooks.ingest import ingestion
 
 __all__ = ["WebhookService"]
 
