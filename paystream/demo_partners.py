@@ -132,7 +132,7 @@ def onboarded(settings: Settings) -> Iterator[Partner]:
     """``demo-1`` onboarded (or reused) with its webhook receiver serving until exit."""
     topics = Topics.from_settings(settings)
     ensure_topics(settings.kafka, topics)  # idempotent: the workers would make them next
-    keycloak = None if settings.oidc_issuer is not None else services.local_keycloak(settings)
+    keycloak = services.managed_keycloak(settings)
     url = _receiver_url(RECEIVER_PORT_DEFAULT)
     try:
         credentials = onboarding.add(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Annotated, Protocol
 
@@ -120,6 +121,19 @@ def read_connection(request: Request) -> Iterator[Connection]:
             yield conn
     except psycopg.OperationalError as error:
         raise unavailable(f"the read models cannot be reached: {error}") from error
+
+
+@contextmanager
+def writing(ctx: Context, what: str) -> Iterator[Connection]:
+    """A pooled connection in a read-write transaction (the pool's default is read only),
+    committed when the block ends, rolled back when it raises (a Problem included). For the
+    few writes that are not commands: a holder's address, a webhook retry or replay."""
+    try:
+        with ctx.pool.connection() as conn, conn.transaction():
+            conn.execute("SET TRANSACTION READ WRITE")
+            yield conn
+    except psycopg.OperationalError as error:
+        raise unavailable(f"the {what} cannot be reached: {error}") from error
 
 
 Db = Annotated[Connection, Depends(read_connection)]

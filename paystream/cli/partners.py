@@ -45,7 +45,7 @@ def add(
     from paystream.partners import client_config, onboarding
 
     settings = Settings()
-    keycloak = None if settings.oidc_issuer is not None else services.local_keycloak(settings)
+    keycloak = services.managed_keycloak(settings)
     try:
         with err.status(f"onboarding {partner_id} ..."):
             credentials = onboarding.add(
@@ -71,7 +71,7 @@ def rotate_secret(partner_id: PartnerId, api: ApiUrl = API_URL_DEFAULT) -> int:
     from paystream.partners import client_config, onboarding
 
     settings = Settings()
-    keycloak = None if settings.oidc_issuer is not None else services.local_keycloak(settings)
+    keycloak = services.managed_keycloak(settings)
     try:
         credentials = onboarding.rotate_secret(settings, keycloak, partner_id=partner_id)
     except onboarding.OnboardingError as error:
@@ -90,7 +90,7 @@ def remove(partner_id: PartnerId) -> int:
     from paystream.partners import onboarding
 
     settings = Settings()
-    keycloak = None if settings.oidc_issuer is not None else services.local_keycloak(settings)
+    keycloak = services.managed_keycloak(settings)
     try:
         onboarding.remove(settings, keycloak, partner_id=partner_id)
     except onboarding.OnboardingError as error:

@@ -57,6 +57,12 @@ def local_keycloak(settings: Settings) -> KeycloakServer:
     return KeycloakServer(home=settings.services_dir / "keycloak", port=settings.keycloak_port)
 
 
+def managed_keycloak(settings: Settings) -> KeycloakServer | None:
+    """The local Keycloak paystream administers (OAuth clients of partners); None when
+    another OIDC provider is configured (its operator registers clients there)."""
+    return None if settings.oidc_issuer is not None else local_keycloak(settings)
+
+
 def oidc_issuer(settings: Settings) -> str:
     """The issuer tokens must come from: the configured one, or the local realm's."""
     return settings.oidc_issuer or local_keycloak(settings).issuer

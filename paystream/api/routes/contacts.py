@@ -12,14 +12,13 @@ import datetime
 from collections.abc import Iterator
 from typing import Annotated
 
-import psycopg
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from paystream.api import read_models
 from paystream.api.auth import Principal
-from paystream.api.deps import Db, caller, context
-from paystream.api.problems import not_found, unavailable
+from paystream.api.deps import Db, caller, context, writing
+from paystream.api.problems import not_found
 from paystream.api.routes.accounts import AccountId, visible_account
 from paystream.api.routes.commands import writer_partner
 from paystream.notify import contacts
@@ -50,13 +49,9 @@ class ContactOut(BaseModel):
 
 
 def write_connection(request: Request) -> Iterator[read_models.Connection]:
-    """A pooled connection in a read-write transaction (the pool's default is read only)."""
-    try:
-        with context(request).pool.connection() as conn, conn.transaction():
-            conn.execute("SET TRANSACTION READ WRITE")
-            yield conn
-    except psycopg.OperationalError as error:
-        raise unavailable(f"the account store cannot be reached: {error}") from error
+    """A pooled connection in a read-write transaction, for one request."""
+    with writing(context(request), "account store") as conn:
+        yield conn
 
 
 WriteDb = Annotated[read_models.Connection, Depends(write_connection)]

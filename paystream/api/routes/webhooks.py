@@ -15,20 +15,17 @@ first answer again and does nothing more; the same key on another request is
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Annotated, Any, Literal
 
-import psycopg
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from paystream.api import webhook_queries as queries
 from paystream.api.auth import Principal
-from paystream.api.deps import Ctx, Db, caller
-from paystream.api.problems import Problem, not_found, unavailable
-from paystream.api.read_models import PAGE_SIZE_DEFAULT, BadCursor, Connection, Row
+from paystream.api.deps import Ctx, Db, caller, writing
+from paystream.api.problems import Problem, not_found
+from paystream.api.read_models import PAGE_SIZE_DEFAULT, BadCursor, Row
 from paystream.api.routes.accounts import Cursor, Limit, bad_cursor
 from paystream.api.routes.commands import IdempotencyKey, writer_partner
 from paystream.api.submit import request_id
@@ -146,7 +143,7 @@ def retry_delivery(
 ) -> JSONResponse:
     """Send the delivery again now (a new round of the retry schedule), whatever its status."""
     partner, key = writer_partner(who), request_id(key)
-    with _writing(ctx) as conn:
+    with writing(ctx, "delivery store") as conn:
         remembered = queries.claim_key(
             conn, partner, key, queries.fingerprint("retry", delivery_id)
         )
@@ -184,7 +181,7 @@ def replay_endpoint(
         raise _bad_since("needs a UTC offset, like 2026-12-01T10:00:00Z")
     if since > datetime.datetime.now(datetime.UTC):
         raise _bad_since("is in the future")
-    with _writing(ctx) as conn:
+    with writing(ctx, "delivery store") as conn:
         print_ = queries.fingerprint("replay", endpoint_id, since.isoformat())
         remembered = queries.claim_key(conn, partner, key, print_)
         if remembered is not None:
@@ -202,18 +199,6 @@ def replay_endpoint(
         body = out.model_dump(mode="json")
         queries.remember(conn, partner, key, 202, body)
     return JSONResponse(body, status_code=202)
-
-
-@contextmanager
-def _writing(ctx: Ctx) -> Iterator[Connection]:
-    """A pooled connection in a read-write transaction (the pool's default is read only),
-    committed when the block ends, rolled back when it raises (a Problem included)."""
-    try:
-        with ctx.pool.connection() as conn, conn.transaction():
-            conn.execute("SET TRANSACTION READ WRITE")
-            yield conn
-    except psycopg.OperationalError as error:
-        raise unavailable(f"the delivery store cannot be reached: {error}") from error
 
 
 def _again(remembered: queries.Remembered) -> JSONResponse:
